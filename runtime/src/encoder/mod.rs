@@ -1,0 +1,292 @@
+//! The frozen backbone: texts in, one normalised vector per text out.
+
+mod batching;
+#[cfg(feature = "ort")]
+mod ort_engine;
+mod pooling;
+mod tokenize;
+mod tract_engine;
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use batching::{TokenBatch, plan_batches};
+use tokenize::{TextTokenizer, Tokens};
+
+use crate::error::{Error, Result};
+use crate::model::ModelManifest;
+
+/// Texts are cut to this many bytes per allowed token before tokenising, so a
+/// multi-megabyte text costs no more than one that fills the model's window.
+/// WordPiece never maps more than ~100 characters to one token.
+const BYTES_PER_TOKEN_CAP: usize = 256;
+
+/// Turns texts into sentence vectors. Implementations are `Send + Sync` and
+/// may be called from several threads at once.
+pub trait Encoder: Send + Sync {
+    /// Width of every vector this encoder returns.
+    fn dim(&self) -> usize;
+    /// Identity of the backbone (model + tokenizer); features are keyed on it.
+    fn fingerprint(&self) -> &str;
+    /// Embeds `texts`, reporting progress per batch and honouring cancellation.
+    fn embed_with(&self, texts: &[&str], listener: &dyn EncodeListener) -> Result<Embeddings>;
+
+    /// Embeds `texts` in order. An empty slice is an `InvalidInput` error.
+    fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
+        self.embed_with(texts, &SILENT)
+    }
+}
+
+/// Observes a long embedding call and may cancel it between batches.
+pub trait EncodeListener: Sync {
+    /// `done` of `total` texts are embedded.
+    fn on_progress(&self, _done: usize, _total: usize) {}
+    /// Polled before each batch; `true` stops the call with `Error::Cancelled`.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A listener that ignores progress and never cancels.
+#[derive(Debug, Clone, Copy)]
+pub struct Silent;
+impl EncodeListener for Silent {}
+/// The listener `Encoder::embed` uses.
+pub const SILENT: Silent = Silent;
+
+/// Row-major matrix of sentence vectors, one row per input text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    dim: usize,
+    values: Vec<f32>,
+}
+
+impl Embeddings {
+    pub fn from_values(dim: usize, values: Vec<f32>) -> Result<Self> {
+        if dim == 0 || values.len() % dim != 0 {
+            return Err(Error::InvalidInput(format!("{} values do not form rows of width {dim}", values.len())));
+        }
+        Ok(Self { dim, values })
+    }
+    pub fn len(&self) -> usize {
+        self.values.len() / self.dim
+    }
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    pub fn row(&self, index: usize) -> &[f32] {
+        &self.values[index * self.dim..(index + 1) * self.dim]
+    }
+    pub fn rows(&self) -> impl ExactSizeIterator<Item = &[f32]> {
+        self.values.chunks_exact(self.dim)
+    }
+    pub fn as_slice(&self) -> &[f32] {
+        &self.values
+    }
+    pub fn into_vecs(self) -> Vec<Vec<f32>> {
+        self.rows().map(<[f32]>::to_vec).collect()
+    }
+}
+
+/// Which inference engine runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// tract: pure Rust, always compiled in.
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded at run time (cargo feature `ort`).
+    Ort,
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "tract" => Ok(Backend::Tract),
+            "ort" => Ok(Backend::Ort),
+            other => Err(Error::InvalidInput(format!("unknown backend {other:?} (tract or ort)"))),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Tract => "tract",
+            Backend::Ort => "ort",
+        })
+    }
+}
+
+/// How to load an encoder.
+#[derive(Debug, Clone)]
+pub struct EncoderOptions {
+    pub backend: Backend,
+    /// Threads one inference may use (phones: 2 to 4 big cores).
+    pub threads: usize,
+    /// Most texts run through the model at once.
+    pub max_batch: usize,
+    /// `libonnxruntime` for the `ort` backend; `ORT_DYLIB_PATH` when `None`.
+    pub ort_library: Option<PathBuf>,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self { backend: Backend::Tract, threads: cores.min(4), max_batch: 32, ort_library: None }
+    }
+}
+
+/// Runs one padded batch and hands its `[rows, seq, width]` states to `pool`.
+pub(crate) trait Engine: Send + Sync {
+    fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()>;
+}
+
+/// A sentence encoder over an ONNX model directory (see `models/`).
+pub struct OnnxEncoder {
+    manifest: ModelManifest,
+    tokenizer: TextTokenizer,
+    engine: Box<dyn Engine>,
+    max_batch: usize,
+    backend: Backend,
+}
+
+impl fmt::Debug for OnnxEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnnxEncoder")
+            .field("model", &self.manifest.id)
+            .field("backend", &self.backend)
+            .field("dim", &self.manifest.dim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnnxEncoder {
+    /// Loads and checks the model in `directory`. Fails with a typed error when
+    /// the files are missing or corrupt, or the model, tokenizer and manifest
+    /// do not fit together; on success the model has already run once.
+    pub fn load(directory: &Path, options: &EncoderOptions) -> Result<Self> {
+        if options.max_batch == 0 || options.threads == 0 {
+            return Err(Error::InvalidInput("max_batch and threads must be at least 1".into()));
+        }
+        let manifest = ModelManifest::load(directory)?;
+        let tokenizer = TextTokenizer::load(&manifest.tokenizer_path(), manifest.max_tokens)?;
+        let engine: Box<dyn Engine> = match options.backend {
+            Backend::Tract => Box::new(tract_engine::TractEngine::load(&manifest, options.threads)?),
+            #[cfg(feature = "ort")]
+            Backend::Ort => Box::new(ort_engine::OrtEngine::load(
+                &manifest,
+                options.threads,
+                options.ort_library.as_deref(),
+            )?),
+            #[cfg(not(feature = "ort"))]
+            Backend::Ort => {
+                return Err(Error::BackendUnavailable {
+                    backend: "ort".into(),
+                    reason: "this build has no ONNX Runtime support (cargo feature `ort`)".into(),
+                });
+            }
+        };
+        let encoder = Self { manifest, tokenizer, engine, max_batch: options.max_batch, backend: options.backend };
+        encoder.probe()?;
+        Ok(encoder)
+    }
+
+    pub fn manifest(&self) -> &ModelManifest {
+        &self.manifest
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs the tokenizer's highest id through the model. A vocabulary larger
+    /// than the model's embedding table, or an output width other than the
+    /// manifest's, is caught here instead of on a user's text.
+    fn probe(&self) -> Result<()> {
+        let mut tokens = self.tokenizer.encode("probe")?;
+        let last = tokens.ids.len() / 2;
+        tokens.ids[last] = i64::from(self.tokenizer.highest_id());
+        let batch = TokenBatch::pad(&[&tokens]);
+        let mut width = 0;
+        // tract indexes its embedding table directly: an id beyond it panics.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            self.engine.run(&batch, &mut |_, w| {
+                width = w;
+                Ok(())
+            })
+        }));
+        match outcome {
+            Ok(Ok(())) if width == self.manifest.dim => Ok(()),
+            Ok(Ok(())) => Err(Error::ModelMismatch(format!(
+                "the model's output width is {width}, the manifest says {}",
+                self.manifest.dim
+            ))),
+            Ok(Err(Error::Inference(reason))) | Ok(Err(Error::ModelMismatch(reason))) => Err(Error::ModelMismatch(
+                format!("the model rejected token id {} of its tokenizer: {reason}", self.tokenizer.highest_id()),
+            )),
+            Ok(Err(other)) => Err(other),
+            Err(_) => Err(Error::ModelMismatch(format!(
+                "the tokenizer's ids (up to {}) do not fit the model's vocabulary",
+                self.tokenizer.highest_id()
+            ))),
+        }
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Tokens> {
+        let cap = self.manifest.max_tokens.saturating_mul(BYTES_PER_TOKEN_CAP);
+        let mut end = text.len().min(cap);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.tokenizer.encode(&text[..end])
+    }
+}
+
+impl Encoder for OnnxEncoder {
+    fn dim(&self) -> usize {
+        self.manifest.dim
+    }
+
+    fn fingerprint(&self) -> &str {
+        &self.manifest.fingerprint
+    }
+
+    fn embed_with(&self, texts: &[&str], listener: &dyn EncodeListener) -> Result<Embeddings> {
+        if texts.is_empty() {
+            return Err(Error::InvalidInput("no texts to embed".into()));
+        }
+        let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>>>()?;
+        let lengths: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
+        let dim = self.manifest.dim;
+        let mut values = vec![0.0f32; texts.len() * dim];
+        let mut pooled = Vec::new();
+        let mut done = 0;
+        for members in plan_batches(&lengths, self.max_batch) {
+            if listener.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let batch = TokenBatch::pad(&members.iter().map(|&i| &tokens[i]).collect::<Vec<_>>());
+            pooled.resize(members.len() * dim, 0.0);
+            self.engine.run(&batch, &mut |hidden, width| {
+                if width != dim {
+                    return Err(Error::ModelMismatch(format!("output width {width}, manifest says {dim}")));
+                }
+                let shape = (batch.rows, batch.seq, width);
+                pooling::pool_rows(hidden, &batch.mask, shape, self.manifest.pooling, self.manifest.normalize, &mut pooled);
+                Ok(())
+            })?;
+            for (row, &index) in members.iter().enumerate() {
+                values[index * dim..(index + 1) * dim].copy_from_slice(&pooled[row * dim..(row + 1) * dim]);
+            }
+            done += members.len();
+            listener.on_progress(done, texts.len());
+        }
+        Embeddings::from_values(dim, values)
+    }
+}

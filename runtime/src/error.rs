@@ -1,0 +1,53 @@
+//! The runtime's error type. Messages name files and limits, never user text.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the runtime, by cause.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model manifest or catalog is missing, malformed or inconsistent.
+    #[error("model manifest {path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    /// The ONNX file could not be parsed or prepared for inference.
+    #[error("model {path} could not be loaded: {reason}")]
+    ModelLoad { path: PathBuf, reason: String },
+    /// The model, its tokenizer and its manifest do not fit together.
+    #[error("model does not match its manifest: {0}")]
+    ModelMismatch(String),
+    /// The tokenizer file could not be loaded or applied.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// An inference backend failed while running a batch.
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// The requested backend is not compiled in or its library cannot be found.
+    #[error("backend {backend} unavailable: {reason}")]
+    BackendUnavailable { backend: String, reason: String },
+    /// The caller passed something the runtime cannot accept.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The caller cancelled the operation.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Result with the runtime's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn manifest(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Manifest { path: path.into(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,15 @@
+//! Attune: on-device personalization.
+//!
+//! A frozen ONNX sentence encoder turns text into features on the device; small
+//! heads are trained on the device from the user's own data. Nothing here opens
+//! a network connection: models and data arrive as files.
+
+mod encoder;
+mod error;
+mod model;
+
+pub use encoder::{
+    Backend, EncodeListener, Embeddings, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent,
+};
+pub use error::{Error, Result};
+pub use model::{CatalogEntry, InputNames, ModelCatalog, ModelManifest, Pooling};

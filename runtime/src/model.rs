@@ -1,0 +1,275 @@
+//! Model manifests and the model catalog: what a model directory holds and
+//! how its encoder must be driven. Both are written by `models/fetch`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// File name of the manifest inside a model directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+const MANIFEST_FORMAT: u32 = 1;
+/// Far above any sentence encoder's position table; rejects absurd manifests.
+const MAX_TOKENS_LIMIT: usize = 8192;
+const MAX_DIM_LIMIT: usize = 16384;
+
+/// How token states become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Mean over the tokens the attention mask keeps.
+    Mean,
+    /// The first token's state.
+    Cls,
+}
+
+/// Names of the model's inputs; `token_type_ids` is absent from some exports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputNames {
+    pub input_ids: String,
+    pub attention_mask: String,
+    #[serde(default)]
+    pub token_type_ids: Option<String>,
+}
+
+/// The contract of one model directory, read from its `manifest.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelManifest {
+    pub format: u32,
+    pub id: String,
+    /// Identity of model + tokenizer; cached features and heads are keyed on it.
+    pub fingerprint: String,
+    pub model_file: String,
+    pub model_sha256: String,
+    pub model_bytes: u64,
+    pub tokenizer_file: String,
+    pub tokenizer_sha256: String,
+    pub dim: usize,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub max_tokens: usize,
+    pub inputs: InputNames,
+    pub output: String,
+    /// Prefixes some models want before a text, by role (e.g. `query`, `passage`).
+    #[serde(default)]
+    pub prompts: BTreeMap<String, String>,
+    #[serde(skip)]
+    directory: PathBuf,
+}
+
+impl ModelManifest {
+    /// Reads and checks `DIR/manifest.json`. Cheap: the model is not opened,
+    /// but its size is compared with the manifest to catch truncated copies.
+    pub fn load(directory: &Path) -> Result<Self> {
+        let path = directory.join(MANIFEST_FILE);
+        if !directory.is_dir() {
+            return Err(Error::manifest(&path, "model directory does not exist (run models/fetch)"));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let mut manifest = Self::parse(&text).map_err(|reason| Error::manifest(&path, reason))?;
+        manifest.directory = directory.to_path_buf();
+        let model = manifest.model_path();
+        let actual = std::fs::metadata(&model).map_err(|e| Error::io(&model, e))?.len();
+        if actual != manifest.model_bytes {
+            return Err(Error::manifest(
+                &path,
+                format!(
+                    "{} is {actual} bytes, the manifest says {} (truncated or replaced?)",
+                    manifest.model_file, manifest.model_bytes
+                ),
+            ));
+        }
+        Ok(manifest)
+    }
+
+    /// Parses and validates manifest JSON without touching the file system.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let manifest: ModelManifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.format != MANIFEST_FORMAT {
+            return Err(format!(
+                "format {} is not supported (this runtime reads format {MANIFEST_FORMAT})",
+                self.format
+            ));
+        }
+        if self.dim == 0 || self.dim > MAX_DIM_LIMIT {
+            return Err(format!("dim {} is out of range 1..={MAX_DIM_LIMIT}", self.dim));
+        }
+        if self.max_tokens < 2 || self.max_tokens > MAX_TOKENS_LIMIT {
+            return Err(format!("max_tokens {} is out of range 2..={MAX_TOKENS_LIMIT}", self.max_tokens));
+        }
+        for (what, name) in [("model_file", &self.model_file), ("tokenizer_file", &self.tokenizer_file)] {
+            if !is_plain_file_name(name) {
+                return Err(format!("{what} {name:?} must be a file name inside the model directory"));
+            }
+        }
+        let expected = expected_fingerprint(&self.model_sha256, &self.tokenizer_sha256);
+        if self.fingerprint != expected {
+            return Err("fingerprint does not match the model and tokenizer hashes".into());
+        }
+        Ok(())
+    }
+
+    /// Directory the manifest was loaded from.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    pub fn model_path(&self) -> PathBuf {
+        self.directory.join(&self.model_file)
+    }
+
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.directory.join(&self.tokenizer_file)
+    }
+
+    /// Hashes the model and tokenizer files and compares them with the
+    /// manifest. Costs a full read of the model; `load` only checks its size.
+    pub fn verify_files(&self) -> Result<()> {
+        for (path, expected) in [
+            (self.model_path(), &self.model_sha256),
+            (self.tokenizer_path(), &self.tokenizer_sha256),
+        ] {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            if &hex(&Sha256::digest(&bytes)) != expected {
+                return Err(Error::ModelMismatch(format!("{} does not match its sha256", path.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fingerprint `models/attune_models.py` writes: a hash of both file hashes.
+pub(crate) fn expected_fingerprint(model_sha256: &str, tokenizer_sha256: &str) -> String {
+    let text = format!("attune-fingerprint-v1\n{model_sha256}\n{tokenizer_sha256}\n");
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != ".."
+}
+
+/// The catalog of known models (`models/catalog.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelCatalog {
+    pub format: u32,
+    /// Name of the model used when none is given.
+    pub default: String,
+    pub models: BTreeMap<String, CatalogEntry>,
+}
+
+/// One catalog model: where its files come from and how to drive it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogEntry {
+    pub description: String,
+    pub license: String,
+    pub dim: usize,
+    pub max_tokens: usize,
+}
+
+impl ModelCatalog {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let catalog: ModelCatalog = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if catalog.format != 1 {
+            return Err(format!("catalog format {} is not supported", catalog.format));
+        }
+        if !catalog.models.contains_key(&catalog.default) {
+            return Err(format!("default model {:?} is not in the catalog", catalog.default));
+        }
+        Ok(catalog)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text).map_err(|reason| Error::manifest(path, reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny")
+    }
+
+    #[test]
+    fn loads_the_tiny_manifest() {
+        let manifest = ModelManifest::load(&tiny_dir()).unwrap();
+        assert_eq!(manifest.dim, 32);
+        assert_eq!(manifest.pooling, Pooling::Mean);
+        assert_eq!(manifest.inputs.token_type_ids.as_deref(), Some("token_type_ids"));
+        manifest.verify_files().unwrap();
+    }
+
+    #[test]
+    fn fingerprint_matches_the_python_writer() {
+        let manifest = ModelManifest::load(&tiny_dir()).unwrap();
+        assert_eq!(
+            expected_fingerprint(&manifest.model_sha256, &manifest.tokenizer_sha256),
+            manifest.fingerprint
+        );
+    }
+
+    #[test]
+    fn rejects_bad_manifests_with_reasons() {
+        let good = std::fs::read_to_string(tiny_dir().join(MANIFEST_FILE)).unwrap();
+        let cases = [
+            ("\"format\": 1", "\"format\": 9", "format 9"),
+            ("\"dim\": 32", "\"dim\": 0", "dim 0"),
+            ("\"max_tokens\": 48", "\"max_tokens\": 100000", "max_tokens"),
+            ("\"model_file\": \"model.onnx\"", "\"model_file\": \"../x.onnx\"", "file name"),
+            ("\"fingerprint\": \"", "\"fingerprint\": \"00", "fingerprint"),
+        ];
+        for (from, to, expected) in cases {
+            assert!(good.contains(from), "{from}");
+            let error = ModelManifest::parse(&good.replacen(from, to, 1)).unwrap_err();
+            assert!(error.contains(expected), "{error} should mention {expected}");
+        }
+        assert!(ModelManifest::parse("{").is_err());
+        assert!(ModelManifest::parse("").is_err());
+    }
+
+    #[test]
+    fn missing_directory_and_truncated_model_are_typed_errors() {
+        let missing = ModelManifest::load(Path::new("/nonexistent/attune-model")).unwrap_err();
+        assert!(matches!(missing, Error::Manifest { .. }), "{missing}");
+
+        let dir = tempdir("truncated");
+        for file in ["manifest.json", "tokenizer.json"] {
+            std::fs::copy(tiny_dir().join(file), dir.join(file)).unwrap();
+        }
+        let model = std::fs::read(tiny_dir().join("model.onnx")).unwrap();
+        std::fs::write(dir.join("model.onnx"), &model[..model.len() / 2]).unwrap();
+        let error = ModelManifest::load(&dir).unwrap_err();
+        assert!(error.to_string().contains("truncated"), "{error}");
+    }
+
+    #[test]
+    fn parses_the_shipped_catalog() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/catalog.json");
+        let catalog = ModelCatalog::load(&path).unwrap();
+        assert_eq!(catalog.default, "all-minilm-l6-v2");
+        assert_eq!(catalog.models[&catalog.default].dim, 384);
+        assert!(ModelCatalog::parse(r#"{"format":1,"default":"x","models":{}}"#).is_err());
+    }
+
+    pub(crate) fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("attune-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
