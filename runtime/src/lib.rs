@@ -9,7 +9,7 @@ mod error;
 mod model;
 
 pub use encoder::{
-    Backend, EncodeListener, Embeddings, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent,
+    Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent,
 };
 pub use error::{Error, Result};
 pub use model::{CatalogEntry, InputNames, ModelCatalog, ModelManifest, Pooling};
