@@ -113,7 +113,7 @@ def build_model(vocab_size: int, rng: np.random.Generator) -> onnx.ModelProto:
         const("ln2_g", weight(WIDTH, scale=0.1) + 1), const("ln2_b", weight(WIDTH, scale=0.1)),
         const("one", np.float32(1.0)), const("neg_big", np.float32(-10000.0)),
         const("inv_sqrt_d", np.float32(1.0 / np.sqrt(WIDTH))),
-        const("half", np.float32(0.5)), const("inv_sqrt2", np.float32(1.0 / np.sqrt(2.0))),
+        const("half", np.float32(0.5)), const("sqrt2", np.float32(np.sqrt(2.0))),
         const("axis1", np.array([1], np.int64)), const("idx1", np.array(1, np.int64)),
         const("zero_i", np.array(0, np.int64)), const("one_i", np.array(1, np.int64)),
     ]
@@ -147,11 +147,12 @@ def build_model(vocab_size: int, rng: np.random.Generator) -> onnx.ModelProto:
         n("MatMul", ["ctx", "wo"], ["attn"]),
         n("Add", ["h0", "attn"], ["r1"]),
         n("LayerNormalization", ["r1", "ln1_g", "ln1_b"], ["h1"], axis=-1, epsilon=1e-12),
-        # Feed-forward with erf GELU.
+        # Feed-forward with erf GELU, in the order torch's exporter writes it:
+        # x * (0.5 * (1 + erf(x / sqrt 2))).
         n("MatMul", ["h1", "w1"], ["f1"]), n("Add", ["f1", "b1"], ["f1b"]),
-        n("Mul", ["f1b", "inv_sqrt2"], ["g_in"]), n("Erf", ["g_in"], ["g_erf"]),
-        n("Add", ["g_erf", "one"], ["g_1p"]), n("Mul", ["f1b", "g_1p"], ["g_x"]),
-        n("Mul", ["g_x", "half"], ["gelu"]),
+        n("Div", ["f1b", "sqrt2"], ["g_in"]), n("Erf", ["g_in"], ["g_erf"]),
+        n("Add", ["g_erf", "one"], ["g_1p"]), n("Mul", ["half", "g_1p"], ["g_half"]),
+        n("Mul", ["f1b", "g_half"], ["gelu"]),
         n("MatMul", ["gelu", "w2"], ["f2"]), n("Add", ["f2", "b2"], ["f2b"]),
         n("Add", ["h1", "f2b"], ["r2"]),
         n("LayerNormalization", ["r2", "ln2_g", "ln2_b"], ["last_hidden_state"],

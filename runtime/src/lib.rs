@@ -8,8 +8,6 @@ mod encoder;
 mod error;
 mod model;
 
-pub use encoder::{
-    Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent,
-};
+pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent};
 pub use error::{Error, Result};
 pub use model::{CatalogEntry, InputNames, ModelCatalog, ModelManifest, Pooling};

@@ -67,18 +67,13 @@ impl ModelManifest {
     pub fn load(directory: &Path) -> Result<Self> {
         let path = directory.join(MANIFEST_FILE);
         if !directory.is_dir() {
-            return Err(Error::manifest(
-                &path,
-                "model directory does not exist (run models/fetch)",
-            ));
+            return Err(Error::manifest(&path, "model directory does not exist (run models/fetch)"));
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let mut manifest = Self::parse(&text).map_err(|reason| Error::manifest(&path, reason))?;
         manifest.directory = directory.to_path_buf();
         let model = manifest.model_path();
-        let actual = std::fs::metadata(&model)
-            .map_err(|e| Error::io(&model, e))?
-            .len();
+        let actual = std::fs::metadata(&model).map_err(|e| Error::io(&model, e))?.len();
         if actual != manifest.model_bytes {
             return Err(Error::manifest(
                 &path,
@@ -106,25 +101,14 @@ impl ModelManifest {
             ));
         }
         if self.dim == 0 || self.dim > MAX_DIM_LIMIT {
-            return Err(format!(
-                "dim {} is out of range 1..={MAX_DIM_LIMIT}",
-                self.dim
-            ));
+            return Err(format!("dim {} is out of range 1..={MAX_DIM_LIMIT}", self.dim));
         }
         if self.max_tokens < 2 || self.max_tokens > MAX_TOKENS_LIMIT {
-            return Err(format!(
-                "max_tokens {} is out of range 2..={MAX_TOKENS_LIMIT}",
-                self.max_tokens
-            ));
+            return Err(format!("max_tokens {} is out of range 2..={MAX_TOKENS_LIMIT}", self.max_tokens));
         }
-        for (what, name) in [
-            ("model_file", &self.model_file),
-            ("tokenizer_file", &self.tokenizer_file),
-        ] {
+        for (what, name) in [("model_file", &self.model_file), ("tokenizer_file", &self.tokenizer_file)] {
             if !is_plain_file_name(name) {
-                return Err(format!(
-                    "{what} {name:?} must be a file name inside the model directory"
-                ));
+                return Err(format!("{what} {name:?} must be a file name inside the model directory"));
             }
         }
         let expected = expected_fingerprint(&self.model_sha256, &self.tokenizer_sha256);
@@ -150,16 +134,12 @@ impl ModelManifest {
     /// Hashes the model and tokenizer files and compares them with the
     /// manifest. Costs a full read of the model; `load` only checks its size.
     pub fn verify_files(&self) -> Result<()> {
-        for (path, expected) in [
-            (self.model_path(), &self.model_sha256),
-            (self.tokenizer_path(), &self.tokenizer_sha256),
-        ] {
+        for (path, expected) in
+            [(self.model_path(), &self.model_sha256), (self.tokenizer_path(), &self.tokenizer_sha256)]
+        {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             if &hex(&Sha256::digest(&bytes)) != expected {
-                return Err(Error::ModelMismatch(format!(
-                    "{} does not match its sha256",
-                    path.display()
-                )));
+                return Err(Error::ModelMismatch(format!("{} does not match its sha256", path.display())));
             }
         }
         Ok(())
@@ -202,16 +182,10 @@ impl ModelCatalog {
     pub fn parse(text: &str) -> Result<Self, String> {
         let catalog: ModelCatalog = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if catalog.format != 1 {
-            return Err(format!(
-                "catalog format {} is not supported",
-                catalog.format
-            ));
+            return Err(format!("catalog format {} is not supported", catalog.format));
         }
         if !catalog.models.contains_key(&catalog.default) {
-            return Err(format!(
-                "default model {:?} is not in the catalog",
-                catalog.default
-            ));
+            return Err(format!("default model {:?} is not in the catalog", catalog.default));
         }
         Ok(catalog)
     }
@@ -235,20 +209,14 @@ pub(crate) mod tests {
         let manifest = ModelManifest::load(&tiny_dir()).unwrap();
         assert_eq!(manifest.dim, 32);
         assert_eq!(manifest.pooling, Pooling::Mean);
-        assert_eq!(
-            manifest.inputs.token_type_ids.as_deref(),
-            Some("token_type_ids")
-        );
+        assert_eq!(manifest.inputs.token_type_ids.as_deref(), Some("token_type_ids"));
         manifest.verify_files().unwrap();
     }
 
     #[test]
     fn fingerprint_matches_the_python_writer() {
         let manifest = ModelManifest::load(&tiny_dir()).unwrap();
-        assert_eq!(
-            expected_fingerprint(&manifest.model_sha256, &manifest.tokenizer_sha256),
-            manifest.fingerprint
-        );
+        assert_eq!(expected_fingerprint(&manifest.model_sha256, &manifest.tokenizer_sha256), manifest.fingerprint);
     }
 
     #[test]
@@ -258,24 +226,13 @@ pub(crate) mod tests {
             ("\"format\": 1", "\"format\": 9", "format 9"),
             ("\"dim\": 32", "\"dim\": 0", "dim 0"),
             ("\"max_tokens\": 48", "\"max_tokens\": 100000", "max_tokens"),
-            (
-                "\"model_file\": \"model.onnx\"",
-                "\"model_file\": \"../x.onnx\"",
-                "file name",
-            ),
-            (
-                "\"fingerprint\": \"",
-                "\"fingerprint\": \"00",
-                "fingerprint",
-            ),
+            ("\"model_file\": \"model.onnx\"", "\"model_file\": \"../x.onnx\"", "file name"),
+            ("\"fingerprint\": \"", "\"fingerprint\": \"00", "fingerprint"),
         ];
         for (from, to, expected) in cases {
             assert!(good.contains(from), "{from}");
             let error = ModelManifest::parse(&good.replacen(from, to, 1)).unwrap_err();
-            assert!(
-                error.contains(expected),
-                "{error} should mention {expected}"
-            );
+            assert!(error.contains(expected), "{error} should mention {expected}");
         }
         assert!(ModelManifest::parse("{").is_err());
         assert!(ModelManifest::parse("").is_err());

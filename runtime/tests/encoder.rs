@@ -10,20 +10,12 @@ use attune::{Backend, EncodeListener, Encoder, EncoderOptions, Error, OnnxEncode
 use support::{Golden, cosine, default_model_dir, repo, sentences, tiny_dir, tracked_copy};
 
 fn load(dir: &Path, backend: Backend) -> OnnxEncoder {
-    let options = EncoderOptions {
-        backend,
-        ..EncoderOptions::default()
-    };
-    OnnxEncoder::load(dir, &options)
-        .unwrap_or_else(|e| panic!("loading {} on {backend}: {e}", dir.display()))
+    let options = EncoderOptions { backend, ..EncoderOptions::default() };
+    OnnxEncoder::load(dir, &options).unwrap_or_else(|e| panic!("loading {} on {backend}: {e}", dir.display()))
 }
 
 fn backends() -> Vec<Backend> {
-    if cfg!(feature = "ort") {
-        vec![Backend::Tract, Backend::Ort]
-    } else {
-        vec![Backend::Tract]
-    }
+    if cfg!(feature = "ort") { vec![Backend::Tract, Backend::Ort] } else { vec![Backend::Tract] }
 }
 
 /// Every backend, batched and length-bucketed, against Python onnxruntime run
@@ -33,20 +25,12 @@ fn check_against_golden(dir: &Path, golden_file: &Path) {
     let texts: Vec<&str> = golden.texts.iter().map(|t| t.text.as_str()).collect();
     for backend in backends() {
         let encoder = load(dir, backend);
-        assert_eq!(
-            encoder.fingerprint(),
-            golden.fingerprint,
-            "golden file is for this model"
-        );
+        assert_eq!(encoder.fingerprint(), golden.fingerprint, "golden file is for this model");
         let embeddings = encoder.embed(&texts).unwrap();
         assert_eq!(embeddings.len(), texts.len());
         for (row, expected) in embeddings.rows().zip(&golden.texts) {
             let similarity = cosine(row, &expected.embedding);
-            assert!(
-                similarity >= 0.9999,
-                "{backend}: cosine {similarity} for {:?}",
-                expected.text
-            );
+            assert!(similarity >= 0.9999, "{backend}: cosine {similarity} for {:?}", expected.text);
             let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
             assert!((norm - 1.0).abs() < 1e-4, "normalised");
         }
@@ -78,16 +62,8 @@ fn backends_agree_on_varied_sentences() {
     for dir in dirs {
         let tract = load(&dir, Backend::Tract).embed(&texts).unwrap();
         let ort = load(&dir, Backend::Ort).embed(&texts).unwrap();
-        let worst = tract
-            .rows()
-            .zip(ort.rows())
-            .map(|(a, b)| cosine(a, b))
-            .fold(1.0f32, f32::min);
-        assert!(
-            worst >= 0.9999,
-            "{}: worst cosine tract vs ort {worst}",
-            dir.display()
-        );
+        let worst = tract.rows().zip(ort.rows()).map(|(a, b)| cosine(a, b)).fold(1.0f32, f32::min);
+        assert!(worst >= 0.9999, "{}: worst cosine tract vs ort {worst}", dir.display());
     }
 }
 
@@ -95,24 +71,15 @@ fn backends_agree_on_varied_sentences() {
 fn batching_does_not_change_results_or_order() {
     let texts = sentences();
     let texts = &texts[..40];
-    let batched = OnnxEncoder::load(
-        &tiny_dir(),
-        &EncoderOptions {
-            max_batch: 7,
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .embed(texts)
-    .unwrap();
+    let batched = OnnxEncoder::load(&tiny_dir(), &EncoderOptions { max_batch: 7, ..Default::default() })
+        .unwrap()
+        .embed(texts)
+        .unwrap();
     let one_by_one = load(&tiny_dir(), Backend::Tract);
     for (i, text) in texts.iter().enumerate() {
         let alone = one_by_one.embed(&[text]).unwrap();
         let similarity = cosine(alone.row(0), batched.row(i));
-        assert!(
-            similarity > 0.99999,
-            "text {i} moved or changed: {similarity}"
-        );
+        assert!(similarity > 0.99999, "text {i} moved or changed: {similarity}");
     }
 }
 
@@ -120,15 +87,10 @@ fn batching_does_not_change_results_or_order() {
 fn empty_and_huge_texts_are_embedded() {
     let encoder = load(&tiny_dir(), Backend::Tract);
     let huge = "word ".repeat(2_000_000);
-    let embeddings = encoder
-        .embed(&["", &huge, "\u{0}\u{7}\u{1b}[31m control"])
-        .unwrap();
+    let embeddings = encoder.embed(&["", &huge, "\u{0}\u{7}\u{1b}[31m control"]).unwrap();
     assert!(embeddings.as_slice().iter().all(|x| x.is_finite()));
     let truncated = encoder.embed(&[&"word ".repeat(200)]).unwrap();
-    assert!(
-        cosine(embeddings.row(1), truncated.row(0)) > 0.99999,
-        "cut at the window like a shorter text"
-    );
+    assert!(cosine(embeddings.row(1), truncated.row(0)) > 0.99999, "cut at the window like a shorter text");
 }
 
 #[test]
@@ -167,31 +129,16 @@ fn progress_is_reported_and_cancellation_stops_between_batches() {
             self.0.load(Ordering::SeqCst) > 0
         }
     }
-    let encoder = OnnxEncoder::load(
-        &tiny_dir(),
-        &EncoderOptions {
-            max_batch: 4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let encoder = OnnxEncoder::load(&tiny_dir(), &EncoderOptions { max_batch: 4, ..Default::default() }).unwrap();
     let texts = sentences();
     let listener = CancelAfterFirst(AtomicUsize::new(0));
-    assert!(matches!(
-        encoder.embed_with(&texts[..20], &listener),
-        Err(Error::Cancelled)
-    ));
-    assert_eq!(
-        listener.0.load(Ordering::SeqCst),
-        4,
-        "one batch ran, then it stopped"
-    );
+    assert!(matches!(encoder.embed_with(&texts[..20], &listener), Err(Error::Cancelled)));
+    assert_eq!(listener.0.load(Ordering::SeqCst), 4, "one batch ran, then it stopped");
 }
 
 #[test]
 fn missing_model_directory_is_a_manifest_error() {
-    let error =
-        OnnxEncoder::load(Path::new("/nonexistent/model"), &EncoderOptions::default()).unwrap_err();
+    let error = OnnxEncoder::load(Path::new("/nonexistent/model"), &EncoderOptions::default()).unwrap_err();
     assert!(matches!(error, Error::Manifest { .. }), "{error}");
     assert!(error.to_string().contains("models/fetch"), "{error}");
 }
@@ -203,18 +150,8 @@ fn corrupt_onnx_of_the_right_size_is_a_load_error() {
     bytes[..256].iter_mut().for_each(|b| *b = 0xff);
     std::fs::write(dir.join("model.onnx"), bytes).unwrap();
     for backend in backends() {
-        let error = OnnxEncoder::load(
-            &dir,
-            &EncoderOptions {
-                backend,
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
-        assert!(
-            matches!(error, Error::ModelLoad { .. }),
-            "{backend}: {error}"
-        );
+        let error = OnnxEncoder::load(&dir, &EncoderOptions { backend, ..Default::default() }).unwrap_err();
+        assert!(matches!(error, Error::ModelLoad { .. }), "{backend}: {error}");
     }
 }
 
@@ -222,23 +159,12 @@ fn corrupt_onnx_of_the_right_size_is_a_load_error() {
 fn tokenizer_larger_than_the_model_vocabulary_is_a_mismatch() {
     let dir = tracked_copy("big-vocab");
     let path = dir.join("tokenizer.json");
-    let mut tokenizer: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     tokenizer["model"]["vocab"]["zzzbeyondthetable"] = serde_json::json!(50_000);
     std::fs::write(&path, tokenizer.to_string()).unwrap();
     for backend in backends() {
-        let error = OnnxEncoder::load(
-            &dir,
-            &EncoderOptions {
-                backend,
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
-        assert!(
-            matches!(error, Error::ModelMismatch(_)),
-            "{backend}: {error}"
-        );
+        let error = OnnxEncoder::load(&dir, &EncoderOptions { backend, ..Default::default() }).unwrap_err();
+        assert!(matches!(error, Error::ModelMismatch(_)), "{backend}: {error}");
     }
 }
 
@@ -246,16 +172,8 @@ fn tokenizer_larger_than_the_model_vocabulary_is_a_mismatch() {
 fn manifest_that_disagrees_with_the_model_is_a_mismatch() {
     let cases: [(&str, &str, &str); 3] = [
         ("\"dim\": 32", "\"dim\": 31", "width"),
-        (
-            "\"token_type_ids\": \"token_type_ids\"",
-            "\"token_type_ids\": null",
-            "token_type_ids",
-        ),
-        (
-            "\"output\": \"last_hidden_state\"",
-            "\"output\": \"pooler_output\"",
-            "pooler_output",
-        ),
+        ("\"token_type_ids\": \"token_type_ids\"", "\"token_type_ids\": null", "token_type_ids"),
+        ("\"output\": \"last_hidden_state\"", "\"output\": \"pooler_output\"", "pooler_output"),
     ];
     for (from, to, mentioned) in cases {
         let dir = tracked_copy("manifest-mismatch");
@@ -264,22 +182,9 @@ fn manifest_that_disagrees_with_the_model_is_a_mismatch() {
         assert!(text.contains(from), "{from}");
         std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
         for backend in backends() {
-            let error = OnnxEncoder::load(
-                &dir,
-                &EncoderOptions {
-                    backend,
-                    ..Default::default()
-                },
-            )
-            .unwrap_err();
-            assert!(
-                matches!(error, Error::ModelMismatch(_)),
-                "{backend} {to}: {error}"
-            );
-            assert!(
-                error.to_string().contains(mentioned),
-                "{backend}: {error} should mention {mentioned}"
-            );
+            let error = OnnxEncoder::load(&dir, &EncoderOptions { backend, ..Default::default() }).unwrap_err();
+            assert!(matches!(error, Error::ModelMismatch(_)), "{backend} {to}: {error}");
+            assert!(error.to_string().contains(mentioned), "{backend}: {error} should mention {mentioned}");
         }
     }
 }
@@ -287,14 +192,8 @@ fn manifest_that_disagrees_with_the_model_is_a_mismatch() {
 #[test]
 fn unavailable_ort_library_is_a_typed_error() {
     if !cfg!(feature = "ort") {
-        let error = OnnxEncoder::load(
-            &tiny_dir(),
-            &EncoderOptions {
-                backend: Backend::Ort,
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
+        let error = OnnxEncoder::load(&tiny_dir(), &EncoderOptions { backend: Backend::Ort, ..Default::default() })
+            .unwrap_err();
         assert!(matches!(error, Error::BackendUnavailable { .. }), "{error}");
         return;
     }

@@ -35,9 +35,7 @@ struct ModeResult {
 
 pub fn run_embed(cli: &Cli, args: &EmbedBenchArgs) -> Result<(), Error> {
     if args.rounds == 0 || args.batch == 0 {
-        return Err(Error::InvalidInput(
-            "--rounds and --batch must be at least 1".into(),
-        ));
+        return Err(Error::InvalidInput("--rounds and --batch must be at least 1".into()));
     }
     let sentences: Vec<&str> = SENTENCES.lines().collect();
     let started = Instant::now();
@@ -47,23 +45,12 @@ pub fn run_embed(cli: &Cli, args: &EmbedBenchArgs) -> Result<(), Error> {
     let load_and_first = started.elapsed();
 
     let modes = [
-        Mode {
-            name: "batch 1",
-            call_size: 1,
-        },
-        Mode {
-            name: "batch 32, caller order",
-            call_size: args.batch,
-        },
-        Mode {
-            name: "all at once, length-bucketed",
-            call_size: sentences.len(),
-        },
+        Mode { name: "batch 1", call_size: 1 },
+        Mode { name: "batch 32, caller order", call_size: args.batch },
+        Mode { name: "all at once, length-bucketed", call_size: sentences.len() },
     ];
-    let results = modes
-        .iter()
-        .map(|mode| measure(&encoder, &sentences, mode, args.rounds))
-        .collect::<Result<Vec<_>, Error>>()?;
+    let results =
+        modes.iter().map(|mode| measure(&encoder, &sentences, mode, args.rounds)).collect::<Result<Vec<_>, Error>>()?;
     let peak_rss_mb = peak_rss_bytes().map(|b| b as f64 / 1e6);
 
     if cli.json {
@@ -98,20 +85,10 @@ pub fn run_embed(cli: &Cli, args: &EmbedBenchArgs) -> Result<(), Error> {
         sentences.len(),
         args.rounds
     );
-    println!(
-        "load {:.0} ms; load + first embedding {:.0} ms",
-        ms(load),
-        ms(load_and_first)
-    );
-    println!(
-        "{:<30} {:>12} {:>14} {:>14}",
-        "mode", "sentences/s", "p50 ms/call", "p95 ms/call"
-    );
+    println!("load {:.0} ms; load + first embedding {:.0} ms", ms(load), ms(load_and_first));
+    println!("{:<30} {:>12} {:>14} {:>14}", "mode", "sentences/s", "p50 ms/call", "p95 ms/call");
     for r in &results {
-        println!(
-            "{:<30} {:>12.1} {:>14.2} {:>14.2}",
-            r.name, r.sentences_per_second, r.p50_ms, r.p95_ms
-        );
+        println!("{:<30} {:>12.1} {:>14.2} {:>14.2}", r.name, r.sentences_per_second, r.p50_ms, r.p95_ms);
     }
     match peak_rss_mb {
         Some(mb) => println!("peak RSS {mb:.0} MB"),
@@ -120,12 +97,7 @@ pub fn run_embed(cli: &Cli, args: &EmbedBenchArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn measure(
-    encoder: &OnnxEncoder,
-    sentences: &[&str],
-    mode: &Mode,
-    rounds: usize,
-) -> Result<ModeResult, Error> {
+fn measure(encoder: &OnnxEncoder, sentences: &[&str], mode: &Mode, rounds: usize) -> Result<ModeResult, Error> {
     let mut pass_times = Vec::with_capacity(rounds);
     let mut call_times = Vec::new();
     for _ in 0..rounds {

@@ -11,11 +11,7 @@ use attune::{Backend, EncoderOptions, OnnxEncoder};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "attune",
-    version,
-    about = "On-device personalization: embed, train and predict on your own data"
-)]
+#[command(name = "attune", version, about = "On-device personalization: embed, train and predict on your own data")]
 struct Cli {
     /// Model directory (default: $ATTUNE_MODEL, else the fetched catalog default).
     #[arg(long, global = true, env = "ATTUNE_MODEL")]
@@ -59,10 +55,7 @@ fn parse_backend(text: &str) -> Result<Backend, String> {
 
 impl Cli {
     fn encoder_options(&self) -> EncoderOptions {
-        let mut options = EncoderOptions {
-            backend: self.backend,
-            ..EncoderOptions::default()
-        };
+        let mut options = EncoderOptions { backend: self.backend, ..EncoderOptions::default() };
         if let Some(threads) = self.threads {
             options.threads = threads;
         }
@@ -79,9 +72,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Embed { texts } => embed::run(&cli, texts),
-        Command::Bench {
-            what: BenchCommand::Embed(args),
-        } => bench::run_embed(&cli, args),
+        Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

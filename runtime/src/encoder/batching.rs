@@ -41,10 +41,7 @@ pub(crate) fn plan_batches(lengths: &[usize], max_rows: usize) -> Vec<Vec<usize>
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     // Stable, so equal lengths keep their input order: runs are reproducible.
     order.sort_by_key(|&i| lengths[i]);
-    order
-        .chunks(max_rows.max(1))
-        .map(<[usize]>::to_vec)
-        .collect()
+    order.chunks(max_rows.max(1)).map(<[usize]>::to_vec).collect()
 }
 
 #[cfg(test)]
@@ -64,14 +61,8 @@ mod tests {
 
     #[test]
     fn padding_masks_only_real_tokens() {
-        let a = Tokens {
-            ids: vec![2, 7, 3],
-            type_ids: vec![0, 0, 0],
-        };
-        let b = Tokens {
-            ids: vec![2, 3],
-            type_ids: vec![0, 1],
-        };
+        let a = Tokens { ids: vec![2, 7, 3], type_ids: vec![0, 0, 0] };
+        let b = Tokens { ids: vec![2, 3], type_ids: vec![0, 1] };
         let batch = TokenBatch::pad(&[&a, &b]);
         assert_eq!((batch.rows, batch.seq), (2, 3));
         assert_eq!(batch.ids, vec![2, 7, 3, 2, 3, 0]);

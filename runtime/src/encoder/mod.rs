@@ -6,6 +6,7 @@ mod ort_engine;
 mod pooling;
 mod tokenize;
 mod tract_engine;
+mod tract_passes;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -66,10 +67,7 @@ pub struct Embeddings {
 impl Embeddings {
     pub fn from_values(dim: usize, values: Vec<f32>) -> Result<Self> {
         if dim == 0 || !values.len().is_multiple_of(dim) {
-            return Err(Error::InvalidInput(format!(
-                "{} values do not form rows of width {dim}",
-                values.len()
-            )));
+            return Err(Error::InvalidInput(format!("{} values do not form rows of width {dim}", values.len())));
         }
         Ok(Self { dim, values })
     }
@@ -112,9 +110,7 @@ impl FromStr for Backend {
         match text {
             "tract" => Ok(Backend::Tract),
             "ort" => Ok(Backend::Ort),
-            other => Err(Error::InvalidInput(format!(
-                "unknown backend {other:?} (tract or ort)"
-            ))),
+            other => Err(Error::InvalidInput(format!("unknown backend {other:?} (tract or ort)"))),
         }
     }
 }
@@ -143,22 +139,13 @@ pub struct EncoderOptions {
 impl Default for EncoderOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Self {
-            backend: Backend::Tract,
-            threads: cores.min(4),
-            max_batch: 32,
-            ort_library: None,
-        }
+        Self { backend: Backend::Tract, threads: cores.min(4), max_batch: 32, ort_library: None }
     }
 }
 
 /// Runs one padded batch and hands its `[rows, seq, width]` states to `pool`.
 pub(crate) trait Engine: Send + Sync {
-    fn run(
-        &self,
-        batch: &TokenBatch,
-        pool: &mut dyn FnMut(&[f32], usize) -> Result<()>,
-    ) -> Result<()>;
+    fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()>;
 }
 
 /// A sentence encoder over an ONNX model directory (see `models/`).
@@ -186,22 +173,16 @@ impl OnnxEncoder {
     /// do not fit together; on success the model has already run once.
     pub fn load(directory: &Path, options: &EncoderOptions) -> Result<Self> {
         if options.max_batch == 0 || options.threads == 0 {
-            return Err(Error::InvalidInput(
-                "max_batch and threads must be at least 1".into(),
-            ));
+            return Err(Error::InvalidInput("max_batch and threads must be at least 1".into()));
         }
         let manifest = ModelManifest::load(directory)?;
         let tokenizer = TextTokenizer::load(&manifest.tokenizer_path(), manifest.max_tokens)?;
         let engine: Box<dyn Engine> = match options.backend {
-            Backend::Tract => {
-                Box::new(tract_engine::TractEngine::load(&manifest, options.threads)?)
-            }
+            Backend::Tract => Box::new(tract_engine::TractEngine::load(&manifest, options.threads)?),
             #[cfg(feature = "ort")]
-            Backend::Ort => Box::new(ort_engine::OrtEngine::load(
-                &manifest,
-                options.threads,
-                options.ort_library.as_deref(),
-            )?),
+            Backend::Ort => {
+                Box::new(ort_engine::OrtEngine::load(&manifest, options.threads, options.ort_library.as_deref())?)
+            }
             #[cfg(not(feature = "ort"))]
             Backend::Ort => {
                 return Err(Error::BackendUnavailable {
@@ -210,13 +191,7 @@ impl OnnxEncoder {
                 });
             }
         };
-        let encoder = Self {
-            manifest,
-            tokenizer,
-            engine,
-            max_batch: options.max_batch,
-            backend: options.backend,
-        };
+        let encoder = Self { manifest, tokenizer, engine, max_batch: options.max_batch, backend: options.backend };
         encoder.probe()?;
         Ok(encoder)
     }
@@ -251,12 +226,9 @@ impl OnnxEncoder {
                 "the model's output width is {width}, the manifest says {}",
                 self.manifest.dim
             ))),
-            Ok(Err(Error::Inference(reason))) | Ok(Err(Error::ModelMismatch(reason))) => {
-                Err(Error::ModelMismatch(format!(
-                    "the model rejected token id {} of its tokenizer: {reason}",
-                    self.tokenizer.highest_id()
-                )))
-            }
+            Ok(Err(Error::Inference(reason))) | Ok(Err(Error::ModelMismatch(reason))) => Err(Error::ModelMismatch(
+                format!("the model rejected token id {} of its tokenizer: {reason}", self.tokenizer.highest_id()),
+            )),
             Ok(Err(other)) => Err(other),
             Err(_) => Err(Error::ModelMismatch(format!(
                 "the tokenizer's ids (up to {}) do not fit the model's vocabulary",
@@ -288,10 +260,7 @@ impl Encoder for OnnxEncoder {
         if texts.is_empty() {
             return Err(Error::InvalidInput("no texts to embed".into()));
         }
-        let tokens = texts
-            .iter()
-            .map(|t| self.tokenize(t))
-            .collect::<Result<Vec<_>>>()?;
+        let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>>>()?;
         let lengths: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
         let dim = self.manifest.dim;
         let mut values = vec![0.0f32; texts.len() * dim];
@@ -305,9 +274,7 @@ impl Encoder for OnnxEncoder {
             pooled.resize(members.len() * dim, 0.0);
             self.engine.run(&batch, &mut |hidden, width| {
                 if width != dim {
-                    return Err(Error::ModelMismatch(format!(
-                        "output width {width}, manifest says {dim}"
-                    )));
+                    return Err(Error::ModelMismatch(format!("output width {width}, manifest says {dim}")));
                 }
                 let shape = (batch.rows, batch.seq, width);
                 pooling::pool_rows(
@@ -321,8 +288,7 @@ impl Encoder for OnnxEncoder {
                 Ok(())
             })?;
             for (row, &index) in members.iter().enumerate() {
-                values[index * dim..(index + 1) * dim]
-                    .copy_from_slice(&pooled[row * dim..(row + 1) * dim]);
+                values[index * dim..(index + 1) * dim].copy_from_slice(&pooled[row * dim..(row + 1) * dim]);
             }
             done += members.len();
             listener.on_progress(done, texts.len());

@@ -33,10 +33,7 @@ enum Role {
 }
 
 fn unavailable(reason: impl Into<String>) -> Error {
-    Error::BackendUnavailable {
-        backend: "ort".into(),
-        reason: reason.into(),
-    }
+    Error::BackendUnavailable { backend: "ort".into(), reason: reason.into() }
 }
 
 fn environment(library: Option<&Path>) -> Result<&'static Environment> {
@@ -51,12 +48,8 @@ fn environment(library: Option<&Path>) -> Result<&'static Environment> {
         if !requested.is_file() {
             return Err(format!("{} does not exist", requested.display()));
         }
-        let builder =
-            ort::init_from(&requested).map_err(|e| format!("{}: {e}", requested.display()))?;
-        let environment = builder
-            .with_name("attune")
-            .build()
-            .map_err(|e| e.to_string())?;
+        let builder = ort::init_from(&requested).map_err(|e| format!("{}: {e}", requested.display()))?;
+        let environment = builder.with_name("attune").build().map_err(|e| e.to_string())?;
         Ok((requested.clone(), environment))
     });
     match entry {
@@ -73,22 +66,13 @@ impl OrtEngine {
     pub fn load(manifest: &ModelManifest, threads: usize, library: Option<&Path>) -> Result<Self> {
         let environment = environment(library)?;
         let path = manifest.model_path();
-        let failed = |e: &dyn std::fmt::Display| Error::ModelLoad {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
+        let failed = |e: &dyn std::fmt::Display| Error::ModelLoad { path: path.clone(), reason: e.to_string() };
         let builder = Session::builder(environment).map_err(|e| failed(&e))?;
-        let builder = builder
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| failed(&e))?;
-        let builder = builder
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| failed(&e))?;
+        let builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| failed(&e))?;
+        let builder = builder.with_intra_threads(threads.max(1)).map_err(|e| failed(&e))?;
         let builder = builder.with_inter_threads(1).map_err(|e| failed(&e))?;
         // Spinning workers halve throughput when the other core is busy.
-        let mut builder = builder
-            .with_intra_op_spinning(false)
-            .map_err(|e| failed(&e))?;
+        let mut builder = builder.with_intra_op_spinning(false).map_err(|e| failed(&e))?;
         let session = builder.commit_from_file(&path).map_err(|e| failed(&e))?;
 
         let names = &manifest.inputs;
@@ -108,42 +92,21 @@ impl OrtEngine {
             };
             inputs.push((name.to_string(), role));
         }
-        let expected = [
-            Some(&names.input_ids),
-            Some(&names.attention_mask),
-            names.token_type_ids.as_ref(),
-        ];
+        let expected = [Some(&names.input_ids), Some(&names.attention_mask), names.token_type_ids.as_ref()];
         for name in expected.into_iter().flatten() {
             if !inputs.iter().any(|(n, _)| n == name) {
-                return Err(Error::ModelMismatch(format!(
-                    "the model has no input {name:?}"
-                )));
+                return Err(Error::ModelMismatch(format!("the model has no input {name:?}")));
             }
         }
-        if !session
-            .outputs()
-            .iter()
-            .any(|o| o.name() == manifest.output)
-        {
-            return Err(Error::ModelMismatch(format!(
-                "the model has no output {:?}",
-                manifest.output
-            )));
+        if !session.outputs().iter().any(|o| o.name() == manifest.output) {
+            return Err(Error::ModelMismatch(format!("the model has no output {:?}", manifest.output)));
         }
-        Ok(Self {
-            session: Mutex::new(session),
-            inputs,
-            output: manifest.output.clone(),
-        })
+        Ok(Self { session: Mutex::new(session), inputs, output: manifest.output.clone() })
     }
 }
 
 impl Engine for OrtEngine {
-    fn run(
-        &self,
-        batch: &TokenBatch,
-        pool: &mut dyn FnMut(&[f32], usize) -> Result<()>,
-    ) -> Result<()> {
+    fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
         let shape = [batch.rows, batch.seq];
         let failed = |e: ort::Error| Error::Inference(e.to_string());
         let mut values = Vec::with_capacity(self.inputs.len());
@@ -156,10 +119,7 @@ impl Engine for OrtEngine {
             let tensor = TensorRef::from_array_view((shape, data.as_slice())).map_err(failed)?;
             values.push((name.as_str(), tensor));
         }
-        let mut session = self
-            .session
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let outputs = session.run(values).map_err(failed)?;
         let (dims, data) = outputs[self.output.as_str()]
             .try_extract_tensor::<f32>()

@@ -48,9 +48,7 @@ mod tests {
     #[test]
     fn mean_pooling_ignores_padding_and_normalises() {
         // Two rows, three tokens, width 2; the second row's last token is padding.
-        let hidden = [
-            1.0, 0.0, 3.0, 0.0, 2.0, 0.0, 0.0, 2.0, 0.0, 4.0, 100.0, 100.0,
-        ];
+        let hidden = [1.0, 0.0, 3.0, 0.0, 2.0, 0.0, 0.0, 2.0, 0.0, 4.0, 100.0, 100.0];
         let mask = [1, 1, 1, 1, 1, 0];
         let mut out = [0.0; 4];
         pool_rows(&hidden, &mask, (2, 3, 2), Pooling::Mean, false, &mut out);

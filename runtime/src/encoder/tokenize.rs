@@ -24,13 +24,9 @@ pub(crate) struct TextTokenizer {
 impl TextTokenizer {
     pub fn load(path: &Path, max_tokens: usize) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::Tokenizer(format!(
-                "{} does not exist",
-                path.display()
-            )));
+            return Err(Error::Tokenizer(format!("{} does not exist", path.display())));
         }
-        let mut inner = Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let mut inner = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         inner.with_padding(None);
         inner
             .with_truncation(Some(TruncationParams {
@@ -50,17 +46,10 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Tokens> {
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encoding = self.inner.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(Tokens {
             ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
-            type_ids: encoding
-                .get_type_ids()
-                .iter()
-                .map(|&i| i64::from(i))
-                .collect(),
+            type_ids: encoding.get_type_ids().iter().map(|&i| i64::from(i)).collect(),
         })
     }
 }
@@ -80,11 +69,7 @@ mod tests {
         // The tiny tokenizer.json pads to 16 and truncates at 16, like the
         // default model's does at 128.
         let tokenizer = tiny_tokenizer(40);
-        assert_eq!(
-            tokenizer.encode("hello").unwrap().ids.len(),
-            3,
-            "[CLS] hello [SEP], unpadded"
-        );
+        assert_eq!(tokenizer.encode("hello").unwrap().ids.len(), 3, "[CLS] hello [SEP], unpadded");
         assert_eq!(tokenizer.encode(&"the ".repeat(100)).unwrap().ids.len(), 40);
         assert_eq!(tokenizer.encode("").unwrap().ids.len(), 2);
     }
@@ -92,21 +77,10 @@ mod tests {
     #[test]
     fn odd_text_tokenizes() {
         let tokenizer = tiny_tokenizer(48);
-        for text in [
-            "\u{0}\u{1}\u{7f}",
-            "🎉🎉",
-            "\u{202e}rtl",
-            "a\u{0301}",
-            "\r\n\t",
-        ] {
+        for text in ["\u{0}\u{1}\u{7f}", "🎉🎉", "\u{202e}rtl", "a\u{0301}", "\r\n\t"] {
             let tokens = tokenizer.encode(text).unwrap();
             assert!(tokens.ids.len() >= 2 && tokens.ids.len() == tokens.type_ids.len());
-            assert!(
-                tokens
-                    .ids
-                    .iter()
-                    .all(|&id| id <= i64::from(tokenizer.highest_id()))
-            );
+            assert!(tokens.ids.iter().all(|&id| id <= i64::from(tokenizer.highest_id())));
         }
     }
 
@@ -117,9 +91,6 @@ mod tests {
         let dir = crate::model::tests::tempdir("badtok");
         let path = dir.join("tokenizer.json");
         std::fs::write(&path, "{\"not\": \"a tokenizer\"}").unwrap();
-        assert!(matches!(
-            TextTokenizer::load(&path, 8),
-            Err(Error::Tokenizer(_))
-        ));
+        assert!(matches!(TextTokenizer::load(&path, 8), Err(Error::Tokenizer(_))));
     }
 }

@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 pub fn tiny_dir() -> PathBuf {
@@ -27,19 +24,14 @@ pub fn default_model_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("ATTUNE_REQUIRE_DEFAULT_MODEL").as_deref() == Ok("1") {
-        panic!(
-            "the default model is required but {} is missing: run models/fetch",
-            dir.display()
-        );
+        panic!("the default model is required but {} is missing: run models/fetch", dir.display());
     }
     eprintln!("skipping: default model not fetched (run models/fetch)");
     None
 }
 
 pub fn sentences() -> Vec<&'static str> {
-    include_str!("../../../tests/data/sentences.txt")
-        .lines()
-        .collect()
+    include_str!("../../../tests/data/sentences.txt").lines().collect()
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
