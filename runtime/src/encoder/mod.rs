@@ -146,6 +146,11 @@ impl Default for EncoderOptions {
 /// Runs one padded batch and hands its `[rows, seq, width]` states to `pool`.
 pub(crate) trait Engine: Send + Sync {
     fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()>;
+
+    /// Rows of the model's word-embedding table, when the engine can tell.
+    fn vocabulary_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A sentence encoder over an ONNX model directory (see `models/`).
@@ -208,12 +213,21 @@ impl OnnxEncoder {
     /// than the model's embedding table, or an output width other than the
     /// manifest's, is caught here instead of on a user's text.
     fn probe(&self) -> Result<()> {
+        if let Some(rows) = self.engine.vocabulary_size()
+            && self.tokenizer.highest_id() as usize >= rows
+        {
+            return Err(Error::ModelMismatch(format!(
+                "the tokenizer's ids reach {}, the model's vocabulary has {rows} rows",
+                self.tokenizer.highest_id()
+            )));
+        }
         let mut tokens = self.tokenizer.encode("probe")?;
         let last = tokens.ids.len() / 2;
         tokens.ids[last] = i64::from(self.tokenizer.highest_id());
         let batch = TokenBatch::pad(&[&tokens]);
         let mut width = 0;
-        // tract indexes its embedding table directly: an id beyond it panics.
+        // Second line of defence for engines that cannot report their table
+        // size: tract indexes it directly, and an id beyond it panics.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.engine.run(&batch, &mut |_, w| {
                 width = w;

@@ -11,11 +11,32 @@ use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_core::optim::Optimizer;
 
 /// Folds constants, declutters, fuses GELU and generates the optimised graph.
-pub(crate) fn prepare(model: &mut TypedModel) -> TractResult<()> {
+/// Returns the rows of the word-embedding table when it can be found.
+pub(crate) fn prepare(model: &mut TypedModel) -> TractResult<Option<usize>> {
     fold_constants(model)?;
+    let vocabulary_size = word_table_rows(model)?;
     declutter(model)?;
     fuse_exact_gelu(model)?;
-    model.optimize()
+    model.optimize()?;
+    Ok(vocabulary_size)
+}
+
+/// Rows of the constant table that the first model input (`input_ids` in
+/// every BERT export) indexes. tract indexes it without bounds checks, so the
+/// encoder compares the tokenizer's ids with this before running anything.
+fn word_table_rows(model: &TypedModel) -> TractResult<Option<usize>> {
+    let sources: Vec<OutletId> = model.input_outlets()?.to_vec();
+    for node in &model.nodes {
+        let is_gather = node.op().name() == "Gather";
+        let [table, indices] = node.inputs.as_slice() else { continue };
+        if !is_gather || !comes_from(model, *indices, &sources) {
+            continue;
+        }
+        if let Some(konst) = &model.outlet_fact(*table)?.konst {
+            return Ok(konst.shape().first().copied());
+        }
+    }
+    Ok(None)
 }
 
 /// Replaces every node whose inputs are all concrete constants by its value.
@@ -67,6 +88,20 @@ fn declutter(model: &mut TypedModel) -> TractResult<()> {
     let mut optimizer = Optimizer::declutter();
     optimizer.passes.retain(|pass| !format!("{pass:?}").starts_with("FoldUniformMask"));
     optimizer.optimize(model)
+}
+
+/// True when `outlet` is one of `sources`, possibly through `Cast`s.
+fn comes_from(model: &TypedModel, mut outlet: OutletId, sources: &[OutletId]) -> bool {
+    loop {
+        if sources.contains(&outlet) {
+            return true;
+        }
+        let node = model.node(outlet.node);
+        match node.inputs.as_slice() {
+            [input] if node.op().name() == "Cast" => outlet = *input,
+            _ => return false,
+        }
+    }
 }
 
 /// Rewrites `x * (0.5 * (1 + erf(x / sqrt 2)))` into tract's fused `GeluExact`.
