@@ -37,6 +37,27 @@ pub enum Error {
     /// The caller cancelled the operation.
     #[error("cancelled")]
     Cancelled,
+    /// The database file was written by a newer Attune; it is left untouched.
+    #[error("the database has schema version {found}; this Attune reads up to {supported}")]
+    DatabaseTooNew { found: i64, supported: i64 },
+    /// The file is not an Attune database, is damaged, or the key is wrong.
+    #[error("not a readable database (damaged, not SQLite, or a wrong encryption key): {0}")]
+    DatabaseUnreadable(String),
+    /// An encryption key was needed, given to an unencrypted file, or wrong.
+    #[error("encryption key: {0}")]
+    EncryptionKey(String),
+    /// The device has no space left for the write; nothing was changed.
+    #[error("the disk is full; nothing was written")]
+    DiskFull,
+    /// The database cannot be written (read-only file or location).
+    #[error("the database is read-only: {0}")]
+    ReadOnly(String),
+    /// Another storage failure.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// No task of that name exists.
+    #[error("unknown task {0:?}")]
+    UnknownTask(String),
 }
 
 /// Result with the runtime's [`Error`].
@@ -49,5 +70,25 @@ impl Error {
 
     pub(crate) fn manifest(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Manifest { path: path.into(), reason: reason.into() }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        let code = match &error {
+            rusqlite::Error::SqliteFailure(failure, _) => Some(failure.code),
+            _ => None,
+        };
+        match code {
+            Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
+                Error::DatabaseUnreadable(error.to_string())
+            }
+            Some(ErrorCode::DiskFull) => Error::DiskFull,
+            Some(ErrorCode::ReadOnly) | Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
+                Error::ReadOnly(error.to_string())
+            }
+            _ => Error::Storage(error.to_string()),
+        }
     }
 }

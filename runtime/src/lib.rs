@@ -7,7 +7,13 @@
 mod encoder;
 mod error;
 mod model;
+mod store;
 
 pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent};
 pub use error::{Error, Result};
 pub use model::{CatalogEntry, InputNames, ModelCatalog, ModelManifest, Pooling};
+pub use store::{
+    AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, LabelCount,
+    NewDocument, NewExample, NewFeedback, NewHead, Retention, Signal, Store, StoreOptions, StoredHead, TaskId,
+    TaskInfo, VectorEncoding,
+};

@@ -1,0 +1,175 @@
+//! Trained heads: versioned checkpoints per task, one of them active.
+//! Saving, promoting and rolling back are each one transaction.
+
+use rusqlite::{OptionalExtension, Row, Transaction};
+
+use super::{Store, TaskId, now_ms};
+use crate::error::{Error, Result};
+
+/// A head to store, as the trainer produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewHead {
+    pub kind: String,
+    pub format_version: u32,
+    /// Fingerprint of the backbone whose features it was trained on.
+    pub fingerprint: String,
+    pub labels: Vec<String>,
+    pub weights: Vec<u8>,
+    /// Training report and metrics, as JSON text.
+    pub report: String,
+    pub metrics: String,
+    /// Highest example id the training saw; forgetting any example at or
+    /// below it makes the head stale.
+    pub trained_through_example: i64,
+}
+
+/// A stored head with everything needed to load it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredHead {
+    pub info: HeadInfo,
+    pub format_version: u32,
+    pub labels: Vec<String>,
+    pub weights: Vec<u8>,
+    pub report: String,
+}
+
+/// A head's version history entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadInfo {
+    pub version: u32,
+    pub kind: String,
+    pub fingerprint: String,
+    pub metrics: String,
+    /// Trained on data that has since been forgotten: its weights are erased
+    /// and it can no longer be activated.
+    pub stale: bool,
+    pub active: bool,
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "h.version, h.kind, h.fingerprint, h.metrics, h.stale, h.id = t.active_head, h.created_at,
+     h.format_version, h.label_map, h.weights, h.report";
+
+fn stored_head(row: &Row<'_>) -> rusqlite::Result<(HeadInfo, u32, String, Vec<u8>, String)> {
+    Ok((
+        HeadInfo {
+            version: row.get(0)?,
+            kind: row.get(1)?,
+            fingerprint: row.get(2)?,
+            metrics: row.get(3)?,
+            stale: row.get(4)?,
+            active: row.get::<_, Option<bool>>(5)?.unwrap_or(false),
+            created_at: row.get(6)?,
+        },
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+        row.get(10)?,
+    ))
+}
+
+impl Store {
+    /// Stores a new head version; when `activate`, it becomes the active head
+    /// in the same transaction. Returns its version.
+    pub fn save_head(&self, task: TaskId, head: &NewHead, activate: bool) -> Result<u32> {
+        if head.labels.is_empty() || head.weights.is_empty() {
+            return Err(Error::InvalidInput("a head needs labels and weights".into()));
+        }
+        for json in [&head.report, &head.metrics] {
+            serde_json::from_str::<serde_json::Value>(json)
+                .map_err(|e| Error::InvalidInput(format!("head report or metrics is not JSON: {e}")))?;
+        }
+        let labels = serde_json::to_string(&head.labels).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        self.write(|tx| {
+            let version: u32 =
+                tx.query_row("SELECT coalesce(max(version), 0) + 1 FROM heads WHERE task_id = ?1", [task.0], |row| {
+                    row.get(0)
+                })?;
+            tx.execute(
+                "INSERT INTO heads (task_id, version, kind, format_version, fingerprint, label_map, weights,
+                                    report, metrics, trained_through_example, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                rusqlite::params![
+                    task.0,
+                    version,
+                    head.kind,
+                    head.format_version,
+                    head.fingerprint,
+                    labels,
+                    head.weights,
+                    head.report,
+                    head.metrics,
+                    head.trained_through_example,
+                    now_ms()
+                ],
+            )?;
+            if activate {
+                make_active(tx, task, version)?;
+            }
+            Ok(version)
+        })
+    }
+
+    /// Makes an earlier (or later) version active: promotion and rollback.
+    pub fn activate_head(&self, task: TaskId, version: u32) -> Result<()> {
+        self.write(|tx| make_active(tx, task, version))
+    }
+
+    /// The active head, if the task has one that is not stale.
+    pub fn active_head(&self, task: TaskId) -> Result<Option<StoredHead>> {
+        self.read(|tx| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM tasks t JOIN heads h ON h.id = t.active_head WHERE t.id = ?1 AND h.stale = 0"
+            );
+            let row = tx.query_row(&sql, [task.0], stored_head).optional()?;
+            row.map(into_stored).transpose()
+        })
+    }
+
+    /// One version of the task's heads.
+    pub fn head(&self, task: TaskId, version: u32) -> Result<Option<StoredHead>> {
+        self.read(|tx| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM heads h JOIN tasks t ON t.id = h.task_id WHERE h.task_id = ?1 AND h.version = ?2"
+            );
+            let row = tx.query_row(&sql, (task.0, version), stored_head).optional()?;
+            row.map(into_stored).transpose()
+        })
+    }
+
+    /// Every version of the task's heads, oldest first.
+    pub fn heads(&self, task: TaskId) -> Result<Vec<HeadInfo>> {
+        self.read(|tx| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM heads h JOIN tasks t ON t.id = h.task_id WHERE h.task_id = ?1 ORDER BY h.version"
+            );
+            let mut statement = tx.prepare(&sql)?;
+            let rows = statement.query_map([task.0], stored_head)?;
+            Ok(rows.map(|row| row.map(|r| r.0)).collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+fn into_stored(
+    (info, format_version, labels, weights, report): (HeadInfo, u32, String, Vec<u8>, String),
+) -> Result<StoredHead> {
+    let labels = serde_json::from_str(&labels)
+        .map_err(|e| Error::DatabaseUnreadable(format!("head {} has a malformed label map: {e}", info.version)))?;
+    Ok(StoredHead { info, format_version, labels, weights, report })
+}
+
+fn make_active(tx: &Transaction<'_>, task: TaskId, version: u32) -> Result<()> {
+    let head: Option<(i64, bool)> = tx
+        .query_row("SELECT id, stale FROM heads WHERE task_id = ?1 AND version = ?2", (task.0, version), |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    match head {
+        None => Err(Error::InvalidInput(format!("the task has no head version {version}"))),
+        Some((_, true)) => Err(Error::InvalidInput(format!("head version {version} was trained on forgotten data"))),
+        Some((id, false)) => {
+            tx.execute("UPDATE tasks SET active_head = ?1 WHERE id = ?2", (id, task.0))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The user's private data in one SQLite file on the device: tasks,
+//! labelled examples, documents, feedback, cached features and trained heads.
+//!
+//! One writer connection takes closure-scoped transactions that commit only
+//! when the closure succeeds; readers use their own connections and, thanks
+//! to WAL, never wait for the writer. The store knows nothing of ONNX: it
+//! keeps texts, vectors and blobs.
+
+mod examples;
+mod features;
+mod heads;
+mod items;
+mod rights;
+mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+pub use examples::{AddOutcome, Example, LabelCount, NewExample};
+pub use features::VectorEncoding;
+pub use heads::{HeadInfo, NewHead, StoredHead};
+pub use items::{Document, FeedbackEvent, NewDocument, NewFeedback, Signal};
+pub use rights::{Forget, ForgetOutcome, Retention};
+
+use crate::error::{Error, Result};
+
+/// Readers kept open for reuse; more are opened when callers overlap.
+const IDLE_READERS: usize = 4;
+
+/// A key for encryption at rest (cargo feature `encryption`). Its bytes are
+/// wiped from memory when the last copy is dropped.
+#[derive(Clone)]
+pub struct EncryptionKey(#[cfg_attr(not(feature = "encryption"), allow(dead_code))] Zeroizing<String>);
+
+impl EncryptionKey {
+    /// A passphrase or, better, a random key from the platform keystore.
+    pub fn new(secret: impl Into<String>) -> Result<Self> {
+        let secret = Zeroizing::new(secret.into());
+        if secret.is_empty() {
+            return Err(Error::EncryptionKey("the key is empty".into()));
+        }
+        Ok(Self(secret))
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey(…)")
+    }
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Encrypts the file at rest; the same key must be given on every open.
+    pub encryption_key: Option<EncryptionKey>,
+    /// How long a writer waits for another process's lock before failing.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { encryption_key: None, busy_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Identifies a task inside one store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskId(pub(crate) i64);
+
+/// A task and how much it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskInfo {
+    pub name: String,
+    pub examples: u64,
+    pub labels: u64,
+    pub documents: u64,
+    pub feedback: u64,
+    pub retention: Retention,
+    pub active_head_version: Option<u32>,
+}
+
+/// The on-device database. `Send + Sync`: share it behind an `Arc`.
+pub struct Store {
+    path: PathBuf,
+    options: StoreOptions,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, upgrading an older
+    /// schema. A file that is not a database, was written by a newer Attune,
+    /// or needs another key gives a typed error and is not modified.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Self> {
+        let mut writer = connect(path, options, true)?;
+        schema::prepare(&mut writer)?;
+        // WAL lets readers work while the writer commits; set after the
+        // schema check so a refused file is never converted.
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            options: options.clone(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` in one write transaction: committed when it returns `Ok`,
+    /// rolled back otherwise. Writers take turns.
+    pub(crate) fn write<T>(&self, work: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut connection = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = work(&transaction)?;
+        transaction.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `work` on a consistent snapshot, without waiting for the writer.
+    pub(crate) fn read<T>(&self, work: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let idle = self.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => connect(&self.path, &self.options, false)?,
+        };
+        let outcome = connection
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(Error::from)
+            .and_then(|transaction| work(&transaction));
+        let mut idle = self.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < IDLE_READERS {
+            idle.push(connection);
+        }
+        outcome
+    }
+
+    /// The task called `name`, created when missing.
+    pub fn ensure_task(&self, name: &str) -> Result<TaskId> {
+        validate_name(name)?;
+        self.write(|tx| {
+            tx.execute("INSERT OR IGNORE INTO tasks (name, created_at) VALUES (?1, ?2)", (name, now_ms()))?;
+            Ok(TaskId(tx.query_row("SELECT id FROM tasks WHERE name = ?1", [name], |row| row.get(0))?))
+        })
+    }
+
+    /// The task called `name`, or `Error::UnknownTask`.
+    pub fn task_id(&self, name: &str) -> Result<TaskId> {
+        self.read(|tx| task_id(tx, name))
+    }
+
+    /// Every task with its counts.
+    pub fn tasks(&self) -> Result<Vec<TaskInfo>> {
+        self.read(|tx| {
+            let names: Vec<String> = tx
+                .prepare("SELECT name FROM tasks ORDER BY name")?
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            names.iter().map(|name| task_info(tx, name)).collect()
+        })
+    }
+
+    /// SQLite's own consistency check; `Ok` when the file is sound.
+    pub fn integrity_check(&self) -> Result<()> {
+        self.read(|tx| {
+            let verdict: String = tx.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
+            match verdict.as_str() {
+                "ok" => Ok(()),
+                _ => Err(Error::DatabaseUnreadable(format!("integrity check: {verdict}"))),
+            }
+        })
+    }
+
+    /// Counts and settings of one task.
+    pub fn task(&self, name: &str) -> Result<TaskInfo> {
+        self.read(|tx| task_info(tx, name))
+    }
+}
+
+fn task_info(tx: &Transaction<'_>, name: &str) -> Result<TaskInfo> {
+    let id = task_id(tx, name)?;
+    let count = |sql: &str| -> Result<u64> { Ok(tx.query_row(sql, [id.0], |row| row.get::<_, i64>(0))? as u64) };
+    let (max_examples, max_age_ms, active): (Option<i64>, Option<i64>, Option<i64>) = tx.query_row(
+        "SELECT t.retention_max_examples, t.retention_max_age_ms, h.version
+         FROM tasks t LEFT JOIN heads h ON h.id = t.active_head WHERE t.id = ?1",
+        [id.0],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    Ok(TaskInfo {
+        name: name.to_string(),
+        examples: count("SELECT count(*) FROM examples WHERE task_id = ?1")?,
+        labels: count("SELECT count(DISTINCT label) FROM examples WHERE task_id = ?1")?,
+        documents: count("SELECT count(*) FROM documents WHERE task_id = ?1")?,
+        feedback: count("SELECT count(*) FROM feedback WHERE task_id = ?1")?,
+        retention: Retention {
+            max_examples: max_examples.map(|n| n as u64),
+            max_age: max_age_ms.map(|ms| Duration::from_millis(ms as u64)),
+        },
+        active_head_version: active.map(|v| v as u32),
+    })
+}
+
+pub(crate) fn task_id(tx: &Connection, name: &str) -> Result<TaskId> {
+    tx.query_row("SELECT id FROM tasks WHERE name = ?1", [name], |row| row.get(0))
+        .optional()?
+        .map(TaskId)
+        .ok_or_else(|| Error::UnknownTask(name.to_string()))
+}
+
+/// Opens one connection with the store's settings and checks it can read.
+fn connect(path: &Path, options: &StoreOptions, create: bool) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let connection = Connection::open_with_flags(path, flags).map_err(|e| match Error::from(e) {
+        Error::Storage(reason) | Error::ReadOnly(reason) => {
+            Error::Storage(format!("cannot open {}: {reason}", path.display()))
+        }
+        other => other,
+    })?;
+    apply_key(&connection, options.encryption_key.as_ref())?;
+    // The first read decrypts and parses page 1: a wrong key, a missing key
+    // or a file that is not SQLite all fail here, before anything is written.
+    let readable = connection.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get::<_, i64>(0));
+    if let Err(error) = readable {
+        return Err(match (Error::from(error), options.encryption_key.is_some()) {
+            (Error::DatabaseUnreadable(_), true) => {
+                Error::EncryptionKey("wrong key, or the file is not encrypted".into())
+            }
+            (Error::DatabaseUnreadable(reason), false) => {
+                Error::DatabaseUnreadable(format!("{reason} (if the file is encrypted, open it with its key)"))
+            }
+            (other, _) => other,
+        });
+    }
+    connection.busy_timeout(options.busy_timeout)?;
+    connection.pragma_update(None, "foreign_keys", true)?;
+    // Deleted rows are overwritten with zeros, not just unlinked.
+    connection.pragma_update(None, "secure_delete", true)?;
+    // In WAL mode, NORMAL survives any app crash; a power cut may lose the
+    // last commits but never consistency.
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(connection)
+}
+
+#[cfg(feature = "encryption")]
+fn apply_key(connection: &Connection, key: Option<&EncryptionKey>) -> Result<()> {
+    if let Some(key) = key {
+        connection.pragma_update(None, "key", key.0.as_str())?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "encryption"))]
+fn apply_key(_connection: &Connection, key: Option<&EncryptionKey>) -> Result<()> {
+    match key {
+        Some(_) => {
+            Err(Error::EncryptionKey("this build has no encryption support (cargo feature `encryption`)".into()))
+        }
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Texts are found by hash: for the feature cache, duplicates and forgetting.
+pub(crate) fn text_hash(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(Error::InvalidInput("a task name must be 1 to 200 bytes, not blank".into()));
+    }
+    Ok(())
+}
