@@ -292,3 +292,27 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_a_typed_error_and_loses_nothing() {
+        let path = crate::model::tests::tempdir("disk-full").join("user.db");
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        let task = store.ensure_task("t").unwrap();
+        let first: Vec<_> = (0..10).map(|i| NewExample::new(format!("kept {i}"), "a")).collect();
+        store.add_examples(task, &first).unwrap();
+        {
+            // SQLite's own size cap behaves exactly like a full device.
+            let writer = store.writer.lock().unwrap();
+            let pages: i64 = writer.query_row("PRAGMA page_count", [], |row| row.get(0)).unwrap();
+            writer.pragma_update(None, "max_page_count", pages + 2).unwrap();
+        }
+        let big: Vec<_> = (0..5_000).map(|i| NewExample::new(format!("does not fit {i}"), "a")).collect();
+        assert!(matches!(store.add_examples(task, &big), Err(Error::DiskFull)));
+        assert_eq!(store.examples(task).unwrap().len(), 10);
+        store.integrity_check().unwrap();
+    }
+}
