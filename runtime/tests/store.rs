@@ -346,3 +346,80 @@ fn readers_never_see_half_a_write() {
     });
     assert_eq!(store.examples(task).unwrap().len(), 1_000);
 }
+
+#[cfg(feature = "encryption")]
+mod encryption {
+    use super::*;
+    use attune::EncryptionKey;
+
+    fn with_key(key: EncryptionKey) -> StoreOptions {
+        StoreOptions { encryption_key: Some(key), ..StoreOptions::default() }
+    }
+
+    fn contains(path: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(path.parent().unwrap()).unwrap().any(|entry| {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+    }
+
+    #[test]
+    fn an_encrypted_file_holds_no_plaintext_and_needs_its_key() {
+        let path = scratch("encrypted").join("user.db");
+        let key = EncryptionKey::raw(&[42; 32]);
+        let secret = "my bank pin reminder: walrus-umbrella";
+        {
+            let store = Store::open(&path, &with_key(key.clone())).unwrap();
+            let task = store.ensure_task("notes").unwrap();
+            store.add_examples(task, &[example(secret, "private")]).unwrap();
+            store.compact().unwrap();
+        }
+        assert!(!contains(&path, secret.as_bytes()), "plaintext on disk");
+        assert!(!contains(&path, b"SQLite format 3"), "even the header is encrypted");
+
+        let store = Store::open(&path, &with_key(key)).unwrap();
+        assert_eq!(store.examples(store.task_id("notes").unwrap()).unwrap()[0].text, secret);
+        drop(store);
+
+        let wrong = Store::open(&path, &with_key(EncryptionKey::raw(&[7; 32]))).unwrap_err();
+        assert!(matches!(wrong, Error::EncryptionKey(_)), "{wrong}");
+        let missing = Store::open(&path, &StoreOptions::default()).unwrap_err();
+        assert!(matches!(missing, Error::DatabaseUnreadable(_)), "{missing}");
+        let passphrase = Store::open(&path, &with_key(EncryptionKey::passphrase("guess").unwrap())).unwrap_err();
+        assert!(matches!(passphrase, Error::EncryptionKey(_)), "{passphrase}");
+    }
+
+    #[test]
+    fn a_key_for_an_unencrypted_file_is_refused_untouched() {
+        let path = scratch("plain").join("user.db");
+        drop(open(&path));
+        let error = Store::open(&path, &with_key(EncryptionKey::passphrase("it's a 'key'").unwrap())).unwrap_err();
+        assert!(matches!(error, Error::EncryptionKey(_)), "{error}");
+        open(&path).integrity_check().unwrap();
+    }
+
+    #[test]
+    fn forgetting_is_real_with_encryption_too() {
+        let path = scratch("encrypted-forget").join("user.db");
+        let options = with_key(EncryptionKey::passphrase("correct horse").unwrap());
+        let store = Store::open(&path, &options).unwrap();
+        let task = store.ensure_task("t").unwrap();
+        store.add_examples(task, &[example("forget this one", "gone"), example("keep this one", "kept")]).unwrap();
+        store.forget(Some("t"), &Forget::Label("gone".into())).unwrap();
+        store.compact().unwrap();
+        drop(store);
+        let store = Store::open(&path, &options).unwrap();
+        let texts: Vec<String> =
+            store.examples(store.task_id("t").unwrap()).unwrap().into_iter().map(|e| e.text).collect();
+        assert_eq!(texts, ["keep this one"]);
+    }
+}
+
+#[cfg(not(feature = "encryption"))]
+#[test]
+fn a_key_without_encryption_support_is_a_typed_error() {
+    let options =
+        StoreOptions { encryption_key: Some(attune::EncryptionKey::raw(&[1; 32])), ..StoreOptions::default() };
+    let error = Store::open(&scratch("no-crypto").join("user.db"), &options).unwrap_err();
+    assert!(matches!(error, Error::EncryptionKey(_)), "{error}");
+}

@@ -130,7 +130,7 @@ fn ms(duration: Duration) -> f64 {
 }
 
 /// High-water mark of resident memory (Linux `VmHWM`).
-fn peak_rss_bytes() -> Option<u64> {
+pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -1,6 +1,7 @@
 //! `attune`: the command line over the Attune runtime.
 
 mod bench;
+mod bench_store;
 mod embed;
 mod model_dir;
 
@@ -47,6 +48,8 @@ enum Command {
 enum BenchCommand {
     /// Encoder throughput, latency, load time and peak memory.
     Embed(bench::EmbedBenchArgs),
+    /// Store import speed, feature-cache lookups and size on disk.
+    Store(bench_store::StoreBenchArgs),
 }
 
 fn parse_backend(text: &str) -> Result<Backend, String> {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
     let outcome = match &cli.command {
         Command::Embed { texts } => embed::run(&cli, texts),
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),
+        Command::Bench { what: BenchCommand::Store(args) } => bench_store::run(cli.json, args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

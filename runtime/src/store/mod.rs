@@ -39,13 +39,22 @@ const IDLE_READERS: usize = 4;
 pub struct EncryptionKey(#[cfg_attr(not(feature = "encryption"), allow(dead_code))] Zeroizing<String>);
 
 impl EncryptionKey {
-    /// A passphrase or, better, a random key from the platform keystore.
-    pub fn new(secret: impl Into<String>) -> Result<Self> {
+    /// A passphrase, stretched by SQLCipher's key derivation on every open
+    /// (tenths of a second per connection).
+    pub fn passphrase(secret: impl Into<String>) -> Result<Self> {
         let secret = Zeroizing::new(secret.into());
         if secret.is_empty() {
             return Err(Error::EncryptionKey("the key is empty".into()));
         }
-        Ok(Self(secret))
+        // Quoted for the PRAGMA; a quote inside is doubled.
+        Ok(Self(Zeroizing::new(format!("'{}'", secret.replace('\'', "''")))))
+    }
+
+    /// A random 256-bit key, as the Android Keystore or the iOS Keychain
+    /// keep them: used as is, without key derivation.
+    pub fn raw(bytes: &[u8; 32]) -> Self {
+        let hex: Zeroizing<String> = Zeroizing::new(bytes.iter().map(|b| format!("{b:02x}")).collect());
+        Self(Zeroizing::new(format!("\"x'{}'\"", hex.as_str())))
     }
 }
 
@@ -262,7 +271,12 @@ fn connect(path: &Path, options: &StoreOptions, create: bool) -> Result<Connecti
 #[cfg(feature = "encryption")]
 fn apply_key(connection: &Connection, key: Option<&EncryptionKey>) -> Result<()> {
     if let Some(key) = key {
-        connection.pragma_update(None, "key", key.0.as_str())?;
+        // Failures reach the app as typed errors; SQLCipher's own log would
+        // only repeat them on stderr or logcat.
+        connection.execute_batch("PRAGMA cipher_log_level = NONE;")?;
+        // The key is already quoted: a PRAGMA takes no bound parameters.
+        let statement = Zeroizing::new(format!("PRAGMA key = {};", key.0.as_str()));
+        connection.execute_batch(&statement)?;
     }
     Ok(())
 }
