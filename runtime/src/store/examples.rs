@@ -182,7 +182,7 @@ impl Store {
 fn insert(tx: &Transaction<'_>, task: TaskId, examples: &[NewExample]) -> Result<AddOutcome> {
     let mut statement = tx.prepare_cached(
         "INSERT INTO examples (task_id, text, text_hash, label, weight, source, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (task_id, text_hash, label) DO NOTHING",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (text_hash, task_id, label) DO NOTHING",
     )?;
     let now = now_ms();
     let mut outcome = AddOutcome::default();

@@ -90,7 +90,9 @@ impl Store {
         }
         self.write(|tx| {
             let mut statement = tx.prepare_cached(
-                "INSERT OR REPLACE INTO features (fingerprint, text_hash, dim, encoding, vector) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO features (fingerprint, text_hash, dim, encoding, vector) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (text_hash, fingerprint) DO UPDATE SET dim = excluded.dim,
+                     encoding = excluded.encoding, vector = excluded.vector",
             )?;
             for (text, vector) in entries {
                 let hash = text_hash(text);

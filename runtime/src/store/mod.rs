@@ -30,6 +30,9 @@ pub use rights::{Forget, ForgetOutcome, Retention};
 
 use crate::error::{Error, Result};
 
+/// Page cache per connection, in KiB (SQLite's negative `cache_size`).
+const PAGE_CACHE_KIB: i64 = -16 * 1024;
+
 /// Readers kept open for reuse; more are opened when callers overlap.
 const IDLE_READERS: usize = 4;
 
@@ -265,6 +268,10 @@ fn connect(path: &Path, options: &StoreOptions, create: bool) -> Result<Connecti
     // In WAL mode, NORMAL survives any app crash; a power cut may lose the
     // last commits but never consistency.
     connection.pragma_update(None, "synchronous", "NORMAL")?;
+    // Indexes keyed by text hashes are written in random order: with
+    // SQLite's default 2 MB cache a 100,000-row import made 1.2 million
+    // page reads and writes.
+    connection.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
     Ok(connection)
 }
 

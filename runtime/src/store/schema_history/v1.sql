@@ -17,11 +17,10 @@ CREATE TABLE examples (
     weight REAL NOT NULL,
     source TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    UNIQUE (task_id, text_hash, label)
+    UNIQUE (text_hash, task_id, label)
 );
 CREATE INDEX examples_by_task_label ON examples(task_id, label);
 CREATE INDEX examples_by_task_time ON examples(task_id, created_at);
-CREATE INDEX examples_by_hash ON examples(text_hash);
 
 CREATE TABLE label_descriptions (
     task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
@@ -57,14 +56,14 @@ CREATE INDEX feedback_by_document ON feedback(document_id);
 CREATE INDEX feedback_by_query_hash ON feedback(query_hash);
 
 CREATE TABLE features (
+    id INTEGER PRIMARY KEY,
     fingerprint TEXT NOT NULL,
     text_hash BLOB NOT NULL,
     dim INTEGER NOT NULL,
     encoding INTEGER NOT NULL,
     vector BLOB NOT NULL,
-    PRIMARY KEY (fingerprint, text_hash)
-) WITHOUT ROWID;
-CREATE INDEX features_by_hash ON features(text_hash);
+    UNIQUE (text_hash, fingerprint)
+);
 
 CREATE TABLE heads (
     id INTEGER PRIMARY KEY,
