@@ -55,6 +55,15 @@ pub enum Error {
     /// Another storage failure.
     #[error("storage: {0}")]
     Storage(String),
+    /// A stored head cannot be decoded.
+    #[error("head checkpoint: {0}")]
+    InvalidHead(String),
+    /// A head was trained on another backbone's features.
+    #[error("the head was trained for model {found}, this model is {expected}")]
+    HeadModelMismatch { expected: String, found: String },
+    /// A time or epoch budget ran out before training produced a head.
+    #[error("budget exceeded: {0}")]
+    BudgetExceeded(String),
     /// No task of that name exists.
     #[error("unknown task {0:?}")]
     UnknownTask(String),

@@ -6,14 +6,23 @@
 
 mod encoder;
 mod error;
+mod evaluation;
+mod heads;
 mod model;
 mod store;
+mod training;
 
 pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent};
 pub use error::{Error, Result};
+pub use evaluation::{ClassMetrics, Metrics, evaluate};
+pub use heads::{Head, HeadKind, Prediction};
 pub use model::{CatalogEntry, InputNames, ModelCatalog, ModelManifest, Pooling};
 pub use store::{
     AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, LabelCount,
     NewDocument, NewExample, NewFeedback, NewHead, Retention, Signal, Store, StoreOptions, StoredHead, TaskId,
     TaskInfo, VectorEncoding,
+};
+pub use training::{
+    CandidateReport, EpochProgress, HeadChoice, OptimizerKind, QuietTraining, TrainListener, TrainOptions, TrainReport,
+    TrainingSet, train, zero_shot_head,
 };

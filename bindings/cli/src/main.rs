@@ -1,6 +1,7 @@
 //! `attune`: the command line over the Attune runtime.
 
 mod bench;
+mod bench_heads;
 mod bench_store;
 mod embed;
 mod model_dir;
@@ -50,6 +51,8 @@ enum BenchCommand {
     Embed(bench::EmbedBenchArgs),
     /// Store import speed, feature-cache lookups and size on disk.
     Store(bench_store::StoreBenchArgs),
+    /// Head training on CLINC150 (from ../shared/datasets when present).
+    Heads(bench_heads::HeadsBenchArgs),
 }
 
 fn parse_backend(text: &str) -> Result<Backend, String> {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Embed { texts } => embed::run(&cli, texts),
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),
         Command::Bench { what: BenchCommand::Store(args) } => bench_store::run(cli.json, args),
+        Command::Bench { what: BenchCommand::Heads(args) } => bench_heads::run(&cli, args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,232 @@
+//! The head checkpoint format, little-endian:
+//!
+//! ```text
+//! "ATHD" | format u32 | kind u8 | fingerprint str | labels u32 + str… | dim u32
+//! | temperature f32 | abstain_below f32 | params
+//! str    = length u32 + UTF-8 bytes
+//! params = prototype: scale f32, centroids (labels × dim)
+//!          linear:    weights (labels × dim), bias (labels)
+//!          mlp:       hidden u32, w1 (hidden × dim), b1 (hidden), w2 (labels × hidden), b2 (labels)
+//! ```
+//!
+//! Decoding checks every length against what is left before allocating, so
+//! hostile bytes give `Error::InvalidHead`, never a panic or a huge allocation.
+
+use ndarray::{Array1, Array2};
+
+use super::{Head, Params};
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 4] = b"ATHD";
+pub(crate) const FORMAT_VERSION: u32 = 1;
+const MAX_LABELS: usize = 100_000;
+const MAX_DIM: usize = 16_384;
+
+pub(crate) fn encode(head: &Head) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let (kind, floats): (u8, Vec<&[f32]>) = match &head.params {
+        Params::Prototype { centroids, .. } => (0, vec![slice(centroids)]),
+        Params::Linear { weights, bias } => (1, vec![slice(weights), vec_slice(bias)]),
+        Params::Mlp { w1, b1, w2, b2 } => (2, vec![slice(w1), vec_slice(b1), slice(w2), vec_slice(b2)]),
+    };
+    out.push(kind);
+    put_str(&mut out, &head.fingerprint);
+    out.extend_from_slice(&(head.labels.len() as u32).to_le_bytes());
+    for label in &head.labels {
+        put_str(&mut out, label);
+    }
+    out.extend_from_slice(&(head.dim as u32).to_le_bytes());
+    out.extend_from_slice(&head.temperature.to_le_bytes());
+    out.extend_from_slice(&head.abstain_below.to_le_bytes());
+    match &head.params {
+        Params::Prototype { scale, .. } => out.extend_from_slice(&scale.to_le_bytes()),
+        Params::Mlp { w1, .. } => out.extend_from_slice(&(w1.nrows() as u32).to_le_bytes()),
+        Params::Linear { .. } => {}
+    }
+    for values in floats {
+        values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    }
+    out
+}
+
+fn slice(array: &Array2<f32>) -> &[f32] {
+    array.as_slice().expect("heads keep standard-layout arrays")
+}
+
+fn vec_slice(array: &Array1<f32>) -> &[f32] {
+    array.as_slice().expect("heads keep standard-layout arrays")
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Head> {
+    let mut reader = Reader { bytes, at: 0 };
+    if reader.take(4)? != MAGIC {
+        return Err(invalid("not a head checkpoint"));
+    }
+    let format = reader.u32()?;
+    if format != FORMAT_VERSION {
+        return Err(invalid(&format!("format {format} is not supported (this build reads {FORMAT_VERSION})")));
+    }
+    let kind = reader.take(1)?[0];
+    let fingerprint = reader.string()?;
+    let label_count = reader.count(MAX_LABELS)?;
+    let labels = (0..label_count).map(|_| reader.string()).collect::<Result<Vec<_>>>()?;
+    if labels.is_empty() {
+        return Err(invalid("no labels"));
+    }
+    let dim = reader.count(MAX_DIM)?;
+    if dim == 0 {
+        return Err(invalid("zero width"));
+    }
+    let temperature = reader.f32()?;
+    let abstain_below = reader.f32()?;
+    if !(temperature.is_finite() && temperature > 0.0 && (0.0..=1.0).contains(&abstain_below)) {
+        return Err(invalid("calibration out of range"));
+    }
+    let classes = labels.len();
+    let params = match kind {
+        0 => {
+            let scale = reader.f32()?;
+            Params::Prototype { scale, centroids: reader.matrix(classes, dim)? }
+        }
+        1 => Params::Linear { weights: reader.matrix(classes, dim)?, bias: reader.vector(classes)? },
+        2 => {
+            let hidden = reader.count(MAX_DIM)?;
+            Params::Mlp {
+                w1: reader.matrix(hidden, dim)?,
+                b1: reader.vector(hidden)?,
+                w2: reader.matrix(classes, hidden)?,
+                b2: reader.vector(classes)?,
+            }
+        }
+        other => return Err(invalid(&format!("unknown head kind {other}"))),
+    };
+    if reader.at != bytes.len() {
+        return Err(invalid("trailing bytes"));
+    }
+    Ok(Head { fingerprint, labels, dim, params, temperature, abstain_below })
+}
+
+fn invalid(reason: &str) -> Error {
+    Error::InvalidHead(reason.to_string())
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or_else(|| invalid("truncated"))?;
+        let taken = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn f32(&mut self) -> Result<f32> {
+        Ok(f32::from_bits(self.u32()?))
+    }
+
+    fn count(&mut self, limit: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n > limit {
+            return Err(invalid(&format!("a count of {n} is over the limit {limit}")));
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let n = self.u32()? as usize;
+        let bytes = self.take(n)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| invalid("a string is not UTF-8"))
+    }
+
+    fn floats(&mut self, n: usize) -> Result<Vec<f32>> {
+        let bytes = self.take(n.checked_mul(4).ok_or_else(|| invalid("size overflow"))?)?;
+        let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(invalid("a weight is NaN or infinite"));
+        }
+        Ok(values)
+    }
+
+    fn matrix(&mut self, rows: usize, cols: usize) -> Result<Array2<f32>> {
+        let n = rows.checked_mul(cols).ok_or_else(|| invalid("size overflow"))?;
+        Array2::from_shape_vec((rows, cols), self.floats(n)?).map_err(|e| invalid(&e.to_string()))
+    }
+
+    fn vector(&mut self, n: usize) -> Result<Array1<f32>> {
+        Ok(Array1::from_vec(self.floats(n)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(kind: u8) -> Head {
+        let labels = vec!["a".to_string(), "b".to_string(), "ç".to_string()];
+        let params = match kind {
+            0 => Params::Prototype { centroids: Array2::from_elem((3, 4), 0.5), scale: 12.0 },
+            1 => Params::Linear {
+                weights: Array2::from_shape_fn((3, 4), |(i, j)| (i * 4 + j) as f32),
+                bias: Array1::from_vec(vec![0.1, 0.2, 0.3]),
+            },
+            _ => Params::Mlp {
+                w1: Array2::from_elem((5, 4), 0.25),
+                b1: Array1::zeros(5),
+                w2: Array2::from_elem((3, 5), -1.0),
+                b2: Array1::from_vec(vec![1.0, 2.0, 3.0]),
+            },
+        };
+        let mut head = Head::new("fp", labels, params);
+        head.temperature = 1.7;
+        head.abstain_below = 0.4;
+        head
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for kind in 0..3 {
+            let head = sample(kind);
+            assert_eq!(decode(&encode(&head)).unwrap(), head);
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_corruption_is_an_error_not_a_panic() {
+        let bytes = encode(&sample(2));
+        for cut in 0..bytes.len() {
+            assert!(matches!(decode(&bytes[..cut]), Err(Error::InvalidHead(_))), "cut at {cut}");
+        }
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0xff;
+            let _ = decode(&damaged); // must return, whatever it returns
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(decode(&trailing).is_err());
+    }
+
+    #[test]
+    fn huge_counts_are_refused_before_allocating() {
+        let mut bytes = encode(&sample(1));
+        // The label count sits after magic, format, kind and the fingerprint "fp".
+        let at = 4 + 4 + 1 + 4 + 2;
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&bytes), Err(Error::InvalidHead(reason)) if reason.contains("limit")));
+    }
+}

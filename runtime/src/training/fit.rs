@@ -1,0 +1,242 @@
+//! Mini-batch training of the linear and MLP heads: weighted cross-entropy
+//! with label smoothing, gradient clipping, warm-up + cosine schedule, and
+//! early stopping on validation loss (the best epoch's weights are kept).
+
+use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis, Ix1, Ix2};
+
+use super::optimizer::{Optimizer, learning_rate};
+use super::rng::SplitMix;
+use super::{Budget, Data, TrainListener};
+use crate::error::{Error, Result};
+use crate::heads::Params;
+
+const CLIP_NORM: f32 = 5.0;
+const PATIENCE: usize = 3;
+
+/// Settings of one fit.
+#[derive(Debug, Clone)]
+pub(crate) struct FitSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f32,
+    pub weight_decay: f32,
+    pub label_smoothing: f32,
+    pub optimizer: super::OptimizerKind,
+    pub seed: u64,
+    /// Stop when validation loss has not improved for a few epochs.
+    pub early_stopping: bool,
+    /// Decay towards the initial parameters (the warm start) instead of zero.
+    pub anchored: bool,
+}
+
+/// What a fit produced.
+pub(crate) struct Fitted {
+    pub params: Params,
+    pub epochs: usize,
+}
+
+/// Parameters as flat tensors, so one optimiser loop serves both heads.
+struct Tensors {
+    values: Vec<ArrayD<f32>>,
+    /// Decay towards these (the warm start) instead of zero, per tensor.
+    anchors: Vec<Option<ArrayD<f32>>>,
+    /// Biases are not decayed.
+    decays: Vec<bool>,
+}
+
+pub(crate) fn fit(
+    initial: &Params,
+    train: &Data,
+    validation: Option<&Data>,
+    settings: &FitSettings,
+    budget: &Budget,
+    listener: &dyn TrainListener,
+    candidate: &str,
+) -> Result<Fitted> {
+    let mut tensors = tensors_of(initial, settings.anchored);
+    let shapes: Vec<Vec<usize>> = tensors.values.iter().map(|t| t.shape().to_vec()).collect();
+    let shape_refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+    let mut optimizer = Optimizer::new(settings.optimizer, &shape_refs);
+    let steps_per_epoch = train.len().div_ceil(settings.batch_size);
+    let total_steps = steps_per_epoch * settings.epochs;
+    let warmup = (total_steps / 20).max(1);
+    let mut rng = SplitMix::new(settings.seed);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut best = (f64::INFINITY, tensors.values.clone(), 0usize);
+    let mut step = 0;
+    for epoch in 0..settings.epochs {
+        if listener.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        if budget.exhausted() {
+            break;
+        }
+        rng.shuffle(&mut order);
+        let mut epoch_loss = 0.0;
+        for batch in order.chunks(settings.batch_size) {
+            let (loss, grads) = loss_and_gradients(&tensors.values, initial, train, batch, settings.label_smoothing);
+            epoch_loss += loss * batch.len() as f64;
+            let scale = clip_scale(&grads);
+            let grads: Vec<ArrayD<f32>> = grads.into_iter().map(|g| g * scale).collect();
+            let lr = learning_rate(settings.learning_rate, step, warmup, total_steps);
+            let decays: Vec<f32> =
+                tensors.decays.iter().map(|&d| if d { settings.weight_decay } else { 0.0 }).collect();
+            let anchors: Vec<_> = tensors.anchors.iter().map(|a| a.as_ref().map(|a| a.view())).collect();
+            let grad_views: Vec<_> = grads.iter().map(|g| g.view()).collect();
+            let mut params: Vec<&mut ArrayD<f32>> = tensors.values.iter_mut().collect();
+            optimizer.step(&mut params, &grad_views, &anchors, lr, &decays);
+            step += 1;
+        }
+        let train_loss = epoch_loss / train.len() as f64;
+        let (monitored, accuracy) = match validation {
+            Some(v) => evaluate_loss(&tensors.values, initial, v),
+            None => (train_loss, None),
+        };
+        listener.on_epoch(&super::EpochProgress {
+            candidate: candidate.to_string(),
+            epoch: epoch + 1,
+            loss: train_loss,
+            validation_loss: validation.map(|_| monitored),
+            validation_accuracy: accuracy,
+        });
+        if monitored < best.0 {
+            best = (monitored, tensors.values.clone(), epoch + 1);
+        } else if settings.early_stopping && validation.is_some() && epoch + 1 - best.2 >= PATIENCE {
+            break;
+        }
+    }
+    if best.2 == 0 {
+        return Err(Error::BudgetExceeded("the time budget ended before the first epoch".into()));
+    }
+    Ok(Fitted { params: params_of(initial, best.1), epochs: best.2 })
+}
+
+fn tensors_of(params: &Params, anchor: bool) -> Tensors {
+    let (values, decays): (Vec<ArrayD<f32>>, Vec<bool>) = match params {
+        Params::Linear { weights, bias } => {
+            (vec![weights.clone().into_dyn(), bias.clone().into_dyn()], vec![true, false])
+        }
+        Params::Mlp { w1, b1, w2, b2 } => (
+            vec![w1.clone().into_dyn(), b1.clone().into_dyn(), w2.clone().into_dyn(), b2.clone().into_dyn()],
+            vec![true, false, true, false],
+        ),
+        Params::Prototype { .. } => unreachable!("prototype heads are not trained by gradient"),
+    };
+    let anchors = values.iter().zip(&decays).map(|(v, &d)| (anchor && d).then(|| v.clone())).collect();
+    Tensors { values, anchors, decays }
+}
+
+fn params_of(shape: &Params, values: Vec<ArrayD<f32>>) -> Params {
+    let two = |t: &ArrayD<f32>| t.clone().into_dimensionality::<Ix2>().expect("2-d parameter");
+    let one = |t: &ArrayD<f32>| t.clone().into_dimensionality::<Ix1>().expect("1-d parameter");
+    match shape {
+        Params::Linear { .. } => Params::Linear { weights: two(&values[0]), bias: one(&values[1]) },
+        Params::Mlp { .. } => {
+            Params::Mlp { w1: two(&values[0]), b1: one(&values[1]), w2: two(&values[2]), b2: one(&values[3]) }
+        }
+        Params::Prototype { .. } => unreachable!(),
+    }
+}
+
+/// Forward pass: logits and, for the MLP, the hidden pre-activations.
+fn forward(values: &[ArrayD<f32>], shape: &Params, x: ArrayView2<'_, f32>) -> (Array2<f32>, Option<Array2<f32>>) {
+    let two = |t: &ArrayD<f32>| t.view().into_dimensionality::<Ix2>().expect("2-d parameter").to_owned();
+    let one = |t: &ArrayD<f32>| t.view().into_dimensionality::<Ix1>().expect("1-d parameter").to_owned();
+    match shape {
+        Params::Linear { .. } => (x.dot(&two(&values[0]).t()) + one(&values[1]), None),
+        Params::Mlp { .. } => {
+            let pre = x.dot(&two(&values[0]).t()) + one(&values[1]);
+            let hidden = pre.mapv(|h| h.max(0.0));
+            (hidden.dot(&two(&values[2]).t()) + one(&values[3]), Some(pre))
+        }
+        Params::Prototype { .. } => unreachable!(),
+    }
+}
+
+/// Weighted, label-smoothed cross-entropy of a batch and its gradients.
+fn loss_and_gradients(
+    values: &[ArrayD<f32>],
+    shape: &Params,
+    data: &Data,
+    batch: &[usize],
+    smoothing: f32,
+) -> (f64, Vec<ArrayD<f32>>) {
+    let x = data.features.select(Axis(0), batch);
+    let (logits, pre) = forward(values, shape, x.view());
+    let classes = logits.ncols();
+    let mut probabilities = logits;
+    let mut loss = 0.0f64;
+    let weight_sum: f32 = batch.iter().map(|&i| data.weights[i]).sum();
+    for (mut row, &i) in probabilities.axis_iter_mut(Axis(0)).zip(batch) {
+        let max = row.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
+        row.mapv_inplace(|z| (z - max).exp());
+        let sum = row.sum();
+        row /= sum;
+        let w = data.weights[i] / weight_sum;
+        let y = data.labels[i];
+        let off = smoothing / classes as f32;
+        for (c, p) in row.iter_mut().enumerate() {
+            let target = off + if c == y { 1.0 - smoothing } else { 0.0 };
+            if target > 0.0 {
+                loss -= f64::from(w * target * p.max(1e-12).ln());
+            }
+            *p = (*p - target) * w;
+        }
+    }
+    let g = probabilities; // dL/dlogits
+    let grads = match (shape, pre) {
+        (Params::Linear { .. }, _) => vec![g.t().dot(&x).into_dyn(), g.sum_axis(Axis(0)).into_dyn()],
+        (Params::Mlp { .. }, Some(pre)) => {
+            let hidden = pre.mapv(|h| h.max(0.0));
+            let w2 = values[2].view().into_dimensionality::<Ix2>().expect("2-d parameter");
+            let mut d_hidden = g.dot(&w2);
+            ndarray::Zip::from(&mut d_hidden).and(&pre).for_each(|d, &p| {
+                if p <= 0.0 {
+                    *d = 0.0;
+                }
+            });
+            vec![
+                d_hidden.t().dot(&x).into_dyn(),
+                d_hidden.sum_axis(Axis(0)).into_dyn(),
+                g.t().dot(&hidden).into_dyn(),
+                g.sum_axis(Axis(0)).into_dyn(),
+            ]
+        }
+        _ => unreachable!(),
+    };
+    (loss, grads)
+}
+
+fn clip_scale(grads: &[ArrayD<f32>]) -> f32 {
+    let norm = grads.iter().map(|g| g.iter().map(|v| v * v).sum::<f32>()).sum::<f32>().sqrt();
+    if norm > CLIP_NORM { CLIP_NORM / norm } else { 1.0 }
+}
+
+/// Mean unweighted log loss and accuracy on `data`.
+fn evaluate_loss(values: &[ArrayD<f32>], shape: &Params, data: &Data) -> (f64, Option<f64>) {
+    let (logits, _) = forward(values, shape, data.features.view());
+    let mut loss = 0.0;
+    let mut correct = 0usize;
+    for (row, &y) in logits.axis_iter(Axis(0)).zip(data.labels.iter()) {
+        let max = row.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
+        let log_sum = row.iter().map(|&z| f64::from(z - max).exp()).sum::<f64>().ln();
+        loss += log_sum - f64::from(row[y] - max);
+        let predicted =
+            row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &z)| if z > b.1 { (i, z) } else { b }).0;
+        correct += usize::from(predicted == y);
+    }
+    (loss / data.len() as f64, Some(correct as f64 / data.len() as f64))
+}
+
+/// An MLP start: He-initialised first layer, small second layer.
+pub(crate) fn mlp_init(dim: usize, hidden: usize, classes: usize, seed: u64) -> Params {
+    let mut rng = SplitMix::new(seed);
+    let he = (2.0 / dim as f32).sqrt();
+    let small = (1.0 / hidden as f32).sqrt();
+    Params::Mlp {
+        w1: Array2::from_shape_fn((hidden, dim), |_| rng.normal() * he),
+        b1: Array1::zeros(hidden),
+        w2: Array2::from_shape_fn((classes, hidden), |_| rng.normal() * small),
+        b2: Array1::zeros(classes),
+    }
+}
