@@ -23,6 +23,6 @@ pub use store::{
     TaskInfo, VectorEncoding,
 };
 pub use training::{
-    CandidateReport, EpochProgress, HeadChoice, OptimizerKind, QuietTraining, TrainListener, TrainOptions, TrainReport,
-    TrainingSet, train, zero_shot_head,
+    CandidateReport, EpochProgress, HeadChoice, OptimizerKind, PromotionDecision, QuietTraining, TrainListener,
+    TrainOptions, TrainReport, TrainingSet, decide_promotion, train, zero_shot_head,
 };

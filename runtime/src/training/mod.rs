@@ -10,6 +10,7 @@
 
 mod fit;
 mod optimizer;
+mod promotion;
 mod rng;
 mod split;
 
@@ -20,6 +21,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::Serialize;
 
 pub use optimizer::OptimizerKind;
+pub use promotion::{PromotionDecision, decide_promotion};
 
 use crate::error::{Error, Result};
 use crate::evaluation::{Metrics, abstain_threshold, evaluate, fit_temperature, softmax_rows};
@@ -165,6 +167,9 @@ pub struct TrainReport {
     pub abstain_threshold: f32,
     /// Calibrated metrics on the validation examples (held out, or out of fold).
     pub validation: Option<Metrics>,
+    /// Rows of the training set those metrics were measured on.
+    #[serde(skip)]
+    pub validation_rows: Vec<usize>,
     pub train_ms: u64,
     pub budget_exhausted: bool,
 }
@@ -277,6 +282,7 @@ pub fn train(
 
     // (name, validation logits, validation truth, epochs) per candidate.
     let mut scored: Vec<(Candidate, Array2<f32>, Vec<usize>, usize)> = Vec::new();
+    let mut validated_rows = Vec::new();
     let singletons = present.iter().filter(|&&c| counts[c] == 1).count();
     let validation_method;
     if present.len() < 2 || n < 4 || 2 * singletons > present.len() {
@@ -287,6 +293,7 @@ pub fn train(
         let k = smallest.clamp(2, 5);
         validation_method = format!("k-fold (k={k})");
         let folds = split::folds(&data.labels, classes, k, options.seed);
+        validated_rows = (0..n).collect();
         for &candidate in &candidates {
             if budget.exhausted() && !scored.is_empty() {
                 break;
@@ -310,6 +317,7 @@ pub fn train(
         let (train_rows, validation_rows) =
             split::holdout(&data.labels, classes, options.validation_fraction, options.seed);
         let (train_part, held) = (data.subset(&train_rows), data.subset(&validation_rows));
+        validated_rows = validation_rows;
         for &candidate in &candidates {
             if budget.exhausted() && !scored.is_empty() {
                 break;
@@ -388,6 +396,7 @@ pub fn train(
         batch_size,
         temperature: head.temperature,
         abstain_threshold: head.abstain_below,
+        validation_rows: if validation.is_some() { validated_rows } else { Vec::new() },
         validation,
         train_ms: started.elapsed().as_millis() as u64,
         budget_exhausted: budget.exhausted(),
