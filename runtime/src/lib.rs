@@ -23,6 +23,7 @@ pub use store::{
     TaskInfo, VectorEncoding,
 };
 pub use training::{
-    CandidateReport, EpochProgress, HeadChoice, OptimizerKind, PromotionDecision, QuietTraining, TrainListener,
-    TrainOptions, TrainReport, TrainingSet, decide_promotion, train, zero_shot_head,
+    CandidateReport, EpochProgress, HeadChoice, OptimizerKind, PrivacyOptions, PrivacySpent, PrivateRun,
+    PromotionDecision, QuietTraining, TrainListener, TrainOptions, TrainReport, TrainingSet, decide_promotion,
+    noise_for_budget, privacy_spent, train, zero_shot_head,
 };

@@ -300,3 +300,45 @@ fn head_with_nan_query(set: &TrainingSet<'_>) -> Result<attune::Prediction, Erro
     let (head, _) = train(set, None, &TrainOptions::default(), &QuietTraining)?;
     head.predict(&[f32::NAN; DIM], 1)
 }
+
+#[test]
+fn differentially_private_training_learns_within_its_budget() {
+    use attune::PrivacyOptions;
+    let (x, y, centres) = clusters(4, 150, 0.3, 11);
+    let labels = names(4);
+    let descriptions: Vec<Option<Vec<f32>>> = centres.iter().map(|_| None).collect();
+    let set = TrainingSet {
+        features: &x,
+        dim: DIM,
+        labels: &y,
+        weights: None,
+        label_names: &labels,
+        priors: &descriptions,
+        fingerprint: "fp",
+    };
+    let options = TrainOptions { privacy: Some(PrivacyOptions::with_budget(4.0)), ..TrainOptions::default() };
+    let (head, report) = train(&set, None, &options, &QuietTraining).unwrap();
+    let spent = report.privacy.unwrap();
+    assert!(spent.epsilon <= 4.0 && spent.epsilon > 3.9, "spent {spent:?}");
+    let (test_x, test_y, _) = clusters(4, 50, 0.3, 11);
+    let private_accuracy = accuracy(&head, &test_x, &test_y);
+    assert!(private_accuracy > 0.85, "private accuracy {private_accuracy}");
+
+    // The ledger: a second run under the same total budget is refused.
+    let run = report.private_run.unwrap();
+    let again = TrainOptions {
+        privacy: Some(PrivacyOptions { previous: vec![run], ..PrivacyOptions::with_budget(4.0) }),
+        ..TrainOptions::default()
+    };
+    assert!(matches!(train(&set, None, &again, &QuietTraining), Err(Error::BudgetExceeded(_))));
+    // A larger total budget leaves room for it, and reports the composed ε.
+    let larger = TrainOptions {
+        privacy: Some(PrivacyOptions { previous: vec![run], ..PrivacyOptions::with_budget(8.0) }),
+        ..TrainOptions::default()
+    };
+    let (_, second) = train(&set, None, &larger, &QuietTraining).unwrap();
+    assert!(second.privacy.unwrap().epsilon <= 8.0 && second.privacy.unwrap().epsilon > 4.0);
+
+    let mlp = TrainOptions { head: HeadChoice::Only(HeadKind::Mlp), ..options };
+    assert!(matches!(train(&set, None, &mlp, &QuietTraining), Err(Error::InvalidInput(_))));
+}
