@@ -31,6 +31,12 @@ pub struct HeadsBenchArgs {
     /// Heads to compare (auto, linear, mlp, prototype).
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     heads: Vec<String>,
+    /// Fixed epochs instead of the automatic choice (for experiments).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Only the full-data run.
+    #[arg(long)]
+    full_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -94,7 +100,7 @@ pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
             "auto" => HeadChoice::Auto,
             other => HeadChoice::Only(HeadKind::from_name(other)?),
         };
-        let options = TrainOptions { head: choice, ..TrainOptions::default() };
+        let options = TrainOptions { head: choice, epochs: args.epochs, ..TrainOptions::default() };
         // Full training split.
         let set_x = rows_of(&train_split.rows);
         let set = TrainingSet {
@@ -115,7 +121,8 @@ pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
             "macro_f1": metrics.macro_f1, "ece": metrics.ece, "train_ms": report.train_ms,
             "validation": report.validation_method, "candidates": report.candidates, "out_of_scope": oos,
         }));
-        for &k in &args.shots {
+        let shots: &[usize] = if args.full_only { &[] } else { &args.shots };
+        for &k in shots {
             let mut accuracy = Vec::new();
             let mut macro_f1 = Vec::new();
             let mut train_ms = Vec::new();

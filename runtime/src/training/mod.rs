@@ -38,13 +38,17 @@ const PROTOTYPE_SCALE: f32 = 20.0;
 const MAX_USEFUL_NOISE: f64 = 10.0;
 /// A label description counts as this many examples in its prototype.
 const PRIOR_WEIGHT: f32 = 2.0;
-/// Mini-batch steps a fit aims for, whatever the data size.
-const TARGET_STEPS: usize = 400;
+/// Mini-batch steps a fit aims for: k-fold fits (few examples, five times
+/// over) and holdout fits (early stopping ends them sooner when they converge).
+const TARGET_STEPS_FOLDS: usize = 400;
+const TARGET_STEPS_HOLDOUT: usize = 800;
 /// Below this many examples in its smallest label, k-fold validation.
 const FEW_SHOT: usize = 8;
 /// Pulls of the linear head towards its prototype start, per step and
 /// learning rate: free, gentle, firm.
 const LINEAR_DECAY_GRID: [f32; 3] = [0.0, 0.3, 3.0];
+/// With enough examples for a holdout, a firm pull never wins: skip it.
+const LINEAR_DECAY_GRID_HOLDOUT: [f32; 1] = [0.0];
 
 /// Examples to learn from: `features` is `n × dim`, row-major.
 #[derive(Debug, Clone, Copy)]
@@ -240,6 +244,14 @@ impl Budget {
     }
 }
 
+/// How candidates are validated, from the examples per label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Regime {
+    Unvalidated,
+    Folds(usize),
+    Holdout,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Candidate {
     Prototype,
@@ -305,30 +317,36 @@ pub fn train(
     let counts = count_labels(&data.labels, classes);
     let budget = Budget { start: started, limit: options.time_budget };
     let n = data.len();
+    let present: Vec<usize> = (0..classes).filter(|&c| counts[c] > 0).collect();
+    let smallest = present.iter().map(|&c| counts[c]).min().unwrap_or(0);
+    let singletons = present.iter().filter(|&&c| counts[c] == 1).count();
+    let regime = if present.len() < 2 || n < 4 || 2 * singletons > present.len() {
+        // Held-out examples of single-example labels cannot be predicted by
+        // any candidate: nothing to validate on. The prototype head is used.
+        Regime::Unvalidated
+    } else if smallest < FEW_SHOT {
+        Regime::Folds(smallest.clamp(2, 5))
+    } else {
+        Regime::Holdout
+    };
     let batch_size = options.batch_size.unwrap_or((n / 24).clamp(8, 256)).max(1);
     let steps_per_epoch = n.div_ceil(batch_size);
-    let epochs = options.epochs.unwrap_or(TARGET_STEPS.div_ceil(steps_per_epoch).clamp(8, options.max_epochs.max(1)));
+    let target_steps = if regime == Regime::Holdout { TARGET_STEPS_HOLDOUT } else { TARGET_STEPS_FOLDS };
+    let epochs = options.epochs.unwrap_or(target_steps.div_ceil(steps_per_epoch).clamp(8, options.max_epochs.max(1)));
     let learning_rate = options.learning_rate.unwrap_or(match options.optimizer {
         OptimizerKind::AdamW => 0.01,
         OptimizerKind::Sgd => 1.0,
     });
     let plan = Plan { set, warm_start, options, classes, batch_size, epochs, learning_rate };
-
-    let present: Vec<usize> = (0..classes).filter(|&c| counts[c] > 0).collect();
-    let smallest = present.iter().map(|&c| counts[c]).min().unwrap_or(0);
-    let candidates = candidates(options, n, present.len());
+    let candidates = candidates(options, n, present.len(), regime);
 
     // (name, validation logits, validation truth, epochs) per candidate.
     let mut scored: Vec<(Candidate, Array2<f32>, Vec<usize>, usize)> = Vec::new();
     let mut validated_rows = Vec::new();
-    let singletons = present.iter().filter(|&&c| counts[c] == 1).count();
     let validation_method;
-    if present.len() < 2 || n < 4 || 2 * singletons > present.len() {
-        // Held-out examples of single-example labels cannot be predicted by
-        // any candidate: nothing to validate on. The prototype head is used.
+    if regime == Regime::Unvalidated {
         validation_method = "none (too few examples per label)".to_string();
-    } else if smallest < FEW_SHOT {
-        let k = smallest.clamp(2, 5);
+    } else if let Regime::Folds(k) = regime {
         validation_method = format!("k-fold (k={k})");
         let folds = split::folds(&data.labels, classes, k, options.seed);
         validated_rows = (0..n).collect();
@@ -369,7 +387,7 @@ pub fn train(
     let reports: Vec<CandidateReport> = scored
         .iter()
         .map(|(candidate, logits, truth, epochs)| {
-            let (accuracy, log_loss) = accuracy_and_loss(logits, truth);
+            let (accuracy, log_loss) = calibrated_accuracy_and_loss(logits, truth, classes);
             CandidateReport {
                 name: candidate.name(),
                 validation_accuracy: accuracy,
@@ -378,15 +396,12 @@ pub fn train(
             }
         })
         .collect();
-    // Best accuracy; ties go to the lower loss, then to the simpler head.
+    // The lowest calibrated log loss: a proper score, steadier than accuracy
+    // on a few thousand examples; ties go to the simpler head (listed first).
     let best = reports
         .iter()
         .enumerate()
-        .max_by(|(_, a), (_, b)| {
-            a.validation_accuracy
-                .total_cmp(&b.validation_accuracy)
-                .then(b.validation_log_loss.total_cmp(&a.validation_log_loss))
-        })
+        .min_by(|(_, a), (_, b)| a.validation_log_loss.total_cmp(&b.validation_log_loss))
         .map(|(i, _)| i);
     let chosen = match (best, options.head) {
         (Some(i), _) => scored[i].0,
@@ -536,10 +551,11 @@ fn budget_without_limit() -> Budget {
     Budget { start: Instant::now(), limit: None }
 }
 
-fn candidates(options: &TrainOptions, n: usize, classes: usize) -> Vec<Candidate> {
+fn candidates(options: &TrainOptions, n: usize, classes: usize, regime: Regime) -> Vec<Candidate> {
+    let grid: &[f32] = if regime == Regime::Holdout { &LINEAR_DECAY_GRID_HOLDOUT } else { &LINEAR_DECAY_GRID };
     let linear: Vec<Candidate> = match options.weight_decay {
         Some(decay) => vec![Candidate::Linear(decay)],
-        None => LINEAR_DECAY_GRID.iter().map(|&d| Candidate::Linear(d)).collect(),
+        None => grid.iter().map(|&d| Candidate::Linear(d)).collect(),
     };
     let mlp = Candidate::Mlp(options.weight_decay.unwrap_or(1e-4));
     match options.head {
@@ -639,17 +655,15 @@ fn logits_of(params: &Params, features: ArrayView2<'_, f32>) -> Array2<f32> {
     head.logits(features)
 }
 
-fn accuracy_and_loss(logits: &Array2<f32>, truth: &[usize]) -> (f64, f64) {
-    let mut correct = 0usize;
-    let mut loss = 0.0;
-    for (row, &y) in logits.axis_iter(Axis(0)).zip(truth) {
-        let max = row.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
-        loss += row.iter().map(|&z| f64::from(z - max).exp()).sum::<f64>().ln() - f64::from(row[y] - max);
-        let predicted =
-            row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &z)| if z > b.1 { (i, z) } else { b }).0;
-        correct += usize::from(predicted == y);
-    }
-    (correct as f64 / truth.len().max(1) as f64, loss / truth.len().max(1) as f64)
+/// Accuracy and log loss after temperature scaling, as the head would be used.
+fn calibrated_accuracy_and_loss(logits: &Array2<f32>, truth: &[usize], classes: usize) -> (f64, f64) {
+    let raw = logits.as_slice().expect("standard layout");
+    let temperature = fit_temperature(raw, truth, classes);
+    let mut probabilities = raw.to_vec();
+    softmax_rows(&mut probabilities, classes, temperature);
+    let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
+    let metrics = evaluate(&probabilities, truth, &names);
+    (metrics.accuracy, metrics.log_loss)
 }
 
 fn count_labels(labels: &[usize], classes: usize) -> Vec<usize> {
