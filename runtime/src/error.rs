@@ -64,6 +64,9 @@ pub enum Error {
     /// A time or epoch budget ran out before training produced a head.
     #[error("budget exceeded: {0}")]
     BudgetExceeded(String),
+    /// The task has neither a head, nor examples, nor label descriptions.
+    #[error("task {0:?} cannot predict yet: add examples or describe its labels")]
+    NotTrained(String),
     /// No task of that name exists.
     #[error("unknown task {0:?}")]
     UnknownTask(String),

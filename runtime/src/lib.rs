@@ -8,7 +8,9 @@ mod encoder;
 mod error;
 mod evaluation;
 mod heads;
+mod import;
 mod model;
+mod personalizer;
 mod store;
 mod training;
 
@@ -16,7 +18,9 @@ pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, 
 pub use error::{Error, Result};
 pub use evaluation::{ClassMetrics, Metrics, evaluate};
 pub use heads::{Head, HeadKind, Prediction};
+pub use import::{Columns, ImportFormat, read_labelled, read_labelled_file};
 pub use model::{CatalogEntry, InputNames, ModelCatalog, ModelManifest, Pooling};
+pub use personalizer::{Personalizer, PersonalizerConfig, PredictionSource, SearchHit, TrainOutcome};
 pub use store::{
     AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, LabelCount,
     NewDocument, NewExample, NewFeedback, NewHead, Retention, Signal, Store, StoreOptions, StoredHead, TaskId,

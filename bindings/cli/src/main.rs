@@ -3,6 +3,8 @@
 mod bench;
 mod bench_heads;
 mod bench_store;
+mod data;
+mod demo;
 mod embed;
 mod model_dir;
 
@@ -15,6 +17,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "attune", version, about = "On-device personalization: embed, train and predict on your own data")]
 struct Cli {
+    /// Database file (default: $ATTUNE_DB, else ~/.local/share/attune/attune.db).
+    /// Set ATTUNE_KEY to encrypt it (builds with the `encryption` feature).
+    #[arg(long, global = true, env = "ATTUNE_DB")]
+    db: Option<PathBuf>,
     /// Model directory (default: $ATTUNE_MODEL, else the fetched catalog default).
     #[arg(long, global = true, env = "ATTUNE_MODEL")]
     model: Option<PathBuf>,
@@ -24,6 +30,9 @@ struct Cli {
     /// Threads one inference may use (default: up to 4 cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// The task (a label set and its heads) to work on.
+    #[arg(long, global = true, default_value = "default")]
+    task: String,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -38,6 +47,64 @@ enum Command {
         #[arg(required = true)]
         texts: Vec<String>,
     },
+    /// Add examples with one label.
+    Add {
+        #[arg(long)]
+        label: String,
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+    /// Import labelled examples from CSV (header row) or JSON Lines; a file
+    /// with any bad line is refused whole, with the line numbers.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        columns: data::FileColumns,
+    },
+    /// Labels with their example counts.
+    Labels,
+    /// Describe a label in words (zero-shot before examples exist).
+    Describe { label: String, description: String },
+    /// Train a head; it is promoted only if not worse than the active one.
+    Train(data::TrainArgs),
+    /// Predict labels of TEXTs (or of each line on stdin).
+    Predict {
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        texts: Vec<String>,
+    },
+    /// Score the task's head on a labelled file; unknown labels count as errors.
+    Eval {
+        file: PathBuf,
+        #[command(flatten)]
+        columns: data::FileColumns,
+    },
+    /// Documents for search.
+    Docs {
+        #[command(subcommand)]
+        command: data::DocsCommand,
+    },
+    /// Search the task's documents.
+    Search {
+        query: String,
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+    },
+    /// Record feedback: QUERY DOC_ID SIGNAL (impression, click, skip, dwell:S, rating:R).
+    Feedback { query: String, document: String, signal: String },
+    /// Forget data, its vectors and the heads trained on it; compacts the file.
+    Forget(data::ForgetWhat),
+    /// Export everything stored about the user as one JSON document.
+    Export { file: PathBuf },
+    /// Counts for the task.
+    Stats,
+    /// The task's head versions; --rollback makes an earlier one active.
+    Heads {
+        #[arg(long)]
+        rollback: Option<u32>,
+    },
+    /// Walk through zero-shot, few-shot, training, search, replies and forgetting.
+    Demo,
     /// Measure speed.
     Bench {
         #[command(subcommand)]
@@ -78,6 +145,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Embed { texts } => embed::run(&cli, texts),
+        Command::Add { label, texts } => data::add(&cli, label, texts),
+        Command::Import { file, columns } => data::import(&cli, file, columns),
+        Command::Labels => data::labels(&cli),
+        Command::Describe { label, description } => data::describe(&cli, label, description),
+        Command::Train(args) => data::train(&cli, args),
+        Command::Predict { top_k, texts } => data::predict(&cli, *top_k, texts),
+        Command::Eval { file, columns } => data::eval(&cli, file, columns),
+        Command::Docs { command } => data::docs(&cli, command),
+        Command::Search { query, k } => data::search(&cli, query, *k),
+        Command::Feedback { query, document, signal } => data::feedback(&cli, query, document, signal),
+        Command::Forget(what) => data::forget(&cli, what),
+        Command::Export { file } => data::export(&cli, file),
+        Command::Stats => data::stats(&cli),
+        Command::Heads { rollback } => data::heads(&cli, *rollback),
+        Command::Demo => demo::run(&cli),
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),
         Command::Bench { what: BenchCommand::Store(args) } => bench_store::run(cli.json, args),
         Command::Bench { what: BenchCommand::Heads(args) } => bench_heads::run(&cli, args),

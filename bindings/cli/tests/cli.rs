@@ -73,3 +73,123 @@ fn bench_embed_reports_every_mode() {
         assert!(mode["p95_ms"].as_f64().unwrap() >= mode["p50_ms"].as_f64().unwrap());
     }
 }
+
+/// A scratch directory and the arguments that point the CLI at it.
+fn session(tag: &str) -> (PathBuf, Vec<String>) {
+    let dir = std::env::temp_dir().join(format!("attune-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = vec![
+        "--db".to_string(),
+        dir.join("user.db").to_string_lossy().into_owned(),
+        "--model".to_string(),
+        tiny_model().to_string_lossy().into_owned(),
+        "--task".to_string(),
+        "inbox".to_string(),
+    ];
+    (dir, args)
+}
+
+fn run(base: &[String], args: &[&str]) -> Output {
+    let mut all: Vec<&str> = base.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    attune(&all)
+}
+
+fn ok(output: Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn the_data_commands_end_to_end() {
+    let (dir, base) = session("e2e");
+    let csv = dir.join("examples.csv");
+    std::fs::write(
+        &csv,
+        "text,label\npay the water bill,bills\n\"bank card, charged twice\",bills\nbook a flight ticket,travel\n\
+         hotel room for the weekend,travel\ncall my mother,family\ndinner with my father,family\n",
+    )
+    .unwrap();
+    ok(run(&base, &["describe", "bills", "money to pay"]));
+    ok(run(&base, &["add", "--label", "bills", "the electricity bill"]));
+    let imported: serde_json::Value =
+        serde_json::from_str(&ok(run(&base, &["--json", "import", csv.to_str().unwrap()]))).unwrap();
+    assert_eq!(imported["inserted"], 6);
+    let labels: serde_json::Value = serde_json::from_str(&ok(run(&base, &["--json", "labels"]))).unwrap();
+    assert_eq!(labels[0]["label"], "bills");
+    assert_eq!(labels[0]["examples"], 3);
+
+    let report: serde_json::Value = serde_json::from_str(&ok(run(&base, &["--json", "train", "--seed", "3"]))).unwrap();
+    for key in ["examples", "classes", "head", "train_ms", "validation", "promoted"] {
+        assert!(report.get(key).is_some(), "train --json lacks {key}: {report}");
+    }
+    assert_eq!(report["examples"], 7);
+    assert_eq!(report["promoted"], true);
+
+    let predicted = ok(run(&base, &["--json", "predict", "--top-k", "2", "pay the bill"]));
+    let prediction: serde_json::Value = serde_json::from_str(predicted.lines().next().unwrap()).unwrap();
+    assert_eq!(prediction["top"].as_array().unwrap().len(), 2);
+    assert_eq!(prediction["source"], "TrainedHead");
+
+    let metrics: serde_json::Value =
+        serde_json::from_str(&ok(run(&base, &["--json", "eval", csv.to_str().unwrap()]))).unwrap();
+    for key in ["n", "accuracy", "macro_f1", "log_loss", "ece", "per_class"] {
+        assert!(metrics.get(key).is_some(), "eval --json lacks {key}");
+    }
+
+    ok(run(&base, &["docs", "add", "--key", "d1", "the flight ticket"]));
+    ok(run(&base, &["docs", "add", "--key", "d2", "dinner at home"]));
+    let hits = ok(run(&base, &["--json", "search", "--k", "1", "the flight ticket"]));
+    assert!(hits.contains("\"key\":\"d1\""), "{hits}");
+    ok(run(&base, &["feedback", "the flight ticket", "d1", "click"]));
+    assert!(!run(&base, &["feedback", "q", "nope", "click"]).status.success());
+
+    let forgotten: serde_json::Value =
+        serde_json::from_str(&ok(run(&base, &["--json", "forget", "--label", "family"]))).unwrap();
+    assert_eq!(forgotten["examples"], 2);
+    let after = ok(run(&base, &["--json", "predict", "--top-k", "5", "call my mother"]));
+    assert!(!after.contains("\"family\""), "{after}");
+    let export = dir.join("export.json");
+    ok(run(&base, &["export", export.to_str().unwrap()]));
+    let exported: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+    assert_eq!(exported["tasks"].as_array().unwrap().len(), 1);
+    assert!(ok(run(&base, &["stats"])).contains("5 examples"));
+    assert!(ok(run(&base, &["heads"])).contains("active"));
+}
+
+#[test]
+fn bad_files_and_unknown_tasks_are_clear_errors() {
+    let (dir, base) = session("bad");
+    let broken = dir.join("broken.jsonl");
+    std::fs::write(&broken, "{\"text\": \"fine\", \"label\": \"a\"}\n{not json\n{\"text\": \"no label\"}\n").unwrap();
+    let output = run(&base, &["import", broken.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 2") && stderr.contains("line 3") && stderr.contains("not imported"), "{stderr}");
+    assert!(!run(&base, &["labels"]).status.success(), "nothing was imported, so the task does not exist");
+
+    let empty = dir.join("empty.csv");
+    std::fs::write(&empty, "text,label\n").unwrap();
+    assert!(String::from_utf8_lossy(&run(&base, &["import", empty.to_str().unwrap()]).stderr).contains("no examples"));
+    let other_task: Vec<String> =
+        base.iter().map(|a| if a == "inbox" { "nope".to_string() } else { a.clone() }).collect();
+    let unknown = run(&other_task, &["predict", "hello"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown task"));
+}
+
+#[test]
+fn the_demo_runs_on_the_default_model() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/cache/all-minilm-l6-v2");
+    if !model.join("manifest.json").is_file() {
+        assert_ne!(std::env::var("ATTUNE_REQUIRE_DEFAULT_MODEL").as_deref(), Ok("1"), "run models/fetch");
+        eprintln!("skipping: default model not fetched");
+        return;
+    }
+    let stdout = ok(attune(&["--model", model.to_str().unwrap(), "demo"]));
+    for step in
+        ["ZeroShot: accuracy", "Prototypes: accuracy", "TrainedHead: accuracy", "health is gone", "demo finished"]
+    {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+}

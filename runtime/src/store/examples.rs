@@ -23,7 +23,7 @@ impl NewExample {
         Self { text: text.into(), label: label.into(), weight: 1.0, source: "user".into(), created_at: None }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.text.trim().is_empty() {
             return Err(Error::InvalidInput("an example's text is empty".into()));
         }

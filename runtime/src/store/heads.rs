@@ -173,3 +173,42 @@ fn make_active(tx: &Transaction<'_>, task: TaskId, version: u32) -> Result<()> {
         }
     }
 }
+
+/// One differentially private training run, as the ledger keeps it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LedgerEntry {
+    pub sampling_rate: f64,
+    pub noise_multiplier: f64,
+    pub steps: u64,
+}
+
+impl Store {
+    /// Adds a private training run to the task's privacy ledger.
+    pub fn record_private_run(&self, task: TaskId, entry: LedgerEntry) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO privacy_ledger (task_id, sampling_rate, noise_multiplier, steps, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                (task.0, entry.sampling_rate, entry.noise_multiplier, entry.steps as i64, now_ms()),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every private run of the task: the privacy it has spent composes over them.
+    pub fn private_runs(&self, task: TaskId) -> Result<Vec<LedgerEntry>> {
+        self.read(|tx| {
+            let mut statement = tx.prepare_cached(
+                "SELECT sampling_rate, noise_multiplier, steps FROM privacy_ledger WHERE task_id = ?1 ORDER BY id",
+            )?;
+            let rows = statement.query_map([task.0], |row| {
+                Ok(LedgerEntry {
+                    sampling_rate: row.get(0)?,
+                    noise_multiplier: row.get(1)?,
+                    steps: row.get::<_, i64>(2)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}

@@ -81,3 +81,12 @@ CREATE TABLE heads (
     created_at INTEGER NOT NULL,
     UNIQUE (task_id, version)
 );
+
+CREATE TABLE privacy_ledger (
+    id INTEGER PRIMARY KEY,
+    task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    sampling_rate REAL NOT NULL,
+    noise_multiplier REAL NOT NULL,
+    steps INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);

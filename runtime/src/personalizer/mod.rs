@@ -1,0 +1,398 @@
+//! The `Personalizer`: the one object apps use. It ties the frozen encoder,
+//! the user's store and the trainer together, per task.
+//!
+//! Prediction follows the task's lifecycle: the active trained head when
+//! there is one; otherwise prototypes of the examples so far; otherwise
+//! zero-shot from label descriptions; otherwise `Error::NotTrained`.
+
+mod search;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub use search::SearchHit;
+
+use crate::encoder::{Encoder, EncoderOptions, OnnxEncoder};
+use crate::error::{Error, Result};
+use crate::evaluation::{Metrics, evaluate};
+use crate::heads::{Head, HeadKind, Prediction};
+use crate::store::{
+    AddOutcome, EncryptionKey, Forget, ForgetOutcome, HeadInfo, LabelCount, LedgerEntry, NewDocument, NewExample,
+    NewFeedback, NewHead, Store, StoreOptions, TaskId, TaskInfo, VectorEncoding,
+};
+use crate::training::{
+    HeadChoice, PrivateRun, PromotionDecision, TrainListener, TrainOptions, TrainReport, TrainingSet, decide_promotion,
+    train, zero_shot_head,
+};
+
+/// Where the user's data and the model are, and how to run the model.
+#[derive(Debug, Clone)]
+pub struct PersonalizerConfig {
+    pub database: PathBuf,
+    pub model_dir: PathBuf,
+    pub encoder: EncoderOptions,
+    pub encryption_key: Option<EncryptionKey>,
+}
+
+/// What a training call did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    pub report: TrainReport,
+    pub promotion: PromotionDecision,
+    /// The stored version of the new head (active only when promoted).
+    pub version: u32,
+}
+
+/// Where a task's predictions come from right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionSource {
+    TrainedHead,
+    Prototypes,
+    ZeroShot,
+}
+
+/// On-device personalization for one app: `Send + Sync`, share it in an `Arc`.
+pub struct Personalizer {
+    store: Store,
+    encoder: Arc<OnnxEncoder>,
+    /// Decoded active heads per task, dropped whenever the task's data or
+    /// heads change.
+    heads: Mutex<HashMap<String, Arc<(Head, PredictionSource)>>>,
+    search: search::Indexes,
+}
+
+impl std::fmt::Debug for Personalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Personalizer")
+            .field("store", &self.store)
+            .field("encoder", &self.encoder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Personalizer {
+    /// Opens the database and loads the model (once; it is shared by all calls).
+    pub fn open(config: &PersonalizerConfig) -> Result<Self> {
+        let encoder = Arc::new(OnnxEncoder::load(&config.model_dir, &config.encoder)?);
+        let options = StoreOptions { encryption_key: config.encryption_key.clone(), ..StoreOptions::default() };
+        let store = Store::open(&config.database, &options)?;
+        Ok(Self { store, encoder, heads: Mutex::new(HashMap::new()), search: search::Indexes::default() })
+    }
+
+    /// The underlying store, for export, statistics and maintenance.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn encoder(&self) -> &OnnxEncoder {
+        &self.encoder
+    }
+
+    /// Adds labelled examples to `task` (created if needed) and embeds them.
+    pub fn add_examples(&self, task: &str, examples: &[NewExample]) -> Result<AddOutcome> {
+        let id = self.store.ensure_task(task)?;
+        let outcome = self.store.add_examples(id, examples)?;
+        let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+        self.features(&texts)?;
+        self.invalidate(task);
+        Ok(outcome)
+    }
+
+    /// Streams examples into `task` in committed batches (see `Store::import_examples`).
+    pub fn import_examples<I>(&self, task: &str, rows: I, on_batch: &mut dyn FnMut(&AddOutcome)) -> Result<AddOutcome>
+    where
+        I: IntoIterator<Item = Result<NewExample>>,
+    {
+        let id = self.store.ensure_task(task)?;
+        let outcome = self.store.import_examples(id, rows, 1_000, on_batch)?;
+        self.invalidate(task);
+        Ok(outcome)
+    }
+
+    /// Embeds and caches `texts` now (e.g. after a bulk import), so training
+    /// and prediction find them ready. Blocking.
+    pub fn prepare_features(&self, texts: &[&str]) -> Result<()> {
+        for chunk in texts.chunks(1_024) {
+            self.features(chunk)?;
+        }
+        Ok(())
+    }
+
+    pub fn labels(&self, task: &str) -> Result<Vec<LabelCount>> {
+        self.store.label_counts(self.store.task_id(task)?)
+    }
+
+    /// Describes a label in words: zero-shot prediction before any example,
+    /// and a head start for training afterwards.
+    pub fn describe_label(&self, task: &str, label: &str, description: &str) -> Result<()> {
+        let id = self.store.ensure_task(task)?;
+        self.store.set_label_description(id, label, description)?;
+        self.invalidate(task);
+        Ok(())
+    }
+
+    /// Trains a head on the task's examples; it becomes active only if it is
+    /// not worse than the active one on the same validation examples.
+    /// Blocks for up to seconds: call it off the main thread.
+    pub fn train(&self, task: &str, options: &TrainOptions, listener: &dyn TrainListener) -> Result<TrainOutcome> {
+        let id = self.store.task_id(task)?;
+        let data = self.training_data(id)?;
+        let active = self.stored_active_head(id)?;
+        let mut options = options.clone();
+        if let Some(privacy) = options.privacy.as_mut() {
+            privacy.previous = self
+                .store
+                .private_runs(id)?
+                .into_iter()
+                .map(|e| PrivateRun {
+                    sampling_rate: e.sampling_rate,
+                    noise_multiplier: e.noise_multiplier,
+                    steps: e.steps,
+                })
+                .collect();
+        }
+        let set = data.set(self.encoder.fingerprint());
+        let (head, report) = train(&set, active.as_ref(), &options, listener)?;
+        let promotion = decide_promotion(&report, active.as_ref(), &set)?;
+        let to_json = |e: serde_json::Error| Error::Storage(format!("training report: {e}"));
+        let stored = NewHead {
+            kind: head.kind().name().to_string(),
+            format_version: Head::format_version(),
+            fingerprint: head.fingerprint().to_string(),
+            labels: head.labels().to_vec(),
+            weights: head.to_bytes(),
+            report: serde_json::to_string(&report).map_err(to_json)?,
+            metrics: serde_json::to_string(&report.validation).map_err(to_json)?,
+            trained_through_example: data.trained_through,
+        };
+        let version = self.store.save_head(id, &stored, promotion.promote)?;
+        if let Some(run) = report.private_run {
+            let entry = LedgerEntry {
+                sampling_rate: run.sampling_rate,
+                noise_multiplier: run.noise_multiplier,
+                steps: run.steps,
+            };
+            self.store.record_private_run(id, entry)?;
+        }
+        self.invalidate(task);
+        Ok(TrainOutcome { report, promotion, version })
+    }
+
+    /// Top-`k` labels with calibrated probabilities and an abstain flag, per text.
+    pub fn predict(&self, task: &str, texts: &[&str], top_k: usize) -> Result<(Vec<Prediction>, PredictionSource)> {
+        let head = self.current_head(task)?;
+        let features = self.features(texts)?;
+        let dim = self.encoder.dim();
+        let predictions = features.chunks_exact(dim).map(|row| head.0.predict(row, top_k)).collect::<Result<_>>()?;
+        Ok((predictions, head.1))
+    }
+
+    /// Scores the task's current head on labelled texts; labels it does not
+    /// know count as errors.
+    pub fn evaluate(&self, task: &str, examples: &[(String, String)]) -> Result<Metrics> {
+        if examples.is_empty() {
+            return Err(Error::InvalidInput("nothing to evaluate".into()));
+        }
+        let head = self.current_head(task)?;
+        let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
+        let probabilities = head.0.probabilities(&self.features(&texts)?)?;
+        let truth: Vec<usize> = examples
+            .iter()
+            .map(|(_, label)| head.0.labels().iter().position(|l| l == label).unwrap_or(usize::MAX))
+            .collect();
+        Ok(evaluate(&probabilities, &truth, head.0.labels()))
+    }
+
+    /// Forgets data (see [`Forget`]) and compacts the file. A task whose
+    /// active head was trained on forgotten data is retrained from what
+    /// remains, so nothing predicts from forgotten data. Blocking.
+    pub fn forget(&self, task: Option<&str>, what: &Forget) -> Result<ForgetOutcome> {
+        let had_active = match task {
+            Some(name) if *what != Forget::Task => self.store.task(name)?.active_head_version.is_some(),
+            _ => false,
+        };
+        let outcome = self.store.forget(task, what)?;
+        self.heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.search.clear();
+        if let (true, Some(name)) = (had_active, task) {
+            let id = self.store.task_id(name)?;
+            if self.store.active_head(id)?.is_none() && !self.store.examples(id)?.is_empty() {
+                self.train(name, &TrainOptions::default(), &crate::training::QuietTraining)?;
+            }
+        }
+        self.store.compact()?;
+        Ok(outcome)
+    }
+
+    pub fn stats(&self, task: &str) -> Result<TaskInfo> {
+        self.store.task(task)
+    }
+
+    pub fn heads(&self, task: &str) -> Result<Vec<HeadInfo>> {
+        self.store.heads(self.store.task_id(task)?)
+    }
+
+    /// Makes an earlier head version active again.
+    pub fn rollback(&self, task: &str, version: u32) -> Result<()> {
+        self.store.activate_head(self.store.task_id(task)?, version)?;
+        self.invalidate(task);
+        Ok(())
+    }
+
+    /// Adds or replaces documents for search; each is embedded once.
+    pub fn add_documents(&self, task: &str, documents: &[NewDocument]) -> Result<u64> {
+        let id = self.store.ensure_task(task)?;
+        let changed = self.store.upsert_documents(id, documents)?;
+        let texts: Vec<&str> = documents.iter().map(|d| d.text.as_str()).collect();
+        self.features(&texts)?;
+        self.search.invalidate(task);
+        Ok(changed)
+    }
+
+    /// The `k` documents closest to `query` by cosine, best first.
+    pub fn search(&self, task: &str, query: &str, k: usize) -> Result<Vec<SearchHit>> {
+        let index = self.search.get_or_build(task, || self.build_index(task))?;
+        let query = self.features(&[query])?;
+        Ok(index.top_k(&query, k))
+    }
+
+    /// Records what the user did with a search result.
+    pub fn record_feedback(&self, task: &str, feedback: &NewFeedback) -> Result<i64> {
+        self.store.record_feedback(self.store.task_id(task)?, feedback)
+    }
+
+    fn build_index(&self, task: &str) -> Result<search::Index> {
+        let documents = self.store.documents(self.store.task_id(task)?)?;
+        let texts: Vec<&str> = documents.iter().map(|d| d.text.as_str()).collect();
+        let vectors = if texts.is_empty() { Vec::new() } else { self.features(&texts)? };
+        Ok(search::Index::new(documents, vectors, self.encoder.dim()))
+    }
+
+    /// Vectors for `texts` (`texts.len() × dim`), from the cache or embedded
+    /// now and cached.
+    fn features(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        let fingerprint = self.encoder.fingerprint();
+        let cached = self.store.cached_features(fingerprint, texts)?;
+        let missing: Vec<&str> = texts.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(t, _)| *t).collect();
+        let mut fresh: HashMap<&str, Vec<f32>> = HashMap::new();
+        if !missing.is_empty() {
+            let embedded = self.encoder.embed(&missing)?;
+            let entries: Vec<(&str, &[f32])> = missing.iter().copied().zip(embedded.rows()).collect();
+            self.store.cache_features(fingerprint, &entries, VectorEncoding::F32)?;
+            fresh.extend(entries.into_iter().map(|(t, v)| (t, v.to_vec())));
+        }
+        Ok(texts.iter().zip(cached).flat_map(|(text, hit)| hit.unwrap_or_else(|| fresh[text].clone())).collect())
+    }
+
+    fn training_data(&self, task: TaskId) -> Result<TrainingData> {
+        let examples = self.store.examples(task)?;
+        let descriptions = self.store.label_descriptions(task)?;
+        let mut labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
+        labels.sort();
+        labels.dedup();
+        let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+        let features = if texts.is_empty() { Vec::new() } else { self.features(&texts)? };
+        let described: Vec<(usize, &str)> = labels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| descriptions.iter().find(|(d, _)| d == l).map(|(_, text)| (i, text.as_str())))
+            .collect();
+        let mut priors = vec![None; labels.len()];
+        if !described.is_empty() {
+            let texts: Vec<&str> = described.iter().map(|(_, t)| *t).collect();
+            let vectors = self.features(&texts)?;
+            for ((i, _), row) in described.iter().zip(vectors.chunks_exact(self.encoder.dim())) {
+                priors[*i] = Some(row.to_vec());
+            }
+        }
+        Ok(TrainingData {
+            label_index: examples.iter().map(|e| labels.binary_search(&e.label).unwrap_or(0)).collect(),
+            weights: examples.iter().map(|e| e.weight as f32).collect(),
+            trained_through: examples.iter().map(|e| e.id).max().unwrap_or(0),
+            features,
+            labels,
+            priors,
+            dim: self.encoder.dim(),
+        })
+    }
+
+    fn stored_active_head(&self, task: TaskId) -> Result<Option<Head>> {
+        match self.store.active_head(task)? {
+            // A head for another backbone (after a model upgrade) cannot be
+            // used on this model's features: it is ignored until retrained.
+            Some(stored) if stored.info.fingerprint == self.encoder.fingerprint() => {
+                Ok(Some(Head::from_bytes(&stored.weights, self.encoder.fingerprint())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The head predictions come from now, following the task's lifecycle.
+    fn current_head(&self, task: &str) -> Result<Arc<(Head, PredictionSource)>> {
+        if let Some(head) = self.heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(task) {
+            return Ok(Arc::clone(head));
+        }
+        let id = self.store.task_id(task)?;
+        let head = match self.stored_active_head(id)? {
+            Some(head) => (head, PredictionSource::TrainedHead),
+            None => self.untrained_head(task, id)?,
+        };
+        let head = Arc::new(head);
+        self.heads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(task.to_string(), Arc::clone(&head));
+        Ok(head)
+    }
+
+    fn untrained_head(&self, task: &str, id: TaskId) -> Result<(Head, PredictionSource)> {
+        let data = self.training_data(id)?;
+        if !data.labels.is_empty() {
+            let options = TrainOptions { head: HeadChoice::Only(HeadKind::Prototype), ..TrainOptions::default() };
+            let (head, _) =
+                train(&data.set(self.encoder.fingerprint()), None, &options, &crate::training::QuietTraining)?;
+            return Ok((head, PredictionSource::Prototypes));
+        }
+        let descriptions = self.store.label_descriptions(id)?;
+        if descriptions.is_empty() {
+            return Err(Error::NotTrained(task.to_string()));
+        }
+        let texts: Vec<&str> = descriptions.iter().map(|(_, d)| d.as_str()).collect();
+        let vectors = self.features(&texts)?;
+        let names = descriptions.into_iter().map(|(label, _)| label).collect();
+        Ok((
+            zero_shot_head(self.encoder.fingerprint(), names, &vectors, self.encoder.dim())?,
+            PredictionSource::ZeroShot,
+        ))
+    }
+
+    fn invalidate(&self, task: &str) {
+        self.heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(task);
+    }
+}
+
+/// A task's examples as the trainer wants them.
+struct TrainingData {
+    features: Vec<f32>,
+    label_index: Vec<usize>,
+    weights: Vec<f32>,
+    labels: Vec<String>,
+    priors: Vec<Option<Vec<f32>>>,
+    dim: usize,
+    trained_through: i64,
+}
+
+impl TrainingData {
+    fn set<'a>(&'a self, fingerprint: &'a str) -> TrainingSet<'a> {
+        TrainingSet {
+            features: &self.features,
+            dim: self.dim,
+            labels: &self.label_index,
+            weights: Some(&self.weights),
+            label_names: &self.labels,
+            priors: &self.priors,
+            fingerprint,
+        }
+    }
+}

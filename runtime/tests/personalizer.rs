@@ -1,0 +1,135 @@
+//! The `Personalizer` end to end on the committed tiny model: open, describe,
+//! add, train, predict, search, feedback, forget, reopen.
+
+mod support;
+
+use std::sync::Arc;
+
+use attune::{
+    EncoderOptions, Error, Forget, NewDocument, NewExample, NewFeedback, Personalizer, PersonalizerConfig,
+    PredictionSource, QuietTraining, Signal, TrainOptions,
+};
+use support::tiny_dir;
+
+fn config(tag: &str) -> PersonalizerConfig {
+    let dir = std::env::temp_dir().join(format!("attune-personalizer-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    PersonalizerConfig {
+        database: dir.join("user.db"),
+        model_dir: tiny_dir(),
+        encoder: EncoderOptions::default(),
+        encryption_key: None,
+    }
+}
+
+const MESSAGES: [(&str, &str); 12] = [
+    ("pay the water bill", "bills"),
+    ("bank card charged twice", "bills"),
+    ("transfer money to the bank account", "bills"),
+    ("book a flight ticket", "travel"),
+    ("hotel room for the weekend", "travel"),
+    ("train ticket to the city", "travel"),
+    ("call my mother tonight", "family"),
+    ("dinner with my father", "family"),
+    ("my mother and father are coming", "family"),
+    ("the bill for the flight", "bills"),
+    ("a ticket for the train", "travel"),
+    ("call my father", "family"),
+];
+
+#[test]
+fn the_whole_lifecycle_persists_across_reopen() {
+    let config = config("lifecycle");
+    {
+        let p = Personalizer::open(&config).unwrap();
+        assert!(matches!(p.predict("inbox", &["hello"], 1), Err(Error::UnknownTask(_))));
+        p.describe_label("inbox", "bills", "bank bill money pay").unwrap();
+        p.describe_label("inbox", "travel", "flight train hotel ticket").unwrap();
+        let (_, source) = p.predict("inbox", &["pay the bill"], 2).unwrap();
+        assert_eq!(source, PredictionSource::ZeroShot);
+
+        let examples: Vec<NewExample> = MESSAGES.iter().map(|(t, l)| NewExample::new(*t, *l)).collect();
+        p.add_examples("inbox", &examples[..3]).unwrap();
+        let (_, source) = p.predict("inbox", &["pay the bill"], 2).unwrap();
+        assert_eq!(source, PredictionSource::Prototypes);
+
+        p.add_examples("inbox", &examples).unwrap();
+        let outcome = p.train("inbox", &TrainOptions::default(), &QuietTraining).unwrap();
+        assert!(outcome.promotion.promote, "{:?}", outcome.promotion);
+        let (predictions, source) = p.predict("inbox", &["pay the bill", "call my mother"], 3).unwrap();
+        assert_eq!(source, PredictionSource::TrainedHead);
+        assert_eq!(predictions.len(), 2);
+        assert_eq!(predictions[0].top.len(), 3);
+        let total: f32 = predictions[0].top.iter().map(|(_, p)| p).sum();
+        assert!((total - 1.0).abs() < 1e-4, "three labels' probabilities sum to one");
+
+        p.add_documents(
+            "notes",
+            &[
+                NewDocument { key: "a".into(), text: "the flight ticket and the hotel".into(), metadata: None },
+                NewDocument { key: "b".into(), text: "dinner with my mother".into(), metadata: None },
+            ],
+        )
+        .unwrap();
+        let hits = p.search("notes", "the flight ticket and the hotel", 2).unwrap();
+        assert_eq!(hits[0].key, "a");
+        assert!(hits[0].score > hits[1].score && (hits[0].score - 1.0).abs() < 1e-4);
+        p.record_feedback(
+            "notes",
+            &NewFeedback {
+                query: Some("flight".into()),
+                document_key: "a".into(),
+                signal: Signal::Click,
+                created_at: None,
+            },
+        )
+        .unwrap();
+    }
+    // Everything is still there after reopening.
+    let p = Personalizer::open(&config).unwrap();
+    assert_eq!(p.stats("inbox").unwrap().examples, 12);
+    assert_eq!(p.stats("notes").unwrap().feedback, 1);
+    let (_, source) = p.predict("inbox", &["pay the bill"], 1).unwrap();
+    assert_eq!(source, PredictionSource::TrainedHead);
+
+    // Forgetting a label retrains from what remains: it is never predicted again.
+    let outcome = p.forget(Some("inbox"), &Forget::Label("family".into())).unwrap();
+    assert_eq!(outcome.examples, 4);
+    let (predictions, source) = p.predict("inbox", &["call my mother", "dinner with my father"], 5).unwrap();
+    assert_eq!(source, PredictionSource::TrainedHead, "retrained at once");
+    assert!(predictions.iter().all(|p| p.top.iter().all(|(label, _)| label != "family")));
+    let versions = p.heads("inbox").unwrap();
+    assert!(versions.iter().any(|h| h.stale) && versions.iter().any(|h| h.active && !h.stale));
+}
+
+#[test]
+fn a_task_with_nothing_cannot_predict_and_evaluation_counts_unknown_labels() {
+    let p = Personalizer::open(&config("untrained")).unwrap();
+    p.add_documents("empty", &[NewDocument { key: "d".into(), text: "a document".into(), metadata: None }]).unwrap();
+    assert!(matches!(p.predict("empty", &["x"], 1), Err(Error::NotTrained(_))));
+    p.add_examples("t", &MESSAGES.iter().map(|(t, l)| NewExample::new(*t, *l)).collect::<Vec<_>>()).unwrap();
+    let metrics =
+        p.evaluate("t", &[("pay the bill".into(), "bills".into()), ("x".into(), "never-seen".into())]).unwrap();
+    assert_eq!(metrics.n, 2);
+    assert!(metrics.accuracy <= 0.5, "the unknown label is an error");
+}
+
+#[test]
+fn concurrent_predictions_while_training() {
+    let p = Arc::new(Personalizer::open(&config("threads")).unwrap());
+    p.add_examples("t", &MESSAGES.iter().map(|(t, l)| NewExample::new(*t, *l)).collect::<Vec<_>>()).unwrap();
+    std::thread::scope(|scope| {
+        let trainer = Arc::clone(&p);
+        scope.spawn(move || trainer.train("t", &TrainOptions::default(), &QuietTraining).unwrap());
+        for _ in 0..3 {
+            let reader = Arc::clone(&p);
+            scope.spawn(move || {
+                for _ in 0..20 {
+                    let (predictions, _) = reader.predict("t", &["pay the bill"], 1).unwrap();
+                    assert_eq!(predictions.len(), 1);
+                }
+            });
+        }
+    });
+}
