@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use attune::{
-    EncoderOptions, Error, Forget, NewDocument, NewExample, NewFeedback, Personalizer, PersonalizerConfig,
+    Encoder, EncoderOptions, Error, Forget, NewDocument, NewExample, NewFeedback, Personalizer, PersonalizerConfig,
     PredictionSource, QuietTraining, Signal, TrainOptions,
 };
 use support::tiny_dir;
@@ -132,4 +132,47 @@ fn concurrent_predictions_while_training() {
             });
         }
     });
+}
+
+#[test]
+fn feedback_personalises_search_and_recommendations() {
+    let p = Personalizer::open(&config("ranking")).unwrap();
+    let documents: Vec<NewDocument> = [
+        ("train", "a train ticket to the city"),
+        ("flight", "a flight ticket for the weekend"),
+        ("hotel", "a hotel room for the weekend"),
+        ("dinner", "dinner with my mother"),
+    ]
+    .iter()
+    .map(|(key, text)| NewDocument { key: key.to_string(), text: text.to_string(), metadata: None })
+    .collect();
+    p.add_documents("docs", &documents).unwrap();
+    let query = "a ticket for the weekend";
+    let plain = p.search("docs", query, 4).unwrap();
+    // Without feedback: exactly the cosine order, scores included.
+    let features = p.encoder().embed(&[query]).unwrap();
+    let doc_vectors = p.encoder().embed(&documents.iter().map(|d| d.text.as_str()).collect::<Vec<_>>()).unwrap();
+    let mut cosine: Vec<(String, f32)> = documents
+        .iter()
+        .zip(doc_vectors.rows())
+        .map(|(d, v)| (d.key.clone(), v.iter().zip(features.row(0)).map(|(a, b)| a * b).sum()))
+        .collect();
+    cosine.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let plain_keys: Vec<&str> = plain.iter().map(|h| h.key.as_str()).collect();
+    assert_eq!(plain_keys, cosine.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>());
+
+    // The user keeps skipping the top result and choosing the last one.
+    let (top, last) = (plain[0].key.clone(), plain[3].key.clone());
+    for _ in 0..5 {
+        for (key, signal) in [(&top, Signal::Skip), (&last, Signal::Click)] {
+            let event = NewFeedback { query: Some(query.into()), document_key: key.clone(), signal, created_at: None };
+            p.record_feedback("docs", &event).unwrap();
+        }
+    }
+    let personal = p.search("docs", query, 4).unwrap();
+    let position = |hits: &[attune::SearchHit], key: &str| hits.iter().position(|h| h.key == key).unwrap();
+    assert!(position(&personal, &last) < 3, "the chosen document moved up: {personal:?}");
+    assert!(position(&personal, &top) > 0, "the skipped one moved down: {personal:?}");
+    let recommended = p.recommend("docs", 1).unwrap();
+    assert_eq!(recommended[0].key, last);
 }

@@ -304,7 +304,16 @@ pub fn docs(cli: &Cli, command: &DocsCommand) -> Result<(), Error> {
 }
 
 pub fn search(cli: &Cli, query: &str, k: usize) -> Result<(), Error> {
-    let hits = open(cli)?.search(&cli.task, query, k)?;
+    print_hits(cli, open(cli)?.search(&cli.task, query, k)?);
+    Ok(())
+}
+
+pub fn recommend(cli: &Cli, k: usize) -> Result<(), Error> {
+    print_hits(cli, open(cli)?.recommend(&cli.task, k)?);
+    Ok(())
+}
+
+fn print_hits(cli: &Cli, hits: Vec<attune::SearchHit>) {
     for hit in hits {
         if cli.json {
             print_json(&serde_json::json!({"key": hit.key, "text": hit.text, "score": hit.score}));
@@ -312,7 +321,6 @@ pub fn search(cli: &Cli, query: &str, k: usize) -> Result<(), Error> {
             println!("{:.3}  {:<12} {}", hit.score, hit.key, hit.text);
         }
     }
-    Ok(())
 }
 
 pub fn feedback(cli: &Cli, query: &str, document: &str, signal: &str) -> Result<(), Error> {

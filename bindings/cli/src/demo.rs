@@ -192,31 +192,29 @@ fn walk(cli: &Cli, dir: &std::path::Path) -> Result<(), Error> {
         println!("   {text:?} → {}", top.join(", "));
     }
 
-    println!("\n4. Search over my notes (embedded once, cached)");
+    println!("\n4. Search over my notes (embedded once, cached), then personalised by feedback");
     let notes: Vec<NewDocument> = NOTES
         .iter()
         .map(|(key, text)| NewDocument { key: key.to_string(), text: text.to_string(), metadata: None })
         .collect();
     p.add_documents("notes", &notes)?;
-    for query in ["what should I buy my father", "where do I park for the flight"] {
-        let hits = p.search("notes", query, 2)?;
-        println!("   {query:?}");
-        for hit in &hits {
-            println!("     {:.3} {}", hit.score, hit.text);
-        }
-        if let Some(best) = hits.first() {
-            p.record_feedback(
-                "notes",
-                &NewFeedback {
-                    query: Some(query.into()),
-                    document_key: best.key.clone(),
-                    signal: Signal::Click,
-                    created_at: None,
-                },
-            )?;
+    let query = "important codes";
+    let show = |label: &str, hits: &[attune::SearchHit]| {
+        let shown: Vec<String> = hits.iter().map(|h| format!("{:.2} {}", h.score, h.text)).collect();
+        println!("   {label} {query:?}:\n     {}", shown.join("\n     "));
+    };
+    let before = p.search("notes", query, 3)?;
+    show("before feedback,", &before);
+    // This user always opens the password-manager note and skips the others.
+    for _ in 0..3 {
+        for hit in &before {
+            let signal = if hit.key == "n10" { Signal::Click } else { Signal::Skip };
+            let event =
+                NewFeedback { query: Some(query.into()), document_key: hit.key.clone(), signal, created_at: None };
+            p.record_feedback("notes", &event)?;
         }
     }
-    println!("   (feedback is recorded; re-ranking from it is the next step of this project)");
+    show("after 9 feedback events,", &p.search("notes", query, 3)?);
 
     println!("\n5. Reply suggestions: my saved replies, ranked for an incoming message");
     let replies: Vec<NewDocument> = REPLIES

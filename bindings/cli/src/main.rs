@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_heads;
+mod bench_search;
 mod bench_store;
 mod data;
 mod demo;
@@ -90,6 +91,11 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         k: usize,
     },
+    /// Documents the user likely wants, learned from feedback.
+    Recommend {
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+    },
     /// Record feedback: QUERY DOC_ID SIGNAL (impression, click, skip, dwell:S, rating:R).
     Feedback { query: String, document: String, signal: String },
     /// Forget data, its vectors and the heads trained on it; compacts the file.
@@ -120,6 +126,8 @@ enum BenchCommand {
     Store(bench_store::StoreBenchArgs),
     /// Head training on CLINC150 (from ../shared/datasets when present).
     Heads(bench_heads::HeadsBenchArgs),
+    /// Exact top-k search latency over many documents.
+    Search(bench_search::SearchBenchArgs),
 }
 
 fn parse_backend(text: &str) -> Result<Backend, String> {
@@ -154,6 +162,7 @@ fn main() -> ExitCode {
         Command::Eval { file, columns } => data::eval(&cli, file, columns),
         Command::Docs { command } => data::docs(&cli, command),
         Command::Search { query, k } => data::search(&cli, query, *k),
+        Command::Recommend { k } => data::recommend(&cli, *k),
         Command::Feedback { query, document, signal } => data::feedback(&cli, query, document, signal),
         Command::Forget(what) => data::forget(&cli, what),
         Command::Export { file } => data::export(&cli, file),
@@ -163,6 +172,7 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),
         Command::Bench { what: BenchCommand::Store(args) } => bench_store::run(cli.json, args),
         Command::Bench { what: BenchCommand::Heads(args) } => bench_heads::run(&cli, args),
+        Command::Bench { what: BenchCommand::Search(args) } => bench_search::run(cli.json, args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,13 +5,14 @@
 //! there is one; otherwise prototypes of the examples so far; otherwise
 //! zero-shot from label descriptions; otherwise `Error::NotTrained`.
 
+mod ranker;
 mod search;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-pub use search::SearchHit;
+pub use search::{SearchHit, VectorIndex};
 
 use crate::encoder::{Encoder, EncoderOptions, OnnxEncoder};
 use crate::error::{Error, Result};
@@ -60,6 +61,8 @@ pub struct Personalizer {
     /// heads change.
     heads: Mutex<HashMap<String, Arc<(Head, PredictionSource)>>>,
     search: search::Indexes,
+    /// Learned ranking preferences per task, dropped on new feedback.
+    preferences: Mutex<HashMap<String, Arc<ranker::Preference>>>,
 }
 
 impl std::fmt::Debug for Personalizer {
@@ -77,7 +80,13 @@ impl Personalizer {
         let encoder = Arc::new(OnnxEncoder::load(&config.model_dir, &config.encoder)?);
         let options = StoreOptions { encryption_key: config.encryption_key.clone(), ..StoreOptions::default() };
         let store = Store::open(&config.database, &options)?;
-        Ok(Self { store, encoder, heads: Mutex::new(HashMap::new()), search: search::Indexes::default() })
+        Ok(Self {
+            store,
+            encoder,
+            heads: Mutex::new(HashMap::new()),
+            search: search::Indexes::default(),
+            preferences: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The underlying store, for export, statistics and maintenance.
@@ -215,6 +224,7 @@ impl Personalizer {
         let outcome = self.store.forget(task, what)?;
         self.heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         self.search.clear();
+        self.lock_preferences().clear();
         if let (true, Some(name)) = (had_active, task) {
             let id = self.store.task_id(name)?;
             if self.store.active_head(id)?.is_none() && !self.store.examples(id)?.is_empty() {
@@ -247,19 +257,56 @@ impl Personalizer {
         let texts: Vec<&str> = documents.iter().map(|d| d.text.as_str()).collect();
         self.features(&texts)?;
         self.search.invalidate(task);
+        self.lock_preferences().remove(task);
         Ok(changed)
     }
 
-    /// The `k` documents closest to `query` by cosine, best first.
+    /// The `k` best documents for `query`: exact cosine over all of the
+    /// task's documents, re-ranked by the preference learned from the user's
+    /// feedback (with no feedback, plain semantic order).
     pub fn search(&self, task: &str, query: &str, k: usize) -> Result<Vec<SearchHit>> {
         let index = self.search.get_or_build(task, || self.build_index(task))?;
         let query = self.features(&[query])?;
-        Ok(index.top_k(&query, k))
+        let preference = self.preference(task, &index)?;
+        Ok(index.top_k(Some(&query), &preference.u, k))
     }
 
-    /// Records what the user did with a search result.
+    /// The `k` documents the user most likely wants, from feedback alone
+    /// (without feedback: the oldest documents, in order).
+    pub fn recommend(&self, task: &str, k: usize) -> Result<Vec<SearchHit>> {
+        let index = self.search.get_or_build(task, || self.build_index(task))?;
+        let preference = self.preference(task, &index)?;
+        Ok(index.top_k(None, &preference.u, k))
+    }
+
+    /// Records what the user did with a search result or recommendation.
     pub fn record_feedback(&self, task: &str, feedback: &NewFeedback) -> Result<i64> {
-        self.store.record_feedback(self.store.task_id(task)?, feedback)
+        let id = self.store.record_feedback(self.store.task_id(task)?, feedback)?;
+        self.lock_preferences().remove(task);
+        Ok(id)
+    }
+
+    fn preference(&self, task: &str, index: &search::Index) -> Result<Arc<ranker::Preference>> {
+        if let Some(preference) = self.lock_preferences().get(task) {
+            return Ok(Arc::clone(preference));
+        }
+        let events = self.store.feedback(self.store.task_id(task)?)?;
+        let queries: Vec<&str> = events.iter().filter_map(|e| e.query.as_deref()).collect();
+        let query_vectors: HashMap<&str, Vec<f32>> = if queries.is_empty() {
+            HashMap::new()
+        } else {
+            let vectors = self.features(&queries)?;
+            queries.iter().copied().zip(vectors.chunks_exact(self.encoder.dim()).map(<[f32]>::to_vec)).collect()
+        };
+        let preference = Arc::new(ranker::fit(&events, self.encoder.dim(), &|key| index.vector(key), &|text| {
+            query_vectors.get(text).cloned()
+        }));
+        self.lock_preferences().insert(task.to_string(), Arc::clone(&preference));
+        Ok(preference)
+    }
+
+    fn lock_preferences(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ranker::Preference>>> {
+        self.preferences.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn build_index(&self, task: &str) -> Result<search::Index> {
