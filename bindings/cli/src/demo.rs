@@ -198,17 +198,17 @@ fn walk(cli: &Cli, dir: &std::path::Path) -> Result<(), Error> {
         .map(|(key, text)| NewDocument { key: key.to_string(), text: text.to_string(), metadata: None })
         .collect();
     p.add_documents("notes", &notes)?;
-    let query = "important codes";
+    let query = "passwords";
     let show = |label: &str, hits: &[attune::SearchHit]| {
         let shown: Vec<String> = hits.iter().map(|h| format!("{:.2} {}", h.score, h.text)).collect();
         println!("   {label} {query:?}:\n     {}", shown.join("\n     "));
     };
     let before = p.search("notes", query, 3)?;
     show("before feedback,", &before);
-    // This user always opens the password-manager note and skips the others.
+    // This user always opens the Wi-Fi note and skips the others.
     for _ in 0..3 {
         for hit in &before {
-            let signal = if hit.key == "n10" { Signal::Click } else { Signal::Skip };
+            let signal = if hit.key == "n1" { Signal::Click } else { Signal::Skip };
             let event =
                 NewFeedback { query: Some(query.into()), document_key: hit.key.clone(), signal, created_at: None };
             p.record_feedback("notes", &event)?;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_heads;
+mod bench_ranking;
 mod bench_search;
 mod bench_store;
 mod data;
@@ -128,6 +129,8 @@ enum BenchCommand {
     Heads(bench_heads::HeadsBenchArgs),
     /// Exact top-k search latency over many documents.
     Search(bench_search::SearchBenchArgs),
+    /// NDCG@10 of personalised search for simulated users on CLINC150.
+    Ranking(bench_ranking::RankingBenchArgs),
 }
 
 fn parse_backend(text: &str) -> Result<Backend, String> {
@@ -173,6 +176,7 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Store(args) } => bench_store::run(cli.json, args),
         Command::Bench { what: BenchCommand::Heads(args) } => bench_heads::run(&cli, args),
         Command::Bench { what: BenchCommand::Search(args) } => bench_search::run(cli.json, args),
+        Command::Bench { what: BenchCommand::Ranking(args) } => bench_ranking::run(&cli, args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,9 +9,8 @@ use crate::store::{FeedbackEvent, Signal};
 
 /// L2 penalty on `u`: strong enough that a handful of clicks nudges rather
 /// than overturns the semantic order.
-const PENALTY: f32 = 0.05;
+const PENALTY: f32 = 1.0;
 const STEPS: usize = 200;
-const LEARNING_RATE: f32 = 0.5;
 /// Seconds of dwell that count as interest.
 const DWELL_POSITIVE: f64 = 10.0;
 
@@ -61,7 +60,14 @@ pub(crate) fn fit(
             for negative in shown.iter().filter(|n| !wanted.contains(n)) {
                 let (Some(p), Some(n)) = (vector(positive), vector(negative)) else { continue };
                 let margin = q.as_ref().map_or(0.0, |q| dot(q, &p) - dot(q, &n));
-                pairs.push((p.iter().zip(&n).map(|(a, b)| a - b).collect(), margin));
+                let mut difference: Vec<f32> = p.iter().zip(&n).map(|(a, b)| a - b).collect();
+                // What the query explains is not taste: keep only the part of
+                // the difference orthogonal to the query.
+                if let Some(q) = &q {
+                    let along = dot(&difference, q) / dot(q, q).max(1e-12);
+                    difference.iter_mut().zip(q).for_each(|(d, x)| *d -= along * x);
+                }
+                pairs.push((difference, margin));
             }
         }
     }
@@ -69,6 +75,10 @@ pub(crate) fn fit(
     if pairs.is_empty() {
         return Preference { u, pairs: 0 };
     }
+    // The mean pairwise logistic loss has a gradient Lipschitz constant of at
+    // most max‖Δ‖²/4; with the penalty's 2λ this step size cannot diverge.
+    let max_sq = pairs.iter().map(|(d, _)| dot(d, d)).fold(0.0f32, f32::max);
+    let step = 1.0 / (2.0 * PENALTY + 0.25 * max_sq);
     for _ in 0..STEPS {
         let mut gradient: Vec<f32> = u.iter().map(|x| 2.0 * PENALTY * x).collect();
         for (difference, margin) in &pairs {
@@ -77,7 +87,7 @@ pub(crate) fn fit(
             let weight = 1.0 / (1.0 + z.exp()) / pairs.len() as f32;
             gradient.iter_mut().zip(difference).for_each(|(g, d)| *g -= weight * d);
         }
-        u.iter_mut().zip(&gradient).for_each(|(x, g)| *x -= LEARNING_RATE * g);
+        u.iter_mut().zip(&gradient).for_each(|(x, g)| *x -= step * g);
     }
     Preference { u, pairs: pairs.len() }
 }
