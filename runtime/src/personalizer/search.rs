@@ -30,6 +30,10 @@ pub struct VectorIndex {
     dim: usize,
 }
 
+/// Below this many rows a scan is faster on one thread than split.
+const PARALLEL_SCAN_ROWS: usize = 20_000;
+const MAX_SCAN_THREADS: usize = 4;
+
 impl VectorIndex {
     /// `vectors` is `n × dim`, row-major.
     pub fn new(vectors: Vec<f32>, dim: usize) -> Self {
@@ -49,10 +53,33 @@ impl VectorIndex {
     }
 
     /// The `k` rows with the highest dot product with `query`, best first,
-    /// ties in row order: every row is scored.
+    /// ties in row order: every row is scored. Large indexes are scanned in
+    /// parallel slices (up to 4 threads) whose own top `k` are merged.
     pub fn top_k(&self, query: &[f32], k: usize) -> Vec<(usize, f32)> {
+        let rows = self.len();
+        let threads = std::thread::available_parallelism().map_or(1, usize::from).min(MAX_SCAN_THREADS);
+        if rows < PARALLEL_SCAN_ROWS || threads < 2 {
+            return self.scan(0, rows, query, k);
+        }
+        let per_thread = rows.div_ceil(threads);
+        let mut merged: Vec<(usize, f32)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (start, end) = (t * per_thread, ((t + 1) * per_thread).min(rows));
+                    scope.spawn(move || self.scan(start, end, query, k))
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        });
+        rank(&mut merged, k);
+        merged
+    }
+
+    /// The top `k` of rows `start..end`.
+    fn scan(&self, start: usize, end: usize, query: &[f32], k: usize) -> Vec<(usize, f32)> {
+        let slice = &self.vectors[start * self.dim..end * self.dim];
         let mut scored: Vec<(usize, f32)> =
-            self.vectors.chunks_exact(self.dim).map(|row| dot(row, query)).enumerate().collect();
+            slice.chunks_exact(self.dim).enumerate().map(|(i, row)| (start + i, dot(row, query))).collect();
         rank(&mut scored, k);
         scored
     }
@@ -133,6 +160,16 @@ impl Indexes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_scans_agree_with_one_scan() {
+        let dim = 8;
+        let vectors: Vec<f32> =
+            (0..(PARALLEL_SCAN_ROWS + 7) * dim).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let index = VectorIndex::new(vectors, dim);
+        let query = [0.3, -0.2, 0.9, 0.1, -0.5, 0.4, 0.0, 0.2];
+        assert_eq!(index.top_k(&query, 25), index.scan(0, index.len(), &query, 25));
+    }
 
     #[test]
     fn top_k_is_sorted_exact_and_breaks_ties_by_row() {
