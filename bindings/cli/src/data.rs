@@ -211,7 +211,9 @@ pub fn train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         privacy: args.dp_epsilon.map(PrivacyOptions::with_budget),
         ..TrainOptions::default()
     };
-    let outcome = p.train(&cli.task, &options, &ProgressLine { quiet: cli.json })?;
+    // Progress redraws one line: only worth it on a terminal.
+    let quiet = cli.json || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let outcome = p.train(&cli.task, &options, &ProgressLine { quiet })?;
     let report = &outcome.report;
     if cli.json {
         let mut value = serde_json::to_value(report).map_err(|e| Error::Storage(e.to_string()))?;
@@ -221,7 +223,9 @@ pub fn train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         print_json(&value);
         return Ok(());
     }
-    eprintln!();
+    if !quiet {
+        eprintln!();
+    }
     println!("{} examples, {} labels; validation: {}", report.examples, report.classes, report.validation_method);
     for candidate in &report.candidates {
         println!(
