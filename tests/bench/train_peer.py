@@ -114,7 +114,7 @@ def main():
               f"{seconds:>9.2f} {mine['train_ms'] / 1000:>8.2f} {mine['train_ms'] / 1000 / seconds:>10.2f}")
     full = ours["full"]
     print(f"attune full: chose {full['chosen']} by {full['validation']}; out of scope at its own threshold "
-          f"{full['out_of_scope']['threshold']:.3f}: in-scope accuracy {full['out_of_scope']['in_scope_accuracy']:.4f}, "
+          f"{full['out_of_scope']['probability_threshold']:.3f}: in-scope accuracy {full['out_of_scope']['in_scope_accuracy']:.4f}, "
           f"out-of-scope recall {full['out_of_scope']['out_of_scope_recall']:.4f}")
 
 

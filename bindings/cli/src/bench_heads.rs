@@ -115,7 +115,7 @@ pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
         let (trained, report) = train(&set, None, &options, &QuietTraining)?;
         let probabilities = trained.probabilities(&test_x)?;
         let metrics = evaluate(&probabilities, &test_split.labels, &intents);
-        let oos = out_of_scope(&trained, &probabilities, &test_split.labels, &oos_x, intents.len())?;
+        let oos = out_of_scope(&trained, &test_x, &test_split.labels, &oos_x, dim)?;
         results.push(serde_json::json!({
             "head": head, "setting": "full", "chosen": report.chosen, "accuracy": metrics.accuracy,
             "macro_f1": metrics.macro_f1, "ece": metrics.ece, "train_ms": report.train_ms,
@@ -158,29 +158,28 @@ pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
 }
 
 /// In-scope accuracy (answered and right) and out-of-scope recall
-/// (abstained) at the head's own threshold, chosen on validation.
+/// (abstained), using the head's own abstain decision, as an app sees it.
 fn out_of_scope(
     head: &attune::Head,
-    test_probabilities: &[f32],
+    test_x: &[f32],
     truth: &[usize],
     oos_x: &[f32],
-    classes: usize,
+    dim: usize,
 ) -> Result<serde_json::Value, Error> {
-    let threshold = head.abstain_threshold();
-    let top = |row: &[f32]| row.iter().enumerate().fold((0, f32::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b });
-    let in_scope = test_probabilities
-        .chunks_exact(classes)
-        .zip(truth)
-        .filter(|(row, y)| {
-            let (label, p) = top(row);
-            p >= threshold && label == **y
-        })
-        .count() as f64
-        / truth.len() as f64;
-    let oos = head.probabilities(oos_x)?;
-    let rejected =
-        oos.chunks_exact(classes).filter(|row| top(row).1 < threshold).count() as f64 / (oos.len() / classes) as f64;
-    Ok(serde_json::json!({"threshold": threshold, "in_scope_accuracy": in_scope, "out_of_scope_recall": rejected}))
+    let mut answered_right = 0usize;
+    for (row, &y) in test_x.chunks_exact(dim).zip(truth) {
+        let prediction = head.predict(row, 1)?;
+        answered_right += usize::from(!prediction.abstain && prediction.top[0].0 == head.labels()[y]);
+    }
+    let mut rejected = 0usize;
+    for row in oos_x.chunks_exact(dim) {
+        rejected += usize::from(head.predict(row, 1)?.abstain);
+    }
+    Ok(serde_json::json!({
+        "probability_threshold": head.abstain_threshold(),
+        "in_scope_accuracy": answered_right as f64 / truth.len() as f64,
+        "out_of_scope_recall": rejected as f64 / (oos_x.len() / dim) as f64,
+    }))
 }
 
 fn mean(values: &[f64]) -> f64 {

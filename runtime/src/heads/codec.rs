@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! "ATHD" | format u32 | kind u8 | fingerprint str | labels u32 + str… | dim u32
-//! | temperature f32 | abstain_below f32 | params
+//! | temperature f32 | abstain_below f32 | novelty_below f32
+//! | has_prototypes u8 [prototypes (labels × dim)] | params
 //! str    = length u32 + UTF-8 bytes
 //! params = prototype: scale f32, centroids (labels × dim)
 //!          linear:    weights (labels × dim), bias (labels)
@@ -40,6 +41,14 @@ pub(crate) fn encode(head: &Head) -> Vec<u8> {
     out.extend_from_slice(&(head.dim as u32).to_le_bytes());
     out.extend_from_slice(&head.temperature.to_le_bytes());
     out.extend_from_slice(&head.abstain_below.to_le_bytes());
+    out.extend_from_slice(&head.novelty_below.to_le_bytes());
+    match &head.prototypes {
+        Some(prototypes) => {
+            out.push(1);
+            slice(prototypes).iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        }
+        None => out.push(0),
+    }
     match &head.params {
         Params::Prototype { scale, .. } => out.extend_from_slice(&scale.to_le_bytes()),
         Params::Mlp { w1, .. } => out.extend_from_slice(&(w1.nrows() as u32).to_le_bytes()),
@@ -86,10 +95,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head> {
     }
     let temperature = reader.f32()?;
     let abstain_below = reader.f32()?;
-    if !(temperature.is_finite() && temperature > 0.0 && (0.0..=1.0).contains(&abstain_below)) {
+    let novelty_below = reader.f32()?;
+    if !(temperature.is_finite()
+        && temperature > 0.0
+        && (0.0..=1.0).contains(&abstain_below)
+        && (-1.0..=1.0).contains(&novelty_below))
+    {
         return Err(invalid("calibration out of range"));
     }
     let classes = labels.len();
+    let prototypes = match reader.take(1)?[0] {
+        0 => None,
+        1 => Some(reader.matrix(classes, dim)?),
+        other => return Err(invalid(&format!("prototype flag {other}"))),
+    };
     let params = match kind {
         0 => {
             let scale = reader.f32()?;
@@ -110,7 +129,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head> {
     if reader.at != bytes.len() {
         return Err(invalid("trailing bytes"));
     }
-    Ok(Head { fingerprint, labels, dim, params, temperature, abstain_below })
+    Ok(Head { fingerprint, labels, dim, params, temperature, abstain_below, prototypes, novelty_below })
 }
 
 fn invalid(reason: &str) -> Error {
@@ -194,6 +213,10 @@ mod tests {
         let mut head = Head::new("fp", labels, params);
         head.temperature = 1.7;
         head.abstain_below = 0.4;
+        if kind == 1 {
+            head.prototypes = Some(Array2::from_elem((3, 4), 0.5));
+            head.novelty_below = 0.3;
+        }
         head
     }
 

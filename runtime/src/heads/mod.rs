@@ -61,6 +61,11 @@ pub struct Head {
     pub(crate) temperature: f32,
     /// Top probabilities below this abstain ("none of these").
     pub(crate) abstain_below: f32,
+    /// Unit class prototypes (`labels × dim`) for the novelty check.
+    pub(crate) prototypes: Option<Array2<f32>>,
+    /// Inputs whose cosine to every prototype is below this abstain too:
+    /// far from everything the head was trained on.
+    pub(crate) novelty_below: f32,
 }
 
 /// A ranked answer of a head.
@@ -80,7 +85,16 @@ impl Head {
             Params::Linear { weights, .. } => weights.ncols(),
             Params::Mlp { w1, .. } => w1.ncols(),
         };
-        Self { fingerprint: fingerprint.to_string(), labels, dim, params, temperature: 1.0, abstain_below: 0.0 }
+        Self {
+            fingerprint: fingerprint.to_string(),
+            labels,
+            dim,
+            params,
+            temperature: 1.0,
+            abstain_below: 0.0,
+            prototypes: None,
+            novelty_below: -1.0,
+        }
     }
 
     pub fn kind(&self) -> HeadKind {
@@ -138,10 +152,19 @@ impl Head {
         let mut ranked: Vec<(usize, f32)> = probabilities.iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let (_, best) = argmax(&probabilities);
+        let novel = self.nearest_prototype(feature).is_some_and(|cosine| cosine < self.novelty_below);
         Ok(Prediction {
             top: ranked.into_iter().take(top_k.max(1)).map(|(i, p)| (self.labels[i].clone(), p)).collect(),
-            abstain: best < self.abstain_below,
+            abstain: best < self.abstain_below || novel,
         })
+    }
+
+    /// Cosine of `feature` to its nearest class prototype, when the head has them.
+    pub(crate) fn nearest_prototype(&self, feature: &[f32]) -> Option<f32> {
+        let prototypes = self.prototypes.as_ref()?;
+        let norm = feature.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        let feature = ndarray::ArrayView1::from(feature);
+        Some(prototypes.dot(&feature).iter().fold(f32::NEG_INFINITY, |m, &c| m.max(c)) / norm)
     }
 
     fn view<'a>(&self, features: &'a [f32]) -> Result<ArrayView2<'a, f32>> {

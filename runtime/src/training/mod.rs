@@ -344,6 +344,7 @@ pub fn train(
     // (name, validation logits, validation truth, epochs) per candidate.
     let mut scored: Vec<(Candidate, Array2<f32>, Vec<usize>, usize)> = Vec::new();
     let mut validated_rows = Vec::new();
+    let mut novelty_threshold = None;
     let validation_method;
     if regime == Regime::Unvalidated {
         validation_method = "none (too few examples per label)".to_string();
@@ -375,6 +376,14 @@ pub fn train(
             split::holdout(&data.labels, classes, options.validation_fraction, options.seed);
         let (train_part, held) = (data.subset(&train_rows), data.subset(&validation_rows));
         validated_rows = validation_rows;
+        // Prototypes of the training rows only, so the held-out cosines are honest.
+        let train_prototypes = unit_prototypes(&train_part, classes);
+        let nearest: Vec<f32> = held
+            .features
+            .axis_iter(Axis(0))
+            .map(|row| train_prototypes.dot(&row).iter().fold(f32::NEG_INFINITY, |m, &c| m.max(c)))
+            .collect();
+        novelty_threshold = Some(quantile(nearest, options.abstain_rate / 2.0));
         for &candidate in &candidates {
             if budget.exhausted() && !scored.is_empty() {
                 break;
@@ -424,7 +433,13 @@ pub fn train(
         head.temperature = fit_temperature(logits.as_slice().expect("standard layout"), truth, classes);
         let mut probabilities = logits.clone().into_raw_vec_and_offset().0;
         softmax_rows(&mut probabilities, classes, head.temperature);
-        head.abstain_below = abstain_threshold(&probabilities, classes, options.abstain_rate);
+        // With a novelty check too, each check gets half the abstain budget.
+        let share = if novelty_threshold.is_some() { options.abstain_rate / 2.0 } else { options.abstain_rate };
+        head.abstain_below = abstain_threshold(&probabilities, classes, share);
+        if let Some(threshold) = novelty_threshold {
+            head.prototypes = Some(unit_prototypes(&data, classes));
+            head.novelty_below = threshold;
+        }
         validation = Some(evaluate(&probabilities, truth, set.label_names));
     }
     let report = TrainReport {
@@ -567,6 +582,26 @@ fn linear_start(plan: &Plan<'_>, prototypes: Array2<f32>) -> Params {
 fn logits_of(params: &Params, features: ArrayView2<'_, f32>) -> Array2<f32> {
     let head = Head::new("", Vec::new(), params.clone());
     head.logits(features)
+}
+
+/// Unit class prototypes of `data` (`classes × dim`); zero rows for absent labels.
+fn unit_prototypes(data: &Data, classes: usize) -> Array2<f32> {
+    let mut rows = Array2::zeros((classes, data.features.ncols()));
+    for (c, sum) in class_sums(data.features.view(), &data.labels, classes).into_iter().enumerate() {
+        if let Some(sum) = sum {
+            rows.row_mut(c).assign(&unit(sum));
+        }
+    }
+    rows
+}
+
+/// The `q` quantile of `values` (lower interpolation).
+fn quantile(mut values: Vec<f32>, q: f64) -> f32 {
+    if values.is_empty() {
+        return -1.0;
+    }
+    values.sort_by(f32::total_cmp);
+    values[((values.len() - 1) as f64 * q).floor() as usize]
 }
 
 /// Accuracy and log loss after temperature scaling, as the head would be used.
