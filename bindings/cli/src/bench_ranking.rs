@@ -91,7 +91,8 @@ fn simulate(
         p.add_documents("docs", &documents)?;
         let texts: Vec<&str> = clinc.val.iter().map(|(t, _)| t.as_str()).collect();
         let vectors = attune::Encoder::embed(p.encoder(), &texts)?;
-        let taste = hidden_taste(vectors.dim(), user);
+        // A user's hidden taste: a reproducible random unit direction.
+        let taste = crate::bench_search::unit_rows(1, vectors.dim(), user + 1);
         let affinity: Vec<f32> = vectors.rows().map(|d| d.iter().zip(&taste).map(|(a, b)| a * b).sum()).collect();
         let utility = |query_intent: &str, key: &str| -> f32 {
             let i: usize = key.parse().unwrap_or(0);
@@ -160,20 +161,4 @@ fn ndcg(gains: &[f32], ideal: &[f32]) -> f64 {
         |g: &[f32]| -> f64 { g.iter().enumerate().map(|(i, &x)| f64::from(x - floor) / ((i + 2) as f64).log2()).sum() };
     let best = dcg(ideal);
     if best <= 0.0 { 0.0 } else { dcg(gains) / best }
-}
-
-/// A user's hidden taste: a reproducible random unit direction.
-fn hidden_taste(dim: usize, user: u64) -> Vec<f32> {
-    let mut state = (user + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut v: Vec<f32> = (0..dim)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= norm);
-    v
 }

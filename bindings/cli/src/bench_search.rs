@@ -57,7 +57,7 @@ fn percentiles(values: &mut [f64]) -> (f64, f64) {
 }
 
 /// `n` reproducible random unit vectors, row-major.
-fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+pub fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut values: Vec<f32> = (0..n * dim)
         .map(|_| {

@@ -446,13 +446,7 @@ pub fn train(
         head: chosen.kind().name().to_string(),
         examples: n as u64,
         classes: present.len() as u64,
-        examples_per_class: set
-            .label_names
-            .iter()
-            .cloned()
-            .zip(counts.iter().map(|&c| c as u64))
-            .filter(|(_, c)| *c > 0)
-            .collect(),
+        examples_per_class: examples_per_class(set.label_names, &counts),
         validation_method,
         candidates: reports,
         chosen: chosen.name(),
@@ -613,6 +607,11 @@ fn calibrated_accuracy_and_loss(logits: &Array2<f32>, truth: &[usize], classes: 
     let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
     let metrics = evaluate(&probabilities, truth, &names);
     (metrics.accuracy, metrics.log_loss)
+}
+
+/// Labels with at least one example, with their counts, for the report.
+fn examples_per_class(names: &[String], counts: &[usize]) -> BTreeMap<String, u64> {
+    names.iter().cloned().zip(counts.iter().map(|&c| c as u64)).filter(|(_, c)| *c > 0).collect()
 }
 
 fn count_labels(labels: &[usize], classes: usize) -> Vec<usize> {

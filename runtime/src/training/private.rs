@@ -9,7 +9,7 @@ use super::fit;
 use super::privacy::{PrivateRun, noise_for_budget, privacy_spent};
 use super::{
     Data, HeadChoice, MAX_USEFUL_NOISE, PROTOTYPE_SCALE, PrivacyOptions, TrainListener, TrainOptions, TrainReport,
-    TrainingSet, count_labels,
+    TrainingSet, count_labels, examples_per_class,
 };
 use crate::error::{Error, Result};
 use crate::heads::{Head, HeadKind, Params, unit};
@@ -75,13 +75,7 @@ pub(super) fn train_private(
         head: HeadKind::Linear.name().to_string(),
         examples: n as u64,
         classes: counts.iter().filter(|&&c| c > 0).count() as u64,
-        examples_per_class: set
-            .label_names
-            .iter()
-            .cloned()
-            .zip(counts.iter().map(|&c| c as u64))
-            .filter(|(_, c)| *c > 0)
-            .collect(),
+        examples_per_class: examples_per_class(set.label_names, &counts),
         validation_method: "none (differential privacy)".into(),
         candidates: Vec::new(),
         chosen: format!("linear (DP-SGD, noise {noise_multiplier:.3}, clip {})", privacy.clip_norm),
