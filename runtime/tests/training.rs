@@ -43,6 +43,11 @@ fn names(classes: usize) -> Vec<String> {
     (0..classes).map(|c| format!("label-{c}")).collect()
 }
 
+/// A training set over `x` and `y` with no weights, no priors and backbone "fp".
+fn plain_set<'a>(x: &'a [f32], y: &'a [usize], labels: &'a [String]) -> TrainingSet<'a> {
+    TrainingSet { features: x, dim: DIM, labels: y, weights: None, label_names: labels, priors: &[], fingerprint: "fp" }
+}
+
 fn accuracy(head: &Head, features: &[f32], labels: &[usize]) -> f64 {
     evaluate(&head.probabilities(features).unwrap(), labels, head.labels()).accuracy
 }
@@ -52,15 +57,7 @@ fn every_head_kind_learns_separable_classes() {
     let (x, y, _) = clusters(6, 60, 0.25, 1);
     let (test_x, test_y, _) = clusters(6, 30, 0.25, 1);
     let labels = names(6);
-    let set = TrainingSet {
-        features: &x,
-        dim: DIM,
-        labels: &y,
-        weights: None,
-        label_names: &labels,
-        priors: &[],
-        fingerprint: "fp",
-    };
+    let set = plain_set(&x, &y, &labels);
     for kind in [HeadKind::Prototype, HeadKind::Linear, HeadKind::Mlp] {
         let options = TrainOptions { head: HeadChoice::Only(kind), ..TrainOptions::default() };
         let (head, report) = train(&set, None, &options, &QuietTraining).unwrap();
@@ -77,15 +74,7 @@ fn every_head_kind_learns_separable_classes() {
 fn training_is_deterministic_given_a_seed() {
     let (x, y, _) = clusters(5, 40, 0.6, 2);
     let labels = names(5);
-    let set = TrainingSet {
-        features: &x,
-        dim: DIM,
-        labels: &y,
-        weights: None,
-        label_names: &labels,
-        priors: &[],
-        fingerprint: "fp",
-    };
+    let set = plain_set(&x, &y, &labels);
     let options = TrainOptions { head: HeadChoice::Only(HeadKind::Linear), seed: 7, ..TrainOptions::default() };
     let (a, _) = train(&set, None, &options, &QuietTraining).unwrap();
     let (b, _) = train(&set, None, &options, &QuietTraining).unwrap();
@@ -139,15 +128,7 @@ fn class_balancing_keeps_a_rare_label_alive() {
     x.truncate((600 + 6) * DIM);
     y.truncate(606);
     let labels = names(3);
-    let set = TrainingSet {
-        features: &x,
-        dim: DIM,
-        labels: &y,
-        weights: None,
-        label_names: &labels,
-        priors: &[],
-        fingerprint: "fp",
-    };
+    let set = plain_set(&x, &y, &labels);
     let (test_x, test_y, _) = clusters(3, 300, 0.45, 5);
     let rare_recall = |class_balanced: bool| {
         let options =
@@ -173,15 +154,7 @@ fn progress_is_reported_and_training_can_be_cancelled() {
     }
     let (x, y, _) = clusters(4, 50, 0.5, 6);
     let labels = names(4);
-    let set = TrainingSet {
-        features: &x,
-        dim: DIM,
-        labels: &y,
-        weights: None,
-        label_names: &labels,
-        priors: &[],
-        fingerprint: "fp",
-    };
+    let set = plain_set(&x, &y, &labels);
     let listener = CancelAfter(AtomicUsize::new(0));
     let options = TrainOptions { head: HeadChoice::Only(HeadKind::Linear), ..TrainOptions::default() };
     assert!(matches!(train(&set, None, &options, &listener), Err(Error::Cancelled)));
@@ -192,15 +165,7 @@ fn progress_is_reported_and_training_can_be_cancelled() {
 fn retraining_warm_starts_from_the_previous_head() {
     let (x, y, _) = clusters(4, 40, 0.4, 7);
     let labels = names(4);
-    let set = TrainingSet {
-        features: &x,
-        dim: DIM,
-        labels: &y,
-        weights: None,
-        label_names: &labels,
-        priors: &[],
-        fingerprint: "fp",
-    };
+    let set = plain_set(&x, &y, &labels);
     let options = TrainOptions { head: HeadChoice::Only(HeadKind::Linear), ..TrainOptions::default() };
     let (first, _) = train(&set, None, &options, &QuietTraining).unwrap();
     // Two epochs from the old head do as well as the full first training.
@@ -237,15 +202,7 @@ fn heads_round_trip_and_refuse_another_backbone() {
 fn predictions_are_calibrated_and_abstain_on_strangers() {
     let (x, y, centres) = clusters(5, 80, 0.4, 9);
     let labels = names(5);
-    let set = TrainingSet {
-        features: &x,
-        dim: DIM,
-        labels: &y,
-        weights: None,
-        label_names: &labels,
-        priors: &[],
-        fingerprint: "fp",
-    };
+    let set = plain_set(&x, &y, &labels);
     let (head, report) = train(&set, None, &TrainOptions::default(), &QuietTraining).unwrap();
     assert!(report.validation.unwrap().ece < 0.1);
     let prediction = head.predict(&centres[2], 3).unwrap();
@@ -269,15 +226,7 @@ fn predictions_are_calibrated_and_abstain_on_strangers() {
 fn bad_training_input_is_refused() {
     let (x, y, _) = clusters(2, 5, 0.3, 10);
     let labels = names(2);
-    let set = TrainingSet {
-        features: &x,
-        dim: DIM,
-        labels: &y,
-        weights: None,
-        label_names: &labels,
-        priors: &[],
-        fingerprint: "fp",
-    };
+    let set = plain_set(&x, &y, &labels);
     let options = TrainOptions::default();
     let mut nan = x.clone();
     nan[3] = f32::NAN;

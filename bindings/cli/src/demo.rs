@@ -193,11 +193,7 @@ fn walk(cli: &Cli, dir: &std::path::Path) -> Result<(), Error> {
     }
 
     println!("\n4. Search over my notes (embedded once, cached), then personalised by feedback");
-    let notes: Vec<NewDocument> = NOTES
-        .iter()
-        .map(|(key, text)| NewDocument { key: key.to_string(), text: text.to_string(), metadata: None })
-        .collect();
-    p.add_documents("notes", &notes)?;
+    p.add_documents("notes", &documents(&NOTES))?;
     let query = "passwords";
     let show = |label: &str, hits: &[attune::SearchHit]| {
         let shown: Vec<String> = hits.iter().map(|h| format!("{:.2} {}", h.score, h.text)).collect();
@@ -217,11 +213,7 @@ fn walk(cli: &Cli, dir: &std::path::Path) -> Result<(), Error> {
     show("after 9 feedback events,", &p.search("notes", query, 3)?);
 
     println!("\n5. Reply suggestions: my saved replies, ranked for an incoming message");
-    let replies: Vec<NewDocument> = REPLIES
-        .iter()
-        .map(|(key, text)| NewDocument { key: key.to_string(), text: text.to_string(), metadata: None })
-        .collect();
-    p.add_documents("replies", &replies)?;
+    p.add_documents("replies", &documents(&REPLIES))?;
     for incoming in ["Where are you? We're all at the restaurant", "It's my birthday today!"] {
         let hits = p.search("replies", incoming, 2)?;
         let shown: Vec<String> = hits.iter().map(|h| format!("{:?}", h.text)).collect();
@@ -250,6 +242,13 @@ fn walk(cli: &Cli, dir: &std::path::Path) -> Result<(), Error> {
     let (after, _) = p.predict(task, &["Your dentist appointment is on Monday"], 1)?;
     println!("   \"Your dentist appointment is on Monday\" → {} (health is gone)", after[0].top[0].0);
     Ok(())
+}
+
+fn documents(pairs: &[(&str, &str)]) -> Vec<NewDocument> {
+    pairs
+        .iter()
+        .map(|(key, text)| NewDocument { key: key.to_string(), text: text.to_string(), metadata: None })
+        .collect()
 }
 
 fn add(p: &Personalizer, task: &str, range: std::ops::Range<usize>) -> Result<(), Error> {
