@@ -377,11 +377,7 @@ pub fn forget(cli: &Cli, what: &ForgetWhat) -> Result<(), Error> {
 }
 
 pub fn export(cli: &Cli, file: &Path) -> Result<(), Error> {
-    let p = open(cli)?;
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(file).map_err(|e| Error::Storage(format!("{}: {e}", file.display())))?,
-    );
-    p.store().export_json(&mut out)?;
+    open(cli)?.export_json_file(file)?;
     if !cli.json {
         println!("exported everything stored to {}", file.display());
     }

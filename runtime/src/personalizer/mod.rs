@@ -9,12 +9,13 @@ mod ranker;
 mod search;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use search::{SearchHit, VectorIndex};
 
-use crate::encoder::{Encoder, EncoderOptions, OnnxEncoder};
+use crate::encoder::{EncodeListener, Embeddings, Encoder, EncoderOptions, OnnxEncoder, SILENT};
+use crate::import::{Columns, ImportFormat, read_labelled_file};
 use crate::error::{Error, Result};
 use crate::evaluation::{Metrics, evaluate};
 use crate::heads::{Head, HeadKind, Prediction};
@@ -119,13 +120,49 @@ impl Personalizer {
         Ok(outcome)
     }
 
+    /// Reads a CSV or JSON Lines file of labelled texts (see
+    /// [`read_labelled_file`]) into `task`, then embeds what is new with
+    /// progress. A file with bad lines is refused whole. Blocking.
+    pub fn import_file(
+        &self,
+        task: &str,
+        path: &Path,
+        format: Option<ImportFormat>,
+        columns: &Columns,
+        listener: &dyn EncodeListener,
+    ) -> Result<AddOutcome> {
+        let rows = read_labelled_file(path, format, columns)?;
+        let texts: Vec<&str> = rows.iter().map(|(text, _)| text.as_str()).collect();
+        let examples = rows.iter().map(|(text, label)| Ok(NewExample::new(text.as_str(), label.as_str())));
+        let outcome = self.import_examples(task, examples, &mut |_| {})?;
+        self.prepare_features_with(&texts, listener)?;
+        Ok(outcome)
+    }
+
     /// Embeds and caches `texts` now (e.g. after a bulk import), so training
     /// and prediction find them ready. Blocking.
     pub fn prepare_features(&self, texts: &[&str]) -> Result<()> {
+        self.prepare_features_with(texts, &SILENT)
+    }
+
+    /// [`Self::prepare_features`] with progress (`done` of `texts.len()`) and cancellation.
+    pub fn prepare_features_with(&self, texts: &[&str], listener: &dyn EncodeListener) -> Result<()> {
+        let mut done = 0;
         for chunk in texts.chunks(1_024) {
+            if listener.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             self.features(chunk)?;
+            done += chunk.len();
+            listener.on_progress(done, texts.len());
         }
         Ok(())
+    }
+
+    /// Sentence vectors for `texts`, for a model of the app's own (feature
+    /// extraction). Nothing is stored. Blocking.
+    pub fn embed(&self, texts: &[&str], listener: &dyn EncodeListener) -> Result<Embeddings> {
+        self.encoder.embed_with(texts, listener)
     }
 
     pub fn labels(&self, task: &str) -> Result<Vec<LabelCount>> {
@@ -233,6 +270,15 @@ impl Personalizer {
         }
         self.store.compact()?;
         Ok(outcome)
+    }
+
+    /// Writes everything stored about the user as JSON to `path` (the
+    /// user's copy of their data). Blocking.
+    pub fn export_json_file(&self, path: &Path) -> Result<()> {
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut out = std::io::BufWriter::new(file);
+        self.store.export_json(&mut out)?;
+        std::io::Write::flush(&mut out).map_err(|e| Error::io(path, e))
     }
 
     pub fn stats(&self, task: &str) -> Result<TaskInfo> {

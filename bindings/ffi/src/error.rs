@@ -1,0 +1,79 @@
+//! The one error type apps see, converted from the runtime's error here and
+//! nowhere else. Messages come from the runtime, which never puts user text
+//! in them.
+
+/// What went wrong, by what an app can do about it.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum AttuneError {
+    /// The app passed something Attune cannot accept (empty or huge text,
+    /// NaN, an unknown label or head version, a bad file).
+    #[error("invalid input: {reason}")]
+    InvalidInput { reason: String },
+    /// The model directory is missing, damaged, or its parts do not fit together.
+    #[error("model: {reason}")]
+    Model { reason: String },
+    /// The requested inference backend is not available in this build or on this device.
+    #[error("backend unavailable: {reason}")]
+    BackendUnavailable { reason: String },
+    /// The database could not be read or written; nothing stored was lost.
+    #[error("storage: {reason}")]
+    Storage { reason: String },
+    /// The database was written by a newer Attune; it was left untouched.
+    #[error("database too new: {reason}")]
+    DatabaseTooNew { reason: String },
+    /// The device has no space left; nothing was written.
+    #[error("disk full: {reason}")]
+    DiskFull { reason: String },
+    /// A key is needed, is wrong, or was given for an unencrypted database.
+    #[error("encryption key: {reason}")]
+    EncryptionKey { reason: String },
+    /// The task has no head, examples or label descriptions yet.
+    #[error("not trained: {reason}")]
+    NotTrained { reason: String },
+    /// No task of that name exists.
+    #[error("unknown task: {reason}")]
+    UnknownTask { reason: String },
+    /// A time, epoch or privacy budget would be exceeded.
+    #[error("budget exceeded: {reason}")]
+    BudgetExceeded { reason: String },
+    /// The app cancelled the call.
+    #[error("cancelled: {reason}")]
+    Cancelled { reason: String },
+    /// The app's progress listener threw; the call was stopped.
+    #[error("progress listener failed: {reason}")]
+    ListenerFailed { reason: String },
+}
+
+impl From<attune::Error> for AttuneError {
+    fn from(error: attune::Error) -> Self {
+        use attune::Error as E;
+        let reason = error.to_string();
+        match error {
+            E::InvalidInput(_) => Self::InvalidInput { reason },
+            E::Manifest { .. }
+            | E::ModelLoad { .. }
+            | E::ModelMismatch(_)
+            | E::Tokenizer(_)
+            | E::Inference(_)
+            | E::HeadModelMismatch { .. } => Self::Model { reason },
+            E::BackendUnavailable { .. } => Self::BackendUnavailable { reason },
+            E::DatabaseTooNew { .. } => Self::DatabaseTooNew { reason },
+            E::DiskFull => Self::DiskFull { reason },
+            E::EncryptionKey(_) => Self::EncryptionKey { reason },
+            E::NotTrained(_) => Self::NotTrained { reason },
+            E::UnknownTask(_) => Self::UnknownTask { reason },
+            E::BudgetExceeded(_) => Self::BudgetExceeded { reason },
+            E::Cancelled => Self::Cancelled { reason },
+            // Io, Storage, ReadOnly, DatabaseUnreadable, InvalidHead and any
+            // cause added later: the app's answer to all of them is the same.
+            _ => Self::Storage { reason },
+        }
+    }
+}
+
+/// A foreign listener threw something other than an `AttuneError`.
+impl From<uniffi::UnexpectedUniFFICallbackError> for AttuneError {
+    fn from(error: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        Self::ListenerFailed { reason: error.reason }
+    }
+}

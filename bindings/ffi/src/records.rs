@@ -1,0 +1,477 @@
+//! Plain values that cross the boundary, and their conversions from and to
+//! the runtime's types. Counts are `u64`, sizes `u32`, times milliseconds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use zeroize::Zeroize;
+
+use crate::error::AttuneError;
+
+/// Which inference engine runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Backend {
+    /// Pure Rust, always available.
+    Tract,
+    /// ONNX Runtime, when the build has it and the app ships `libonnxruntime`.
+    Ort,
+}
+
+/// The key of an encrypted database. Keep it in the Android Keystore or the
+/// iOS Keychain, never next to the database.
+#[derive(uniffi::Enum)]
+pub enum EncryptionKey {
+    /// 32 random bytes.
+    Raw { bytes: Vec<u8> },
+    /// A passphrase, stretched by SQLCipher's key derivation.
+    Passphrase { secret: String },
+}
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncryptionKey(..)")
+    }
+}
+
+impl TryFrom<EncryptionKey> for attune::EncryptionKey {
+    type Error = AttuneError;
+    fn try_from(key: EncryptionKey) -> Result<Self, AttuneError> {
+        match key {
+            EncryptionKey::Raw { mut bytes } => {
+                let mut raw = [0u8; 32];
+                let fits = bytes.len() == raw.len();
+                if fits {
+                    raw.copy_from_slice(&bytes);
+                }
+                bytes.zeroize();
+                let key = attune::EncryptionKey::raw(&raw);
+                raw.zeroize();
+                match fits {
+                    true => Ok(key),
+                    false => Err(AttuneError::EncryptionKey { reason: "a raw key must be exactly 32 bytes".into() }),
+                }
+            }
+            EncryptionKey::Passphrase { secret } => Ok(attune::EncryptionKey::passphrase(secret)?),
+        }
+    }
+}
+
+/// Where the user's data and the model are, and how to run the model.
+#[derive(Debug, uniffi::Record)]
+pub struct Config {
+    /// The database file (created if missing), e.g. in the app's files directory.
+    pub database_path: String,
+    /// A model directory with `manifest.json`, `model.onnx` and `tokenizer.json`.
+    pub model_dir: String,
+    #[uniffi(default = None)]
+    pub backend: Option<Backend>,
+    /// Threads one inference may use; default: up to 4 cores.
+    #[uniffi(default = None)]
+    pub threads: Option<u32>,
+    /// `libonnxruntime` for the `Ort` backend; default: `ORT_DYLIB_PATH`.
+    #[uniffi(default = None)]
+    pub ort_library: Option<String>,
+    /// Opens or creates an encrypted database (builds with encryption only).
+    #[uniffi(default = None)]
+    pub encryption_key: Option<EncryptionKey>,
+}
+
+impl TryFrom<Config> for attune::PersonalizerConfig {
+    type Error = AttuneError;
+    fn try_from(config: Config) -> Result<Self, AttuneError> {
+        let mut encoder = attune::EncoderOptions::default();
+        if let Some(backend) = config.backend {
+            encoder.backend = match backend {
+                Backend::Tract => attune::Backend::Tract,
+                Backend::Ort => attune::Backend::Ort,
+            };
+        }
+        if let Some(threads) = config.threads {
+            encoder.threads = threads as usize;
+        }
+        encoder.ort_library = config.ort_library.map(PathBuf::from);
+        Ok(Self {
+            database: config.database_path.into(),
+            model_dir: config.model_dir.into(),
+            encoder,
+            encryption_key: config.encryption_key.map(TryInto::try_into).transpose()?,
+        })
+    }
+}
+
+/// A text and its label.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct LabelledText {
+    pub text: String,
+    pub label: String,
+}
+
+impl From<LabelledText> for attune::NewExample {
+    fn from(example: LabelledText) -> Self {
+        attune::NewExample::new(example.text, example.label)
+    }
+}
+
+/// What an add or import did.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AddResult {
+    pub inserted: u64,
+    /// Same text and label as a stored example: kept once.
+    pub duplicates: u64,
+    /// Removed by the task's retention limits.
+    pub evicted: u64,
+}
+
+impl From<attune::AddOutcome> for AddResult {
+    fn from(o: attune::AddOutcome) -> Self {
+        Self { inserted: o.inserted, duplicates: o.duplicates, evicted: o.evicted }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct LabelCount {
+    pub label: String,
+    pub examples: u64,
+}
+
+impl From<attune::LabelCount> for LabelCount {
+    fn from(c: attune::LabelCount) -> Self {
+        Self { label: c.label, examples: c.examples }
+    }
+}
+
+/// Which head to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum HeadType {
+    /// The best on validation.
+    Auto,
+    Prototype,
+    Linear,
+    Mlp,
+}
+
+/// Training settings; the defaults need no tuning.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct TrainSettings {
+    #[uniffi(default = Auto)]
+    pub head: HeadType,
+    /// Fixed epoch count instead of early stopping.
+    #[uniffi(default = None)]
+    pub epochs: Option<u32>,
+    /// Keeps the best head found within this time.
+    #[uniffi(default = None)]
+    pub time_budget_ms: Option<u64>,
+    #[uniffi(default = 0)]
+    pub seed: u64,
+    /// Trains a differentially private linear head within this task-wide ε.
+    #[uniffi(default = None)]
+    pub dp_epsilon: Option<f64>,
+}
+
+impl From<TrainSettings> for attune::TrainOptions {
+    fn from(s: TrainSettings) -> Self {
+        let head = match s.head {
+            HeadType::Auto => attune::HeadChoice::Auto,
+            HeadType::Prototype => attune::HeadChoice::Only(attune::HeadKind::Prototype),
+            HeadType::Linear => attune::HeadChoice::Only(attune::HeadKind::Linear),
+            HeadType::Mlp => attune::HeadChoice::Only(attune::HeadKind::Mlp),
+        };
+        attune::TrainOptions {
+            head,
+            epochs: s.epochs.map(|e| e as usize),
+            time_budget: s.time_budget_ms.map(Duration::from_millis),
+            seed: s.seed,
+            privacy: s.dp_epsilon.map(attune::PrivacyOptions::with_budget),
+            ..attune::TrainOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ClassMetrics {
+    pub label: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: u64,
+}
+
+/// Quality on a labelled set; probabilities are calibrated.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Metrics {
+    pub examples: u64,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub log_loss: f64,
+    pub expected_calibration_error: f64,
+    pub per_class: Vec<ClassMetrics>,
+}
+
+impl From<attune::Metrics> for Metrics {
+    fn from(m: attune::Metrics) -> Self {
+        Self {
+            examples: m.n,
+            accuracy: m.accuracy,
+            macro_f1: m.macro_f1,
+            log_loss: m.log_loss,
+            expected_calibration_error: m.ece,
+            per_class: m
+                .per_class
+                .into_iter()
+                .map(|c| ClassMetrics {
+                    label: c.label,
+                    precision: c.precision,
+                    recall: c.recall,
+                    f1: c.f1,
+                    support: c.support,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a training call did.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct TrainSummary {
+    /// The kind of head trained (`prototype`, `linear`, `mlp`).
+    pub head: String,
+    pub examples: u64,
+    pub classes: u64,
+    pub epochs: u32,
+    pub train_ms: u64,
+    /// Whether the new head is now the active one, and why (not).
+    pub promoted: bool,
+    pub promotion_reason: String,
+    /// The stored version of the new head.
+    pub version: u32,
+    /// Metrics on held-out (or out-of-fold) examples, when there were enough.
+    pub validation: Option<Metrics>,
+    pub budget_exhausted: bool,
+    /// For private training: the task's total (ε, δ) so far.
+    pub privacy_epsilon: Option<f64>,
+    pub privacy_delta: Option<f64>,
+}
+
+impl From<attune::TrainOutcome> for TrainSummary {
+    fn from(o: attune::TrainOutcome) -> Self {
+        let report = o.report;
+        Self {
+            head: report.head,
+            examples: report.examples,
+            classes: report.classes,
+            epochs: report.epochs as u32,
+            train_ms: report.train_ms,
+            promoted: o.promotion.promote,
+            promotion_reason: o.promotion.reason,
+            version: o.version,
+            validation: report.validation.map(Into::into),
+            budget_exhausted: report.budget_exhausted,
+            privacy_epsilon: report.privacy.as_ref().map(|p| p.epsilon),
+            privacy_delta: report.privacy.as_ref().map(|p| p.delta),
+        }
+    }
+}
+
+/// Where a task's predictions come from right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PredictionSource {
+    TrainedHead,
+    /// Class centroids of the examples so far (no trained head yet).
+    Prototypes,
+    /// Label descriptions only (no examples yet).
+    ZeroShot,
+}
+
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ScoredLabel {
+    pub label: String,
+    /// Calibrated probability.
+    pub probability: f32,
+}
+
+/// The answer for one text.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Prediction {
+    /// Most likely first.
+    pub labels: Vec<ScoredLabel>,
+    /// The text is probably none of the known labels.
+    pub abstain: bool,
+    pub source: PredictionSource,
+}
+
+impl Prediction {
+    pub(crate) fn new(p: attune::Prediction, source: attune::PredictionSource) -> Self {
+        Self {
+            labels: p.top.into_iter().map(|(label, probability)| ScoredLabel { label, probability }).collect(),
+            abstain: p.abstain,
+            source: match source {
+                attune::PredictionSource::TrainedHead => PredictionSource::TrainedHead,
+                attune::PredictionSource::Prototypes => PredictionSource::Prototypes,
+                attune::PredictionSource::ZeroShot => PredictionSource::ZeroShot,
+            },
+        }
+    }
+}
+
+/// What to forget.
+#[derive(Debug, Clone, PartialEq, uniffi::Enum)]
+pub enum ForgetScope {
+    Example { id: i64 },
+    Label { label: String },
+    /// Every example, document and feedback query with this exact text.
+    Text { text: String },
+    /// Everything created in `[from_ms, to_ms)` (milliseconds since the epoch).
+    CreatedBetween { from_ms: i64, to_ms: i64 },
+    Task,
+    Everything,
+}
+
+impl From<ForgetScope> for attune::Forget {
+    fn from(scope: ForgetScope) -> Self {
+        match scope {
+            ForgetScope::Example { id } => attune::Forget::Example(id),
+            ForgetScope::Label { label } => attune::Forget::Label(label),
+            ForgetScope::Text { text } => attune::Forget::Text(text),
+            ForgetScope::CreatedBetween { from_ms, to_ms } => attune::Forget::CreatedBetween { from_ms, to_ms },
+            ForgetScope::Task => attune::Forget::Task,
+            ForgetScope::Everything => attune::Forget::Everything,
+        }
+    }
+}
+
+/// What a forget removed.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ForgetSummary {
+    pub examples: u64,
+    pub documents: u64,
+    pub feedback: u64,
+    pub vectors: u64,
+    pub heads_invalidated: u64,
+}
+
+impl From<attune::ForgetOutcome> for ForgetSummary {
+    fn from(o: attune::ForgetOutcome) -> Self {
+        Self {
+            examples: o.examples,
+            documents: o.documents,
+            feedback: o.feedback,
+            vectors: o.vectors,
+            heads_invalidated: o.heads_invalidated,
+        }
+    }
+}
+
+/// What a task holds.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TaskStats {
+    pub name: String,
+    pub examples: u64,
+    pub labels: u64,
+    pub documents: u64,
+    pub feedback: u64,
+    pub active_head_version: Option<u32>,
+}
+
+impl From<attune::TaskInfo> for TaskStats {
+    fn from(t: attune::TaskInfo) -> Self {
+        Self {
+            name: t.name,
+            examples: t.examples,
+            labels: t.labels,
+            documents: t.documents,
+            feedback: t.feedback,
+            active_head_version: t.active_head_version,
+        }
+    }
+}
+
+/// One stored head version.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct HeadVersion {
+    pub version: u32,
+    pub kind: String,
+    /// Validation metrics as JSON.
+    pub metrics_json: String,
+    /// Trained on since-forgotten data: erased, cannot be activated.
+    pub stale: bool,
+    pub active: bool,
+    pub created_at_ms: i64,
+}
+
+impl From<attune::HeadInfo> for HeadVersion {
+    fn from(h: attune::HeadInfo) -> Self {
+        Self {
+            version: h.version,
+            kind: h.kind,
+            metrics_json: h.metrics,
+            stale: h.stale,
+            active: h.active,
+            created_at_ms: h.created_at,
+        }
+    }
+}
+
+/// A document for search, under the app's own key.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Document {
+    pub key: String,
+    pub text: String,
+    /// A JSON object returned with results.
+    #[uniffi(default = None)]
+    pub metadata: Option<String>,
+}
+
+impl From<Document> for attune::NewDocument {
+    fn from(d: Document) -> Self {
+        Self { key: d.key, text: d.text, metadata: d.metadata }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SearchResult {
+    pub key: String,
+    pub text: String,
+    pub metadata: Option<String>,
+    /// Cosine to the query plus the learned preference.
+    pub score: f32,
+}
+
+impl From<attune::SearchHit> for SearchResult {
+    fn from(h: attune::SearchHit) -> Self {
+        Self { key: h.key, text: h.text, metadata: h.metadata, score: h.score }
+    }
+}
+
+/// What the user did with a result.
+#[derive(Debug, Clone, Copy, PartialEq, uniffi::Enum)]
+pub enum Signal {
+    Impression,
+    Click,
+    Skip,
+    Dwell { seconds: f64 },
+    Rating { stars: f64 },
+}
+
+/// Feedback on a search result (`query` set) or a recommendation (`query` null).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Feedback {
+    pub query: Option<String>,
+    pub document_key: String,
+    pub signal: Signal,
+    /// Default: now.
+    #[uniffi(default = None)]
+    pub created_at_ms: Option<i64>,
+}
+
+impl From<Feedback> for attune::NewFeedback {
+    fn from(f: Feedback) -> Self {
+        let signal = match f.signal {
+            Signal::Impression => attune::Signal::Impression,
+            Signal::Click => attune::Signal::Click,
+            Signal::Skip => attune::Signal::Skip,
+            Signal::Dwell { seconds } => attune::Signal::Dwell(seconds),
+            Signal::Rating { stars } => attune::Signal::Rating(stars),
+        };
+        Self { query: f.query, document_key: f.document_key, signal, created_at: f.created_at_ms }
+    }
+}
