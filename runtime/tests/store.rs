@@ -384,7 +384,7 @@ mod encryption {
         let wrong = Store::open(&path, &with_key(EncryptionKey::raw(&[7; 32]))).unwrap_err();
         assert!(matches!(wrong, Error::EncryptionKey(_)), "{wrong}");
         let missing = Store::open(&path, &StoreOptions::default()).unwrap_err();
-        assert!(matches!(missing, Error::DatabaseUnreadable(_)), "{missing}");
+        assert!(matches!(missing, Error::EncryptionKey(_)), "{missing}");
         let passphrase = Store::open(&path, &with_key(EncryptionKey::passphrase("guess").unwrap())).unwrap_err();
         assert!(matches!(passphrase, Error::EncryptionKey(_)), "{passphrase}");
     }

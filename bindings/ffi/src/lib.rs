@@ -65,7 +65,8 @@ impl Personalizer {
     ) -> Result<AddResult, AttuneError> {
         let observer = progress::Observer::new(listener, cancel);
         let columns = attune::Columns::default();
-        observer.finish(self.inner.import_file(&task, Path::new(&path), None, &columns, &observer)).map(Into::into)
+        let result = self.inner.import_file(&task, Path::new(&path), None, &columns, &observer);
+        observer.finish(result).map(Into::into)
     }
 
     /// Labels of `task` with their example counts.
@@ -91,7 +92,8 @@ impl Personalizer {
     ) -> Result<TrainSummary, AttuneError> {
         let observer = progress::Observer::new(listener, cancel);
         let options = settings.into();
-        observer.finish(self.inner.train(&task, &options, &observer)).map(Into::into)
+        let result = self.inner.train(&task, &options, &observer);
+        observer.finish(result).map(Into::into)
     }
 
     /// Top-`top_k` labels with calibrated probabilities per text, and whether
@@ -161,7 +163,8 @@ impl Personalizer {
     ) -> Result<Vec<Vec<f32>>, AttuneError> {
         let observer = progress::Observer::new(listener, cancel);
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        observer.finish(self.inner.embed(&texts, &observer)).map(attune::Embeddings::into_vecs)
+        let result = self.inner.embed(&texts, &observer);
+        observer.finish(result).map(attune::Embeddings::into_vecs)
     }
 
     /// Writes everything the database holds about the user as JSON to `path`

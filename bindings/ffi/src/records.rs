@@ -153,8 +153,9 @@ pub enum HeadType {
 /// Training settings; the defaults need no tuning.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct TrainSettings {
-    #[uniffi(default = Auto)]
-    pub head: HeadType,
+    /// Default: `Auto`.
+    #[uniffi(default = None)]
+    pub head: Option<HeadType>,
     /// Fixed epoch count instead of early stopping.
     #[uniffi(default = None)]
     pub epochs: Option<u32>,
@@ -170,7 +171,7 @@ pub struct TrainSettings {
 
 impl From<TrainSettings> for attune::TrainOptions {
     fn from(s: TrainSettings) -> Self {
-        let head = match s.head {
+        let head = match s.head.unwrap_or(HeadType::Auto) {
             HeadType::Auto => attune::HeadChoice::Auto,
             HeadType::Prototype => attune::HeadChoice::Only(attune::HeadKind::Prototype),
             HeadType::Linear => attune::HeadChoice::Only(attune::HeadKind::Linear),

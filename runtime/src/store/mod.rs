@@ -255,8 +255,8 @@ fn connect(path: &Path, options: &StoreOptions, create: bool) -> Result<Connecti
             (Error::DatabaseUnreadable(_), true) => {
                 Error::EncryptionKey("wrong key, or the file is not encrypted".into())
             }
-            (Error::DatabaseUnreadable(reason), false) => {
-                Error::DatabaseUnreadable(format!("{reason} (if the file is encrypted, open it with its key)"))
+            (Error::DatabaseUnreadable(_), false) if looks_encrypted(path) => {
+                Error::EncryptionKey("the file looks encrypted (no SQLite header): open it with its key".into())
             }
             (other, _) => other,
         });
@@ -273,6 +273,18 @@ fn connect(path: &Path, options: &StoreOptions, create: bool) -> Result<Connecti
     // page reads and writes.
     connection.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
     Ok(connection)
+}
+
+/// An encrypted file starts with a random salt instead of SQLite's header,
+/// and is whole pages long; a text file or a damaged database is not.
+fn looks_encrypted(path: &Path) -> bool {
+    const HEADER: &[u8; 16] = b"SQLite format 3\0";
+    let mut start = [0u8; 16];
+    let read = std::fs::File::open(path).and_then(|mut file| {
+        std::io::Read::read_exact(&mut file, &mut start)?;
+        file.metadata()
+    });
+    read.is_ok_and(|meta| meta.len().is_multiple_of(512) && &start != HEADER)
 }
 
 #[cfg(feature = "encryption")]
