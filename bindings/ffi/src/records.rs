@@ -317,12 +317,21 @@ impl Prediction {
 /// What to forget.
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
 pub enum ForgetScope {
-    Example { id: i64 },
-    Label { label: String },
+    Example {
+        id: i64,
+    },
+    Label {
+        label: String,
+    },
     /// Every example, document and feedback query with this exact text.
-    Text { text: String },
+    Text {
+        text: String,
+    },
     /// Everything created in `[from_ms, to_ms)` (milliseconds since the epoch).
-    CreatedBetween { from_ms: i64, to_ms: i64 },
+    CreatedBetween {
+        from_ms: i64,
+        to_ms: i64,
+    },
     Task,
     Everything,
 }

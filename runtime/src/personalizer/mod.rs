@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 
 pub use search::{SearchHit, VectorIndex};
 
-use crate::encoder::{EncodeListener, Embeddings, Encoder, EncoderOptions, OnnxEncoder, SILENT};
-use crate::import::{Columns, ImportFormat, read_labelled_file};
+use crate::encoder::{Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT};
 use crate::error::{Error, Result};
 use crate::evaluation::{Metrics, evaluate};
 use crate::heads::{Head, HeadKind, Prediction};
+use crate::import::{Columns, ImportFormat, read_labelled_file};
 use crate::store::{
     AddOutcome, EncryptionKey, Forget, ForgetOutcome, HeadInfo, LabelCount, LedgerEntry, NewDocument, NewExample,
     NewFeedback, NewHead, Store, StoreOptions, TaskId, TaskInfo, VectorEncoding,
