@@ -1,4 +1,9 @@
-"""Loads the generated Python binding (run bindings/generate first) and picks the model."""
+"""Finds the Python binding and picks the model.
+
+By default the tests import the package bindings/generate writes to
+target/bindings/python; with ATTUNE_PYTHON_BINDINGS=installed they import the
+`attune` package installed from the wheel (tests/run does that).
+"""
 
 import os
 import pathlib
@@ -7,11 +12,17 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-BINDINGS = pathlib.Path(os.environ.get("ATTUNE_PYTHON_BINDINGS", REPO / "target/bindings/python"))
+if os.environ.get("ATTUNE_PYTHON_BINDINGS") != "installed":
+    GENERATED = REPO / "target/bindings/python"
+    if not (GENERATED / "attune/attune_ffi.py").exists():
+        raise pytest.UsageError(f"no generated binding in {GENERATED}: run bindings/generate first")
+    sys.path.insert(0, str(GENERATED))
 
-if not (BINDINGS / "attune_ffi.py").exists():
-    raise pytest.UsageError(f"no generated binding in {BINDINGS}: run bindings/generate first")
-sys.path.insert(0, str(BINDINGS))
+
+def pytest_report_header():
+    import attune
+
+    return f"attune binding: {pathlib.Path(attune.__file__).parent}"
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-import attune_ffi as attune
+import attune
 
 EXAMPLES = {
     "weather": [
