@@ -1,46 +1,136 @@
-//! Crash safety: a child process imports in batches and is killed with
-//! SIGKILL at random moments; every batch it acknowledged must be there,
-//! whole, and no batch may be there in part.
+//! Crash safety: a child process works through the `Personalizer` — adding
+//! batches of examples, recording feedback, training with promotion and
+//! forgetting old batches — and is killed with SIGKILL at random moments, at
+//! least 200 times. After each kill the parent reopens the database and
+//! checks: `integrity_check` passes, every acknowledged write is there, no
+//! write is there in part, every acknowledged forget is complete, and the
+//! active head loads and predicts.
 
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use attune::{NewExample, Store, StoreOptions};
+use attune::{
+    EncoderOptions, Forget, HeadChoice, HeadKind, NewDocument, NewExample, NewFeedback, Personalizer,
+    PersonalizerConfig, PredictionSource, Signal, TrainOptions,
+};
 
-const ROWS_PER_BATCH: usize = 40;
-const TRIALS: usize = 40;
+const TASK: &str = "crash";
+const ROWS_PER_BATCH: usize = 10;
+/// Batches older than this many are forgotten, which keeps the data small.
+const KEEP_BATCHES: usize = 6;
+const TRIALS: usize = 200;
 const CHILD_ENV: &str = "ATTUNE_CRASH_CHILD_DB";
+/// Writes that targeted kills aim at, and how far into them (ms) to kill.
+const TARGETS: [(&str, u64); 4] = [("add", 3), ("feedback", 0), ("train", 1), ("forget", 10)];
 
-/// The child's work; only runs when the parent starts it.
+fn open(path: &Path) -> Personalizer {
+    let config = PersonalizerConfig {
+        database: path.to_path_buf(),
+        model_dir: support::tiny_dir(),
+        encoder: EncoderOptions { threads: 1, ..EncoderOptions::default() },
+        encryption_key: None,
+    };
+    Personalizer::open(&config).unwrap()
+}
+
+fn label(batch: usize) -> String {
+    format!("b{batch}")
+}
+
+fn batch_of(label: &str) -> usize {
+    label[1..].parse().unwrap()
+}
+
+/// The child's endless work; only runs when the parent starts it. It prints
+/// `doing <op>` before each write and `<op> <n>` once the write returned.
 #[test]
-#[ignore = "started by crash_during_import_loses_no_acknowledged_batch"]
+#[ignore = "started by crashes_lose_no_acknowledged_write"]
 fn crash_child() {
     let Some(path) = std::env::var_os(CHILD_ENV) else { return };
-    let store = Store::open(Path::new(&path), &StoreOptions::default()).unwrap();
-    let task = store.ensure_task("crash").unwrap();
-    let mut batch = store.examples(task).unwrap().len() / ROWS_PER_BATCH;
-    loop {
-        let rows: Vec<_> =
-            (0..ROWS_PER_BATCH).map(|row| NewExample::new(format!("batch {batch} row {row}"), "a")).collect();
-        store.add_examples(task, &rows).unwrap();
-        // Acknowledged only after the commit returned.
-        println!("committed {batch}");
-        batch += 1;
+    let p = open(Path::new(&path));
+    let documents: Vec<NewDocument> = (0..5)
+        .map(|i| NewDocument { key: format!("d{i}"), text: format!("document {i} of the crash test"), metadata: None })
+        .collect();
+    p.add_documents(TASK, &documents).unwrap();
+    let next = p.labels(TASK).unwrap().iter().map(|l| batch_of(&l.label) + 1).max().unwrap_or(0);
+    // A fixed, small fit: the point is the writes around it, not the head.
+    let train = TrainOptions {
+        head: HeadChoice::Only(HeadKind::Linear),
+        epochs: Some(3),
+        weight_decay: Some(0.0),
+        ..TrainOptions::default()
+    };
+    for batch in next.. {
+        println!("doing add");
+        let rows: Vec<_> = (0..ROWS_PER_BATCH)
+            .map(|row| NewExample::new(format!("batch {batch} row {row} topic {}", batch % 7), label(batch)))
+            .collect();
+        p.add_examples(TASK, &rows).unwrap();
+        println!("added {batch}");
+
+        println!("doing feedback");
+        let feedback = NewFeedback {
+            query: Some(format!("query {batch}")),
+            document_key: format!("d{}", batch % 5),
+            signal: Signal::Click,
+            created_at: None,
+        };
+        p.record_feedback(TASK, &feedback).unwrap();
+        println!("feedback {batch}");
+
+        if batch % 2 == 1 {
+            println!("doing train");
+            let outcome = p.train(TASK, &train, &attune::QuietTraining).unwrap();
+            println!("trained {}", outcome.version);
+        }
+        if batch >= KEEP_BATCHES {
+            println!("doing forget {}", batch - KEEP_BATCHES);
+            p.forget(Some(TASK), &Forget::Label(label(batch - KEEP_BATCHES))).unwrap();
+            println!("forgot {}", batch - KEEP_BATCHES);
+        }
+    }
+}
+
+/// What the child acknowledged, over all its lives.
+#[derive(Default)]
+struct Acknowledged {
+    added: BTreeSet<usize>,
+    feedback: BTreeSet<usize>,
+    trained: BTreeSet<u32>,
+    forgot: BTreeSet<usize>,
+    /// Forgets in flight at a kill: done or not, but never in part.
+    maybe_forgotten: BTreeSet<usize>,
+}
+
+impl Acknowledged {
+    fn record(&mut self, line: &str) {
+        let Some((op, n)) = line.split_once(' ') else { return };
+        let Ok(n) = n.parse::<usize>() else { return };
+        match op {
+            "added" => self.added.insert(n),
+            "feedback" => self.feedback.insert(n),
+            "trained" => self.trained.insert(n as u32),
+            "forgot" => self.forgot.insert(n),
+            _ => false,
+        };
     }
 }
 
 #[test]
-fn crash_during_import_loses_no_acknowledged_batch() {
+fn crashes_lose_no_acknowledged_write() {
     let dir = std::env::temp_dir().join(format!("attune-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("user.db");
     let mut random = Lcg(0x5eed ^ u64::from(std::process::id()));
-    let mut acknowledged = 0usize;
-    let mut kills_mid_batch = 0;
+    let mut acked = Acknowledged::default();
+    let mut killed_during: BTreeMap<String, usize> = BTreeMap::new();
     for trial in 0..TRIALS {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
@@ -49,43 +139,107 @@ fn crash_during_import_loses_no_acknowledged_batch() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let (sender, receiver) = mpsc::channel();
+        let (sender, receiver) = mpsc::channel::<String>();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(batch) = line.strip_prefix("committed ") {
-                    let _ = sender.send(batch.parse::<usize>().unwrap());
-                }
+                let _ = sender.send(line);
             }
         });
-        // Let it start and commit a few batches, then kill it somewhere.
-        let deadline = Instant::now() + Duration::from_millis(30 + random.below(120));
-        while Instant::now() < deadline {
-            if let Ok(batch) = receiver.recv_timeout(Duration::from_millis(5)) {
-                acknowledged = acknowledged.max(batch + 1);
+        let mut in_flight = "start".to_string();
+        let mut take = |line: String, in_flight: &mut String| match line.strip_prefix("doing ") {
+            Some(op) => *in_flight = op.to_string(),
+            None => {
+                acked.record(&line);
+                *in_flight = "between-writes".to_string();
+            }
+        };
+        // Even trials die at a random time; odd ones right inside a chosen
+        // write (a feedback insert takes well under a millisecond, so random
+        // times alone would rarely land in one).
+        let target = (trial % 2 == 1).then(|| TARGETS[(trial / 2) % TARGETS.len()]);
+        let started = Instant::now();
+        let mut deadline = started + Duration::from_millis(40 + random.below(400));
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if let Ok(line) = receiver.recv_timeout(deadline - now) {
+                take(line, &mut in_flight);
+                if let Some((op, within_ms)) = target
+                    && in_flight.split(' ').next() == Some(op)
+                {
+                    deadline = Instant::now() + Duration::from_micros(random.below(within_ms * 1000 + 1));
+                }
             }
         }
         child.kill().unwrap();
         child.wait().unwrap();
         reader.join().unwrap();
-        acknowledged = acknowledged.max(receiver.try_iter().max().map_or(0, |b| b + 1));
-
-        let store = Store::open(&path, &StoreOptions::default()).unwrap();
-        store.integrity_check().unwrap();
-        let Ok(task) = store.task_id("crash") else { continue };
-        let rows = store.examples(task).unwrap();
-        assert_eq!(rows.len() % ROWS_PER_BATCH, 0, "trial {trial}: a half batch survived");
-        let batches = rows.len() / ROWS_PER_BATCH;
-        assert!(batches >= acknowledged, "trial {trial}: {acknowledged} acknowledged, {batches} stored");
-        // At most the batch in flight may be committed but unacknowledged.
-        assert!(batches <= acknowledged + 1, "trial {trial}");
-        kills_mid_batch += usize::from(batches == acknowledged + 1);
-        acknowledged = batches;
+        for line in receiver.try_iter() {
+            take(line, &mut in_flight);
+        }
+        if let Some(batch) = in_flight.strip_prefix("forget ") {
+            acked.maybe_forgotten.insert(batch.parse().unwrap());
+        }
+        let op = in_flight.split(' ').next().unwrap_or_default().to_string();
+        *killed_during.entry(op).or_default() += 1;
+        check(&path, &acked, trial);
     }
+    eprintln!("{TRIALS} SIGKILLs, 0 failures; killed during: {killed_during:?}");
     eprintln!(
-        "{TRIALS} kills, {acknowledged} batches stored, {kills_mid_batch} kills between commit and acknowledgement"
+        "acknowledged: {} batches added, {} feedback events, {} heads trained, {} batches forgotten",
+        acked.added.len(),
+        acked.feedback.len(),
+        acked.trained.len(),
+        acked.forgot.len()
     );
-    assert!(acknowledged >= TRIALS, "the child made progress between kills");
+    for op in ["add", "feedback", "train", "forget"] {
+        assert!(killed_during.get(op).copied().unwrap_or(0) > 0, "no kill landed during {op}: {killed_during:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Checks the database after a kill against what the child acknowledged.
+fn check(path: &Path, acked: &Acknowledged, trial: usize) {
+    if !path.exists() {
+        return;
+    }
+    let p = open(path);
+    p.store().integrity_check().unwrap_or_else(|e| panic!("trial {trial}: {e}"));
+    let Ok(task) = p.store().task_id(TASK) else {
+        assert!(acked.added.is_empty(), "trial {trial}: acknowledged batches but no task");
+        return;
+    };
+    let mut rows_per_batch: BTreeMap<usize, usize> = BTreeMap::new();
+    for example in p.store().examples(task).unwrap() {
+        *rows_per_batch.entry(batch_of(&example.label)).or_default() += 1;
+    }
+    for (batch, rows) in &rows_per_batch {
+        assert_eq!(*rows, ROWS_PER_BATCH, "trial {trial}: batch {batch} is there in part");
+        assert!(!acked.forgot.contains(batch), "trial {trial}: batch {batch} was forgotten but is back");
+    }
+    for batch in acked.added.difference(&acked.forgot) {
+        assert!(
+            rows_per_batch.contains_key(batch) || acked.maybe_forgotten.contains(batch),
+            "trial {trial}: acknowledged batch {batch} is missing"
+        );
+    }
+    let queries: BTreeSet<String> =
+        p.store().feedback(task).unwrap().into_iter().filter_map(|event| event.query).collect();
+    for batch in &acked.feedback {
+        assert!(queries.contains(&format!("query {batch}")), "trial {trial}: feedback {batch} is missing");
+    }
+    let heads = p.heads(TASK).unwrap();
+    for version in &acked.trained {
+        assert!(heads.iter().any(|h| h.version == *version), "trial {trial}: head {version} is missing");
+    }
+    if heads.iter().any(|h| h.active) {
+        let (predictions, source) = p.predict(TASK, &["batch 1 row 1 topic 1"], 1).unwrap();
+        assert_eq!(source, PredictionSource::TrainedHead, "trial {trial}");
+        assert_eq!(predictions.len(), 1);
+    }
 }
 
 /// A tiny deterministic generator: kill times vary, runs are reproducible.
