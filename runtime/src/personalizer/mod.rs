@@ -228,7 +228,7 @@ impl Personalizer {
     /// Top-`k` labels with calibrated probabilities and an abstain flag, per text.
     pub fn predict(&self, task: &str, texts: &[&str], top_k: usize) -> Result<(Vec<Prediction>, PredictionSource)> {
         let head = self.current_head(task)?;
-        let features = self.features(texts)?;
+        let features = self.transient_features(texts)?;
         let dim = self.encoder.dim();
         let predictions = features.chunks_exact(dim).map(|row| head.0.predict(row, top_k)).collect::<Result<_>>()?;
         Ok((predictions, head.1))
@@ -242,7 +242,7 @@ impl Personalizer {
         }
         let head = self.current_head(task)?;
         let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
-        let probabilities = head.0.probabilities(&self.features(&texts)?)?;
+        let probabilities = head.0.probabilities(&self.transient_features(&texts)?)?;
         let truth: Vec<usize> = examples
             .iter()
             .map(|(_, label)| head.0.labels().iter().position(|l| l == label).unwrap_or(usize::MAX))
@@ -312,7 +312,7 @@ impl Personalizer {
     /// feedback (with no feedback, plain semantic order).
     pub fn search(&self, task: &str, query: &str, k: usize) -> Result<Vec<SearchHit>> {
         let index = self.search.get_or_build(task, || self.build_index(task))?;
-        let query = self.features(&[query])?;
+        let query = self.transient_features(&[query])?;
         let preference = self.preference(task, &index)?;
         Ok(index.top_k(Some(&query), &preference.u, k))
     }
@@ -363,8 +363,19 @@ impl Personalizer {
     }
 
     /// Vectors for `texts` (`texts.len() × dim`), from the cache or embedded
-    /// now and cached.
+    /// now and cached: for texts a stored row holds (examples, documents,
+    /// descriptions, feedback queries), which forgetting the row removes.
     fn features(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        self.lookup_features(texts, true)
+    }
+
+    /// Like [`Self::features`] but nothing new is stored: texts the app only
+    /// asks about (predictions, search queries) leave no trace on disk.
+    fn transient_features(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        self.lookup_features(texts, false)
+    }
+
+    fn lookup_features(&self, texts: &[&str], keep: bool) -> Result<Vec<f32>> {
         let fingerprint = self.encoder.fingerprint();
         let cached = self.store.cached_features(fingerprint, texts)?;
         let missing: Vec<&str> = texts.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(t, _)| *t).collect();
@@ -372,7 +383,9 @@ impl Personalizer {
         if !missing.is_empty() {
             let embedded = self.encoder.embed(&missing)?;
             let entries: Vec<(&str, &[f32])> = missing.iter().copied().zip(embedded.rows()).collect();
-            self.store.cache_features(fingerprint, &entries, VectorEncoding::F32)?;
+            if keep {
+                self.store.cache_features(fingerprint, &entries, VectorEncoding::F32)?;
+            }
             fresh.extend(entries.into_iter().map(|(t, v)| (t, v.to_vec())));
         }
         Ok(texts.iter().zip(cached).flat_map(|(text, hit)| hit.unwrap_or_else(|| fresh[text].clone())).collect())

@@ -90,7 +90,12 @@ impl Store {
             if *what == Forget::Task {
                 return forget_task(tx, task);
             }
-            forget_rows(tx, task, &selection(what))
+            let mut outcome = forget_rows(tx, task, &selection(what))?;
+            if let Forget::Text(text) = what {
+                // Its vector may be cached without a row of its own.
+                outcome.vectors += drop_unreferenced_features(tx, &[text_hash(text).to_vec()])?;
+            }
+            Ok(outcome)
         })
     }
 
@@ -237,13 +242,16 @@ fn forget_rows(tx: &Transaction<'_>, task: TaskId, selection: &Selection) -> Res
     }
     if let Some((filter, params)) = &selection.documents {
         let rows: Vec<(i64, Vec<u8>)> = select(tx, "id, text_hash", "documents", task, filter, params)?;
-        // Feedback on a forgotten document goes with it (foreign key cascade).
-        let cascaded: i64 = tx.query_row(
-            &format!("SELECT count(*) FROM feedback WHERE document_id IN (SELECT id FROM documents WHERE task_id = ? AND {filter})"),
-            rusqlite::params_from_iter(std::iter::once(Value::Integer(task.0)).chain(params.iter().cloned())),
-            |row| row.get(0),
-        )?;
-        outcome.feedback += cascaded as u64;
+        // Feedback on a forgotten document goes with it (foreign key
+        // cascade), and so do the vectors of its queries.
+        let mut statement = tx.prepare(&format!(
+            "SELECT query_hash FROM feedback WHERE document_id IN (SELECT id FROM documents WHERE task_id = ? AND {filter})"
+        ))?;
+        let all = std::iter::once(Value::Integer(task.0)).chain(params.iter().cloned());
+        let cascaded: Vec<Option<Vec<u8>>> =
+            statement.query_map(rusqlite::params_from_iter(all), |row| row.get(0))?.collect::<Result<_, _>>()?;
+        outcome.feedback += cascaded.len() as u64;
+        hashes.extend(cascaded.into_iter().flatten());
         outcome.documents = delete(tx, "documents", task, filter, params)?;
         hashes.extend(rows.into_iter().map(|r| r.1));
     }
