@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use attune::{Error, NewExample, Store, StoreOptions, VectorEncoding};
+use attune::{EncryptionKey, Error, NewExample, Store, StoreOptions, VectorEncoding};
 
 #[derive(Debug, clap::Args)]
 pub struct StoreBenchArgs {
@@ -44,6 +44,17 @@ fn unit_vector(seed: usize) -> Vec<f32> {
     v
 }
 
+fn number(report: &serde_json::Value, key: &str) -> f64 {
+    report[key].as_f64().unwrap_or(f64::NAN)
+}
+
+/// Encrypted with the passphrase in `ATTUNE_KEY` when it is set, as the CLI's
+/// other commands are.
+fn options() -> Result<StoreOptions, Error> {
+    let encryption_key = std::env::var("ATTUNE_KEY").ok().map(EncryptionKey::passphrase).transpose()?;
+    Ok(StoreOptions { encryption_key, ..StoreOptions::default() })
+}
+
 pub fn run(json: bool, args: &StoreBenchArgs) -> Result<(), Error> {
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir).join(format!("attune-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::Storage(e.to_string()))?;
@@ -54,25 +65,35 @@ pub fn run(json: bool, args: &StoreBenchArgs) -> Result<(), Error> {
         println!("{report}");
     } else {
         println!(
-            "import: {} rows in {:.2} s = {:.0} rows/s (batches of {})",
-            args.rows, report["import_s"], report["import_rows_per_s"], args.batch
+            "import: {} rows in {:.2} s = {:.0} rows/s (batches of {}, {})",
+            args.rows,
+            number(&report, "import_s"),
+            number(&report, "import_rows_per_s"),
+            args.batch,
+            if std::env::var_os("ATTUNE_KEY").is_some() { "encrypted" } else { "not encrypted" }
         );
         println!(
             "feature cache: {:.0} hits/s, {:.0} misses/s, {:.0} writes/s (384-d f32)",
-            report["cache_hits_per_s"], report["cache_misses_per_s"], report["cache_writes_per_s"]
+            number(&report, "cache_hits_per_s"),
+            number(&report, "cache_misses_per_s"),
+            number(&report, "cache_writes_per_s")
         );
         println!(
             "size per 10,000 examples with vectors: {:.1} MB (f32), {:.1} MB (f16)",
-            report["mb_per_10k_f32"], report["mb_per_10k_f16"]
+            number(&report, "mb_per_10k_f32"),
+            number(&report, "mb_per_10k_f16")
         );
-        println!("f16 vectors: worst cosine to f32 {:.6} over 10,000 unit vectors", report["f16_worst_cosine"]);
-        println!("peak RSS {:.0} MB", report["peak_rss_mb"]);
+        println!(
+            "f16 vectors: worst cosine to f32 {:.6} over 10,000 unit vectors",
+            number(&report, "f16_worst_cosine")
+        );
+        println!("peak RSS {:.0} MB", number(&report, "peak_rss_mb"));
     }
     Ok(())
 }
 
 fn measure(dir: &Path, args: &StoreBenchArgs) -> Result<serde_json::Value, Error> {
-    let store = Store::open(&dir.join("import.db"), &StoreOptions::default())?;
+    let store = Store::open(&dir.join("import.db"), &options()?)?;
     let task = store.ensure_task("bench")?;
     let rows = (0..args.rows).map(|i| Ok(NewExample::new(text(i), LABELS[i % LABELS.len()])));
     let started = Instant::now();
@@ -124,7 +145,7 @@ fn size_per_10k(
     encoding: VectorEncoding,
 ) -> Result<f64, Error> {
     let path = dir.join(format!("size-{encoding:?}.db"));
-    let store = Store::open(&path, &StoreOptions::default())?;
+    let store = Store::open(&path, &options()?)?;
     let task = store.ensure_task("size")?;
     let examples: Vec<_> =
         texts.iter().enumerate().map(|(i, t)| NewExample::new(t, LABELS[i % LABELS.len()])).collect();
@@ -136,7 +157,7 @@ fn size_per_10k(
 }
 
 fn f16_worst_cosine(dir: &Path, entries: &[(&str, &[f32])]) -> Result<f64, Error> {
-    let store = Store::open(&dir.join("size-F16.db"), &StoreOptions::default())?;
+    let store = Store::open(&dir.join("size-F16.db"), &options()?)?;
     let texts: Vec<&str> = entries.iter().map(|e| e.0).collect();
     let decoded = store.cached_features("fp", &texts)?;
     let mut worst = 1.0f64;
