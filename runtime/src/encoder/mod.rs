@@ -5,7 +5,9 @@ mod batching;
 mod ort_engine;
 mod pooling;
 mod tokenize;
+#[cfg(feature = "tract")]
 mod tract_engine;
+#[cfg(feature = "tract")]
 mod tract_passes;
 
 use std::fmt;
@@ -95,13 +97,19 @@ impl Embeddings {
 }
 
 /// Which inference engine runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// tract: pure Rust, always compiled in.
-    #[default]
+    /// tract: pure Rust (cargo feature `tract`, on by default).
     Tract,
     /// ONNX Runtime, loaded at run time (cargo feature `ort`).
     Ort,
+}
+
+impl Default for Backend {
+    /// tract when compiled in, else ONNX Runtime.
+    fn default() -> Self {
+        if cfg!(feature = "tract") { Backend::Tract } else { Backend::Ort }
+    }
 }
 
 impl FromStr for Backend {
@@ -139,7 +147,7 @@ pub struct EncoderOptions {
 impl Default for EncoderOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Self { backend: Backend::Tract, threads: cores.min(4), max_batch: 32, ort_library: None }
+        Self { backend: Backend::default(), threads: cores.min(4), max_batch: 32, ort_library: None }
     }
 }
 
@@ -183,7 +191,15 @@ impl OnnxEncoder {
         let manifest = ModelManifest::load(directory)?;
         let tokenizer = TextTokenizer::load(&manifest.tokenizer_path(), manifest.max_tokens)?;
         let engine: Box<dyn Engine> = match options.backend {
+            #[cfg(feature = "tract")]
             Backend::Tract => Box::new(tract_engine::TractEngine::load(&manifest, options.threads)?),
+            #[cfg(not(feature = "tract"))]
+            Backend::Tract => {
+                return Err(Error::BackendUnavailable {
+                    backend: "tract".into(),
+                    reason: "this build has no tract support (cargo feature `tract`)".into(),
+                });
+            }
             #[cfg(feature = "ort")]
             Backend::Ort => {
                 Box::new(ort_engine::OrtEngine::load(&manifest, options.threads, options.ort_library.as_deref())?)
