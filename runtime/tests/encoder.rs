@@ -15,7 +15,14 @@ fn load(dir: &Path, backend: Backend) -> OnnxEncoder {
 }
 
 fn backends() -> Vec<Backend> {
-    if cfg!(feature = "ort") { vec![Backend::Tract, Backend::Ort] } else { vec![Backend::Tract] }
+    let mut compiled = Vec::new();
+    if cfg!(feature = "tract") {
+        compiled.push(Backend::Tract);
+    }
+    if cfg!(feature = "ort") {
+        compiled.push(Backend::Ort);
+    }
+    compiled
 }
 
 /// Every backend, batched and length-bucketed, against Python onnxruntime run
