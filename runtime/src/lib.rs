@@ -20,7 +20,10 @@ pub use evaluation::{ClassMetrics, Metrics, evaluate};
 pub use heads::{Head, HeadKind, Prediction};
 pub use import::{Columns, ImportFormat, read_labelled, read_labelled_file};
 pub use model::{CatalogEntry, InputNames, ModelCatalog, ModelManifest, Pooling};
-pub use personalizer::{Personalizer, PersonalizerConfig, PredictionSource, SearchHit, TrainOutcome, VectorIndex};
+pub use personalizer::{
+    Personalizer, PersonalizerConfig, PredictionSource, SearchHit, TaskUpgrade, TrainOutcome, UpgradeOutcome,
+    VectorIndex,
+};
 pub use store::{
     AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, LabelCount,
     NewDocument, NewExample, NewFeedback, NewHead, Retention, Signal, Store, StoreOptions, StoredHead, TaskId,

@@ -90,7 +90,7 @@ fn simulate(
         })?;
         p.add_documents("docs", &documents)?;
         let texts: Vec<&str> = clinc.val.iter().map(|(t, _)| t.as_str()).collect();
-        let vectors = attune::Encoder::embed(p.encoder(), &texts)?;
+        let vectors = attune::Encoder::embed(&*p.encoder(), &texts)?;
         // A user's hidden taste: a reproducible random unit direction.
         let taste = crate::bench_search::unit_rows(1, vectors.dim(), user + 1);
         let affinity: Vec<f32> = vectors.rows().map(|d| d.iter().zip(&taste).map(|(a, b)| a * b).sum()).collect();

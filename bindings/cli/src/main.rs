@@ -9,6 +9,7 @@ mod data;
 mod demo;
 mod embed;
 mod model_dir;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,6 +106,13 @@ enum Command {
     Export { file: PathBuf },
     /// Counts for the task.
     Stats,
+    /// Move the database to a new model: re-embed every stored text with it
+    /// and retrain every task's head (resumable; the old model serves until done).
+    Upgrade {
+        /// The new model's directory.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// The task's head versions; --rollback makes an earlier one active.
     Heads {
         #[arg(long)]
@@ -170,6 +178,7 @@ fn main() -> ExitCode {
         Command::Forget(what) => data::forget(&cli, what),
         Command::Export { file } => data::export(&cli, file),
         Command::Stats => data::stats(&cli),
+        Command::Upgrade { to } => upgrade::run(&cli, to),
         Command::Heads { rollback } => data::heads(&cli, *rollback),
         Command::Demo => demo::run(&cli),
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),

@@ -193,3 +193,33 @@ fn the_demo_runs_on_the_default_model() {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn upgrade_moves_a_database_to_the_default_model() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/cache/all-minilm-l6-v2");
+    if !model.join("manifest.json").is_file() {
+        assert_ne!(std::env::var("ATTUNE_REQUIRE_DEFAULT_MODEL").as_deref(), Ok("1"), "run models/fetch");
+        eprintln!("skipping: default model not fetched");
+        return;
+    }
+    let (_dir, base) = session("upgrade");
+    for (label, text) in [("bills", "pay the water bill"), ("bills", "the card bill"), ("travel", "book a flight")] {
+        ok(run(&base, &["add", "--label", label, text]));
+    }
+    ok(run(&base, &["train"]));
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(run(&base, &["--json", "upgrade", "--to", model.to_str().unwrap()]))).unwrap();
+    assert_eq!(report["texts"], 3);
+    assert_eq!(report["embedded_now"], 3);
+    assert_ne!(report["from"], report["to"]);
+    assert_eq!(report["tasks"][0]["task"], "inbox");
+    // The database now answers with the new model and its trained head.
+    let mut upgraded: Vec<String> = base.clone();
+    upgraded[3] = model.to_string_lossy().into_owned();
+    let predicted: serde_json::Value =
+        serde_json::from_str(&ok(run(&upgraded, &["--json", "predict", "an airline ticket"]))).unwrap();
+    assert_eq!(predicted["source"], "TrainedHead", "{predicted}");
+    // The old model no longer fits the database's active head.
+    let old: serde_json::Value = serde_json::from_str(&ok(run(&base, &["--json", "predict", "x"]))).unwrap();
+    assert_ne!(old["source"], "TrainedHead", "{old}");
+}

@@ -167,6 +167,23 @@ impl Personalizer {
         observer.finish(result).map(attune::Embeddings::into_vecs)
     }
 
+    /// Moves the database to the model in `model_dir` (an app update that
+    /// ships a new backbone): re-embeds every stored text and retrains each
+    /// task's head while the current model keeps answering other threads,
+    /// then switches. Cancelled or interrupted, the next call resumes.
+    /// *Blocking* (minutes on large stores): run it in the background.
+    pub fn upgrade_model(
+        &self,
+        model_dir: String,
+        listener: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<UpgradeSummary, AttuneError> {
+        let observer = progress::Observer::new(listener, cancel);
+        let options = attune::EncoderOptions { backend: self.inner.encoder().backend(), ..Default::default() };
+        let result = self.inner.upgrade_model(Path::new(&model_dir), &options, &observer);
+        observer.finish(result).map(Into::into)
+    }
+
     /// Writes everything the database holds about the user as JSON to `path`
     /// (the user's right to a copy). *Blocking*.
     pub fn export_json(&self, path: String) -> Result<(), AttuneError> {

@@ -485,3 +485,38 @@ impl From<Feedback> for attune::NewFeedback {
         Self { query: f.query, document_key: f.document_key, signal, created_at: f.created_at_ms }
     }
 }
+
+/// What a model upgrade did.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct UpgradeSummary {
+    pub from_fingerprint: String,
+    pub to_fingerprint: String,
+    /// Stored texts that needed the new model's vectors, and how many of
+    /// them this call embedded (the rest an earlier, interrupted call did).
+    pub texts: u64,
+    pub embedded_now: u64,
+    /// Per task with examples: its new, now active, head.
+    pub retrained: Vec<TaskHead>,
+}
+
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct TaskHead {
+    pub task: String,
+    pub summary: TrainSummary,
+}
+
+impl From<attune::UpgradeOutcome> for UpgradeSummary {
+    fn from(o: attune::UpgradeOutcome) -> Self {
+        Self {
+            from_fingerprint: o.from_fingerprint,
+            to_fingerprint: o.to_fingerprint,
+            texts: o.texts,
+            embedded_now: o.embedded_now,
+            retrained: o
+                .tasks
+                .into_iter()
+                .filter_map(|t| t.trained.map(|trained| TaskHead { task: t.task, summary: trained.into() }))
+                .collect(),
+        }
+    }
+}

@@ -7,12 +7,14 @@
 
 mod ranker;
 mod search;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 pub use search::{SearchHit, VectorIndex};
+pub use upgrade::{TaskUpgrade, UpgradeOutcome};
 
 use crate::encoder::{Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT};
 use crate::error::{Error, Result};
@@ -57,7 +59,8 @@ pub enum PredictionSource {
 /// On-device personalization for one app: `Send + Sync`, share it in an `Arc`.
 pub struct Personalizer {
     store: Store,
-    encoder: Arc<OnnxEncoder>,
+    /// Swapped as a whole by a model upgrade; every call works with one snapshot.
+    encoder: RwLock<Arc<OnnxEncoder>>,
     /// Decoded active heads per task, dropped whenever the task's data or
     /// heads change.
     heads: Mutex<HashMap<String, Arc<(Head, PredictionSource)>>>,
@@ -70,7 +73,7 @@ impl std::fmt::Debug for Personalizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Personalizer")
             .field("store", &self.store)
-            .field("encoder", &self.encoder)
+            .field("encoder", &self.encoder())
             .finish_non_exhaustive()
     }
 }
@@ -83,7 +86,7 @@ impl Personalizer {
         let store = Store::open(&config.database, &options)?;
         Ok(Self {
             store,
-            encoder,
+            encoder: RwLock::new(encoder),
             heads: Mutex::new(HashMap::new()),
             search: search::Indexes::default(),
             preferences: Mutex::new(HashMap::new()),
@@ -95,8 +98,9 @@ impl Personalizer {
         &self.store
     }
 
-    pub fn encoder(&self) -> &OnnxEncoder {
-        &self.encoder
+    /// The model in use now (a model upgrade may replace it).
+    pub fn encoder(&self) -> Arc<OnnxEncoder> {
+        Arc::clone(&self.encoder.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Adds labelled examples to `task` (created if needed) and embeds them.
@@ -162,7 +166,7 @@ impl Personalizer {
     /// Sentence vectors for `texts`, for a model of the app's own (feature
     /// extraction). Nothing is stored. Blocking.
     pub fn embed(&self, texts: &[&str], listener: &dyn EncodeListener) -> Result<Embeddings> {
-        self.encoder.embed_with(texts, listener)
+        self.encoder().embed_with(texts, listener)
     }
 
     pub fn labels(&self, task: &str) -> Result<Vec<LabelCount>> {
@@ -183,8 +187,9 @@ impl Personalizer {
     /// Blocks for up to seconds: call it off the main thread.
     pub fn train(&self, task: &str, options: &TrainOptions, listener: &dyn TrainListener) -> Result<TrainOutcome> {
         let id = self.store.task_id(task)?;
-        let data = self.training_data(id)?;
-        let active = self.stored_active_head(id)?;
+        let encoder = self.encoder();
+        let data = self.training_data(id, &encoder)?;
+        let active = self.stored_active_head(id, &encoder)?;
         let mut options = options.clone();
         if let Some(privacy) = options.privacy.as_mut() {
             privacy.previous = self
@@ -198,7 +203,7 @@ impl Personalizer {
                 })
                 .collect();
         }
-        let set = data.set(self.encoder.fingerprint());
+        let set = data.set(encoder.fingerprint());
         let (head, report) = train(&set, active.as_ref(), &options, listener)?;
         let promotion = decide_promotion(&report, active.as_ref(), &set)?;
         let to_json = |e: serde_json::Error| Error::Storage(format!("training report: {e}"));
@@ -227,9 +232,10 @@ impl Personalizer {
 
     /// Top-`k` labels with calibrated probabilities and an abstain flag, per text.
     pub fn predict(&self, task: &str, texts: &[&str], top_k: usize) -> Result<(Vec<Prediction>, PredictionSource)> {
-        let head = self.current_head(task)?;
-        let features = self.transient_features(texts)?;
-        let dim = self.encoder.dim();
+        let encoder = self.encoder();
+        let head = self.current_head(task, &encoder)?;
+        let features = self.lookup_features(&encoder, texts, false)?;
+        let dim = encoder.dim();
         let predictions = features.chunks_exact(dim).map(|row| head.0.predict(row, top_k)).collect::<Result<_>>()?;
         Ok((predictions, head.1))
     }
@@ -240,9 +246,10 @@ impl Personalizer {
         if examples.is_empty() {
             return Err(Error::InvalidInput("nothing to evaluate".into()));
         }
-        let head = self.current_head(task)?;
+        let encoder = self.encoder();
+        let head = self.current_head(task, &encoder)?;
         let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
-        let probabilities = head.0.probabilities(&self.transient_features(&texts)?)?;
+        let probabilities = head.0.probabilities(&self.lookup_features(&encoder, &texts, false)?)?;
         let truth: Vec<usize> = examples
             .iter()
             .map(|(_, label)| head.0.labels().iter().position(|l| l == label).unwrap_or(usize::MAX))
@@ -259,7 +266,7 @@ impl Personalizer {
             _ => false,
         };
         let outcome = self.store.forget(task, what)?;
-        self.heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.heads.lock().unwrap_or_else(PoisonError::into_inner).clear();
         self.search.clear();
         self.lock_preferences().clear();
         if let (true, Some(name)) = (had_active, task) {
@@ -311,17 +318,19 @@ impl Personalizer {
     /// task's documents, re-ranked by the preference learned from the user's
     /// feedback (with no feedback, plain semantic order).
     pub fn search(&self, task: &str, query: &str, k: usize) -> Result<Vec<SearchHit>> {
-        let index = self.search.get_or_build(task, || self.build_index(task))?;
-        let query = self.transient_features(&[query])?;
-        let preference = self.preference(task, &index)?;
+        let encoder = self.encoder();
+        let index = self.search.get_or_build(task, || self.build_index(task, &encoder))?;
+        let query = self.lookup_features(&encoder, &[query], false)?;
+        let preference = self.preference(task, &index, &encoder)?;
         Ok(index.top_k(Some(&query), &preference.u, k))
     }
 
     /// The `k` documents the user most likely wants, from feedback alone
     /// (without feedback: the oldest documents, in order).
     pub fn recommend(&self, task: &str, k: usize) -> Result<Vec<SearchHit>> {
-        let index = self.search.get_or_build(task, || self.build_index(task))?;
-        let preference = self.preference(task, &index)?;
+        let encoder = self.encoder();
+        let index = self.search.get_or_build(task, || self.build_index(task, &encoder))?;
+        let preference = self.preference(task, &index, &encoder)?;
         Ok(index.top_k(None, &preference.u, k))
     }
 
@@ -332,7 +341,7 @@ impl Personalizer {
         Ok(id)
     }
 
-    fn preference(&self, task: &str, index: &search::Index) -> Result<Arc<ranker::Preference>> {
+    fn preference(&self, task: &str, index: &search::Index, encoder: &OnnxEncoder) -> Result<Arc<ranker::Preference>> {
         if let Some(preference) = self.lock_preferences().get(task) {
             return Ok(Arc::clone(preference));
         }
@@ -341,10 +350,10 @@ impl Personalizer {
         let query_vectors: HashMap<&str, Vec<f32>> = if queries.is_empty() {
             HashMap::new()
         } else {
-            let vectors = self.features(&queries)?;
-            queries.iter().copied().zip(vectors.chunks_exact(self.encoder.dim()).map(<[f32]>::to_vec)).collect()
+            let vectors = self.lookup_features(encoder, &queries, true)?;
+            queries.iter().copied().zip(vectors.chunks_exact(encoder.dim()).map(<[f32]>::to_vec)).collect()
         };
-        let preference = Arc::new(ranker::fit(&events, self.encoder.dim(), &|key| index.vector(key), &|text| {
+        let preference = Arc::new(ranker::fit(&events, encoder.dim(), &|key| index.vector(key), &|text| {
             query_vectors.get(text).cloned()
         }));
         self.lock_preferences().insert(task.to_string(), Arc::clone(&preference));
@@ -352,36 +361,34 @@ impl Personalizer {
     }
 
     fn lock_preferences(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ranker::Preference>>> {
-        self.preferences.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.preferences.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn build_index(&self, task: &str) -> Result<search::Index> {
+    fn build_index(&self, task: &str, encoder: &OnnxEncoder) -> Result<search::Index> {
         let documents = self.store.documents(self.store.task_id(task)?)?;
         let texts: Vec<&str> = documents.iter().map(|d| d.text.as_str()).collect();
-        let vectors = if texts.is_empty() { Vec::new() } else { self.features(&texts)? };
-        Ok(search::Index::new(documents, vectors, self.encoder.dim()))
+        let vectors = if texts.is_empty() { Vec::new() } else { self.lookup_features(encoder, &texts, true)? };
+        Ok(search::Index::new(documents, vectors, encoder.dim()))
     }
 
-    /// Vectors for `texts` (`texts.len() × dim`), from the cache or embedded
-    /// now and cached: for texts a stored row holds (examples, documents,
-    /// descriptions, feedback queries), which forgetting the row removes.
+    /// Vectors for `texts` (`texts.len() × dim`) from the current model,
+    /// from the cache or embedded now and cached.
     fn features(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        self.lookup_features(texts, true)
+        self.lookup_features(&self.encoder(), texts, true)
     }
 
-    /// Like [`Self::features`] but nothing new is stored: texts the app only
-    /// asks about (predictions, search queries) leave no trace on disk.
-    fn transient_features(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        self.lookup_features(texts, false)
-    }
-
-    fn lookup_features(&self, texts: &[&str], keep: bool) -> Result<Vec<f32>> {
-        let fingerprint = self.encoder.fingerprint();
+    /// `encoder`'s vectors for `texts`, from the cache or embedded now. Only
+    /// texts a stored row holds (examples, documents, descriptions, feedback
+    /// queries) are cached (`keep`), so forgetting the row removes them;
+    /// texts the app only asks about (predictions, search queries) leave no
+    /// trace on disk.
+    fn lookup_features(&self, encoder: &OnnxEncoder, texts: &[&str], keep: bool) -> Result<Vec<f32>> {
+        let fingerprint = encoder.fingerprint();
         let cached = self.store.cached_features(fingerprint, texts)?;
         let missing: Vec<&str> = texts.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(t, _)| *t).collect();
         let mut fresh: HashMap<&str, Vec<f32>> = HashMap::new();
         if !missing.is_empty() {
-            let embedded = self.encoder.embed(&missing)?;
+            let embedded = encoder.embed(&missing)?;
             let entries: Vec<(&str, &[f32])> = missing.iter().copied().zip(embedded.rows()).collect();
             if keep {
                 self.store.cache_features(fingerprint, &entries, VectorEncoding::F32)?;
@@ -391,14 +398,14 @@ impl Personalizer {
         Ok(texts.iter().zip(cached).flat_map(|(text, hit)| hit.unwrap_or_else(|| fresh[text].clone())).collect())
     }
 
-    fn training_data(&self, task: TaskId) -> Result<TrainingData> {
+    fn training_data(&self, task: TaskId, encoder: &OnnxEncoder) -> Result<TrainingData> {
         let examples = self.store.examples(task)?;
         let descriptions = self.store.label_descriptions(task)?;
         let mut labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
         labels.sort();
         labels.dedup();
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-        let features = if texts.is_empty() { Vec::new() } else { self.features(&texts)? };
+        let features = if texts.is_empty() { Vec::new() } else { self.lookup_features(encoder, &texts, true)? };
         let described: Vec<(usize, &str)> = labels
             .iter()
             .enumerate()
@@ -407,8 +414,8 @@ impl Personalizer {
         let mut priors = vec![None; labels.len()];
         if !described.is_empty() {
             let texts: Vec<&str> = described.iter().map(|(_, t)| *t).collect();
-            let vectors = self.features(&texts)?;
-            for ((i, _), row) in described.iter().zip(vectors.chunks_exact(self.encoder.dim())) {
+            let vectors = self.lookup_features(encoder, &texts, true)?;
+            for ((i, _), row) in described.iter().zip(vectors.chunks_exact(encoder.dim())) {
                 priors[*i] = Some(row.to_vec());
             }
         }
@@ -419,45 +426,44 @@ impl Personalizer {
             features,
             labels,
             priors,
-            dim: self.encoder.dim(),
+            dim: encoder.dim(),
         })
     }
 
-    fn stored_active_head(&self, task: TaskId) -> Result<Option<Head>> {
+    fn stored_active_head(&self, task: TaskId, encoder: &OnnxEncoder) -> Result<Option<Head>> {
         match self.store.active_head(task)? {
             // A head for another backbone (after a model upgrade) cannot be
             // used on this model's features: it is ignored until retrained.
-            Some(stored) if stored.info.fingerprint == self.encoder.fingerprint() => {
-                Ok(Some(Head::from_bytes(&stored.weights, self.encoder.fingerprint())?))
+            Some(stored) if stored.info.fingerprint == encoder.fingerprint() => {
+                Ok(Some(Head::from_bytes(&stored.weights, encoder.fingerprint())?))
             }
             _ => Ok(None),
         }
     }
 
-    /// The head predictions come from now, following the task's lifecycle.
-    fn current_head(&self, task: &str) -> Result<Arc<(Head, PredictionSource)>> {
-        if let Some(head) = self.heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(task) {
+    /// The head predictions come from now, following the task's lifecycle,
+    /// for `encoder`'s features.
+    fn current_head(&self, task: &str, encoder: &OnnxEncoder) -> Result<Arc<(Head, PredictionSource)>> {
+        if let Some(head) = self.heads.lock().unwrap_or_else(PoisonError::into_inner).get(task)
+            && head.0.fingerprint() == encoder.fingerprint()
+        {
             return Ok(Arc::clone(head));
         }
         let id = self.store.task_id(task)?;
-        let head = match self.stored_active_head(id)? {
+        let head = match self.stored_active_head(id, encoder)? {
             Some(head) => (head, PredictionSource::TrainedHead),
-            None => self.untrained_head(task, id)?,
+            None => self.untrained_head(task, id, encoder)?,
         };
         let head = Arc::new(head);
-        self.heads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(task.to_string(), Arc::clone(&head));
+        self.heads.lock().unwrap_or_else(PoisonError::into_inner).insert(task.to_string(), Arc::clone(&head));
         Ok(head)
     }
 
-    fn untrained_head(&self, task: &str, id: TaskId) -> Result<(Head, PredictionSource)> {
-        let data = self.training_data(id)?;
+    fn untrained_head(&self, task: &str, id: TaskId, encoder: &OnnxEncoder) -> Result<(Head, PredictionSource)> {
+        let data = self.training_data(id, encoder)?;
         if !data.labels.is_empty() {
             let options = TrainOptions { head: HeadChoice::Only(HeadKind::Prototype), ..TrainOptions::default() };
-            let (head, _) =
-                train(&data.set(self.encoder.fingerprint()), None, &options, &crate::training::QuietTraining)?;
+            let (head, _) = train(&data.set(encoder.fingerprint()), None, &options, &crate::training::QuietTraining)?;
             return Ok((head, PredictionSource::Prototypes));
         }
         let descriptions = self.store.label_descriptions(id)?;
@@ -465,16 +471,13 @@ impl Personalizer {
             return Err(Error::NotTrained(task.to_string()));
         }
         let texts: Vec<&str> = descriptions.iter().map(|(_, d)| d.as_str()).collect();
-        let vectors = self.features(&texts)?;
+        let vectors = self.lookup_features(encoder, &texts, true)?;
         let names = descriptions.into_iter().map(|(label, _)| label).collect();
-        Ok((
-            zero_shot_head(self.encoder.fingerprint(), names, &vectors, self.encoder.dim())?,
-            PredictionSource::ZeroShot,
-        ))
+        Ok((zero_shot_head(encoder.fingerprint(), names, &vectors, encoder.dim())?, PredictionSource::ZeroShot))
     }
 
     fn invalidate(&self, task: &str) {
-        self.heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(task);
+        self.heads.lock().unwrap_or_else(PoisonError::into_inner).remove(task);
     }
 }
 

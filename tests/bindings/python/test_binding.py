@@ -244,3 +244,19 @@ def test_many_python_threads_at_once(tmp_path, model_dir):
         t.join()
     assert errors == []
     assert p.stats("intents").examples == 18 + len(added) == 38
+
+
+def test_model_upgrade_from_the_tiny_to_the_default_model(tmp_path, model_dir, tiny_model_dir):
+    p = open_personalizer(tmp_path / "up.db", tiny_model_dir)
+    p.add_examples("intents", labelled())
+    p.train("intents", attune.TrainSettings(), None, None)
+    old = p.model_fingerprint()
+    progress = Recorder()
+    summary = p.upgrade_model(model_dir, progress, None)
+    assert (summary.from_fingerprint, summary.to_fingerprint) == (old, p.model_fingerprint())
+    assert summary.texts == summary.embedded_now == 18
+    assert [e.done for e in progress.events][-1] == 18 and progress.finished == [True]
+    assert [t.task for t in summary.retrained] == ["intents"]
+    assert p.dimension() == 384
+    top = p.predict("intents", ["is it sunny tomorrow"], 1)[0]
+    assert top.source == attune.PredictionSource.TRAINED_HEAD and top.labels[0].label == "weather"

@@ -1,0 +1,152 @@
+//! Model upgrades: when the app ships a new backbone, every stored text is
+//! embedded again with it and every task's head retrained on the new
+//! vectors, while the current model and heads keep serving; then the new
+//! model and heads take over at once and the old model's vectors are dropped.
+
+use std::path::Path;
+use std::sync::{Arc, PoisonError};
+
+use super::{Personalizer, TrainOutcome};
+use crate::encoder::{EncodeListener, Encoder, EncoderOptions, OnnxEncoder};
+use crate::error::{Error, Result};
+use crate::store::{NewHead, TaskId};
+use crate::training::{QuietTraining, TrainOptions, decide_promotion, train};
+
+/// Texts embedded per step: progress and cancellation happen between steps,
+/// and every step's vectors are committed, so an interrupted upgrade resumes
+/// where it stopped.
+const STEP: usize = 256;
+
+/// What a model upgrade did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpgradeOutcome {
+    pub from_fingerprint: String,
+    pub to_fingerprint: String,
+    /// Distinct stored texts that need the new model's vectors.
+    pub texts: u64,
+    /// Of those, embedded by this call (the rest were done by an earlier,
+    /// interrupted call).
+    pub embedded_now: u64,
+    pub tasks: Vec<TaskUpgrade>,
+    /// Cached vectors of other models, dropped at the end.
+    pub old_vectors_dropped: u64,
+}
+
+/// One task's new head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskUpgrade {
+    pub task: String,
+    /// `None` for a task without examples (it keeps working zero-shot).
+    pub trained: Option<TrainOutcome>,
+}
+
+impl Personalizer {
+    /// Moves everything to the model in `model_dir`: embeds every stored
+    /// text (examples, documents, label descriptions, feedback queries) with
+    /// it, trains each task's head on the new vectors, then switches the
+    /// model and activates the new heads in one step. Until that step the
+    /// current model and heads keep answering `predict` and `search` from
+    /// other threads. Progress is reported over the texts to embed;
+    /// cancelling (or a crash) keeps what was embedded, and the next call
+    /// resumes. Also finishes the job after the app opened the Personalizer
+    /// directly with a new model (`model_dir` is then the current one).
+    /// Blocking, for minutes on large stores: run it in the background.
+    pub fn upgrade_model(
+        &self,
+        model_dir: &Path,
+        options: &EncoderOptions,
+        listener: &dyn EncodeListener,
+    ) -> Result<UpgradeOutcome> {
+        let current = self.encoder();
+        let target = match OnnxEncoder::load(model_dir, options)? {
+            loaded if loaded.fingerprint() == current.fingerprint() => Arc::clone(&current),
+            loaded => Arc::new(loaded),
+        };
+        let texts = self.stored_texts()?;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let before = self.store.cached_features(target.fingerprint(), &refs)?.iter().filter(|v| v.is_some()).count();
+        for (step, chunk) in refs.chunks(STEP).enumerate() {
+            if listener.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            self.lookup_features(&target, chunk, true)?;
+            listener.on_progress((step * STEP + chunk.len()).min(refs.len()), refs.len());
+        }
+
+        // Heads are trained and stored inactive first, so the current ones
+        // keep serving; then activated together with the switch.
+        let mut tasks = Vec::new();
+        let mut activate: Vec<(TaskId, u32)> = Vec::new();
+        for info in self.store.tasks()? {
+            let id = self.store.task_id(&info.name)?;
+            if listener.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let trained = if info.examples == 0 {
+                None
+            } else {
+                let outcome = self.train_inactive(id, &target)?;
+                activate.push((id, outcome.version));
+                Some(outcome)
+            };
+            tasks.push(TaskUpgrade { task: info.name, trained });
+        }
+        {
+            let mut encoder = self.encoder.write().unwrap_or_else(PoisonError::into_inner);
+            for (id, version) in activate {
+                self.store.activate_head(id, version)?;
+            }
+            *encoder = Arc::clone(&target);
+            self.heads.lock().unwrap_or_else(PoisonError::into_inner).clear();
+            self.search.clear();
+            self.lock_preferences().clear();
+        }
+        let old_vectors_dropped = self.store.drop_features_except(target.fingerprint())?;
+        Ok(UpgradeOutcome {
+            from_fingerprint: current.fingerprint().to_string(),
+            to_fingerprint: target.fingerprint().to_string(),
+            texts: refs.len() as u64,
+            embedded_now: (refs.len() - before) as u64,
+            tasks,
+            old_vectors_dropped,
+        })
+    }
+
+    /// Trains a head on `encoder`'s vectors and stores it without activating it.
+    fn train_inactive(&self, id: TaskId, encoder: &OnnxEncoder) -> Result<TrainOutcome> {
+        let data = self.training_data(id, encoder)?;
+        let set = data.set(encoder.fingerprint());
+        let (head, report) = train(&set, None, &TrainOptions::default(), &QuietTraining)?;
+        // Nothing to compare with on the new model's vectors: the decision
+        // records the new head's validation accuracy.
+        let promotion = decide_promotion(&report, None, &set)?;
+        let to_json = |e: serde_json::Error| Error::Storage(format!("training report: {e}"));
+        let stored = NewHead {
+            kind: head.kind().name().to_string(),
+            format_version: crate::heads::Head::format_version(),
+            fingerprint: head.fingerprint().to_string(),
+            labels: head.labels().to_vec(),
+            weights: head.to_bytes(),
+            report: serde_json::to_string(&report).map_err(to_json)?,
+            metrics: serde_json::to_string(&report.validation).map_err(to_json)?,
+            trained_through_example: data.trained_through,
+        };
+        let version = self.store.save_head(id, &stored, false)?;
+        Ok(TrainOutcome { report, promotion, version })
+    }
+
+    /// Every distinct text a stored row holds, in a stable order.
+    fn stored_texts(&self) -> Result<Vec<String>> {
+        let mut texts = Vec::new();
+        for info in self.store.tasks()? {
+            let id = self.store.task_id(&info.name)?;
+            texts.extend(self.store.examples(id)?.into_iter().map(|e| e.text));
+            texts.extend(self.store.documents(id)?.into_iter().map(|d| d.text));
+            texts.extend(self.store.label_descriptions(id)?.into_iter().map(|(_, d)| d));
+            texts.extend(self.store.feedback(id)?.into_iter().filter_map(|f| f.query));
+        }
+        texts.sort();
+        texts.dedup();
+        Ok(texts)
+    }
+}
