@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use attune::{
     EncodeListener, Encoder, EncoderOptions, Error, NewDocument, NewExample, NewFeedback, Personalizer,
-    PersonalizerConfig, PredictionSource, QuietTraining, Signal, TrainOptions,
+    PersonalizerConfig, PredictionSource, PrivacyOptions, QuietTraining, Signal, TrainOptions,
 };
 
 const LABELS: [(&str, &str); 3] =
@@ -66,6 +66,9 @@ fn upgrade_to_a_new_model_while_predictions_keep_running() {
     p.record_feedback("docs", &feedback).unwrap();
     let first = p.train("intents", &TrainOptions::default(), &QuietTraining).unwrap();
     assert!(first.promotion.promote);
+    p.add_examples("private", &examples[..90]).unwrap();
+    let private = TrainOptions { privacy: Some(PrivacyOptions::with_budget(8.0)), ..TrainOptions::default() };
+    p.train("private", &private, &QuietTraining).unwrap();
 
     // Predictions from another thread for as long as the upgrade runs.
     let running = Arc::new(AtomicBool::new(true));
@@ -101,7 +104,7 @@ fn upgrade_to_a_new_model_while_predictions_keep_running() {
     assert_eq!(*errors.lock().unwrap(), Vec::<String>::new(), "predictions failed or fell back during the upgrade");
     assert!(answers.load(Ordering::SeqCst) > 0);
 
-    // 600 examples + 1 description + 1 document + 1 query.
+    // 600 examples (the private task's are among them) + 1 description + 1 document + 1 query.
     assert_eq!(outcome.texts, 603);
     assert_eq!(outcome.embedded_now, 603 - 256, "the second call resumed after the first step");
     assert_eq!(progress.0.lock().unwrap().last(), Some(&(603, 603)));
@@ -121,6 +124,8 @@ fn upgrade_to_a_new_model_while_predictions_keep_running() {
     assert_eq!(active.fingerprint, p.encoder().fingerprint());
     assert!(heads.iter().any(|h| h.fingerprint == old && !h.active), "the old head is kept, inactive");
     assert!(outcome.tasks.iter().find(|t| t.task == "docs").unwrap().trained.is_none());
+    let private = outcome.tasks.iter().find(|t| t.task == "private").unwrap();
+    assert!(private.trained.is_none() && private.skipped.as_deref().unwrap().contains("differential privacy"));
 
     let (predictions, source) =
         p.predict("intents", &["play the song number 1234", "set an alarm for hour 9"], 1).unwrap();

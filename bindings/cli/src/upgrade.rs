@@ -35,6 +35,7 @@ pub fn run(cli: &Cli, to: &Path) -> Result<(), Error> {
                 "head": trained.map(|o| o.report.head.clone()),
                 "version": trained.map(|o| o.version),
                 "validation_accuracy": trained.and_then(|o| o.report.validation.as_ref().map(|v| v.accuracy)),
+                "skipped": t.skipped,
             })
         })
         .collect();
@@ -66,7 +67,7 @@ pub fn run(cli: &Cli, to: &Path) -> Result<(), Error> {
                     .map(|v| format!(", validation accuracy {:.3}", v.accuracy))
                     .unwrap_or_default()
             ),
-            None => println!("  {}: no examples, nothing to train", task.task),
+            None => println!("  {}: not retrained: {}", task.task, task.skipped.as_deref().unwrap_or_default()),
         }
     }
     println!("now use --model {} for this database", to.display());

@@ -36,8 +36,9 @@ pub struct UpgradeOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskUpgrade {
     pub task: String,
-    /// `None` for a task without examples (it keeps working zero-shot).
+    /// The new head; `None` when `skipped` says why.
     pub trained: Option<TrainOutcome>,
+    pub skipped: Option<String>,
 }
 
 impl Personalizer {
@@ -82,14 +83,24 @@ impl Personalizer {
             if listener.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            let trained = if info.examples == 0 {
-                None
+            let skipped = if info.examples == 0 {
+                Some("no examples: it keeps working from label descriptions".to_string())
+            } else if !self.store.private_runs(id)?.is_empty() {
+                // Retraining without privacy would undo the app's choice, and
+                // only the app knows the budget: it retrains this task itself.
+                Some("trained with differential privacy: retrain it with the app's privacy budget".to_string())
             } else {
-                let outcome = self.train_inactive(id, &target)?;
-                activate.push((id, outcome.version));
-                Some(outcome)
+                None
             };
-            tasks.push(TaskUpgrade { task: info.name, trained });
+            let trained = match skipped {
+                Some(_) => None,
+                None => {
+                    let outcome = self.train_inactive(id, &target)?;
+                    activate.push((id, outcome.version));
+                    Some(outcome)
+                }
+            };
+            tasks.push(TaskUpgrade { task: info.name, trained, skipped });
         }
         {
             let mut encoder = self.encoder.write().unwrap_or_else(PoisonError::into_inner);
