@@ -9,6 +9,8 @@ mod data;
 mod demo;
 mod embed;
 mod model_dir;
+mod report;
+mod svg;
 mod upgrade;
 
 use std::path::PathBuf;
@@ -106,6 +108,13 @@ enum Command {
     Export { file: PathBuf },
     /// Counts for the task.
     Stats,
+    /// An HTML page per task with charts: learning curve, confusion matrix,
+    /// reliability diagram, per-label metrics, data volume, head history.
+    Report {
+        /// Directory for the pages (default: ./attune-report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Move the database to a new model: re-embed every stored text with it
     /// and retrain every task's head (resumable; the old model serves until done).
     Upgrade {
@@ -179,6 +188,7 @@ fn main() -> ExitCode {
         Command::Export { file } => data::export(&cli, file),
         Command::Stats => data::stats(&cli),
         Command::Upgrade { to } => upgrade::run(&cli, to),
+        Command::Report { out } => report::run(&cli, out.as_deref()),
         Command::Heads { rollback } => data::heads(&cli, *rollback),
         Command::Demo => demo::run(&cli),
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),

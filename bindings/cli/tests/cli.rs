@@ -223,3 +223,35 @@ fn upgrade_moves_a_database_to_the_default_model() {
     let old: serde_json::Value = serde_json::from_str(&ok(run(&base, &["--json", "predict", "x"]))).unwrap();
     assert_ne!(old["source"], "TrainedHead", "{old}");
 }
+
+#[test]
+fn report_writes_an_html_page_per_task_with_charts() {
+    let (dir, base) = session("report");
+    let rows: String = (0..24)
+        .map(|i| {
+            format!(
+                "message {i} about {} things,{}\n",
+                ["bills", "travel", "family"][i % 3],
+                ["bills", "travel", "family"][i % 3]
+            )
+        })
+        .collect();
+    let csv = dir.join("examples.csv");
+    std::fs::write(&csv, format!("text,label\n{rows}")).unwrap();
+    ok(run(&base, &["import", csv.to_str().unwrap()]));
+    ok(run(&base, &["describe", "bills", "paying bills and money"]));
+    ok(run(&base, &["train"]));
+    let out = dir.join("report");
+    ok(run(&base, &["report", "--out", out.to_str().unwrap()]));
+    let index = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(index.contains("task-inbox.html"), "{index}");
+    let page = std::fs::read_to_string(out.join("task-inbox.html")).unwrap();
+    for part in ["Learning curve", "0 (descriptions)", "Confusion matrix", "Reliability diagram", "Per label", "Heads"]
+    {
+        assert!(page.contains(part), "missing {part:?}");
+    }
+    // 8 examples per label, every fourth held out: 2 per label, 6 in all.
+    assert!(page.contains("(6 examples)"), "{page}");
+    assert_eq!(page.matches("<svg").count(), 4);
+    assert_eq!(page.matches("<svg").count(), page.matches("</svg>").count());
+}
