@@ -33,6 +33,8 @@ pub struct VectorIndex {
 /// Below this many rows a scan is faster on one thread than split.
 const PARALLEL_SCAN_ROWS: usize = 20_000;
 const MAX_SCAN_THREADS: usize = 4;
+/// Semantic results the learned preference may reorder.
+const RERANK_POOL: usize = 50;
 
 impl VectorIndex {
     /// `vectors` is `n × dim`, row-major.
@@ -119,12 +121,22 @@ impl Index {
     /// absent). Both terms are linear in `d`, so this is one pass with the
     /// query `q + u`.
     pub fn top_k(&self, query: Option<&[f32]>, preference: &[f32], k: usize) -> Vec<SearchHit> {
-        let effective: Vec<f32> = match query {
-            Some(q) => q.iter().zip(preference).map(|(a, b)| a + b).collect(),
-            None => preference.to_vec(),
+        let ranked = match query {
+            // The preference re-ranks the semantic shortlist only: it was
+            // learned among results shown for queries, so it may reorder
+            // what is relevant but must not pull in what is not.
+            Some(q) => {
+                let pool = k.max(RERANK_POOL);
+                let mut shortlist = self.vectors.top_k(q, pool);
+                for (row, score) in &mut shortlist {
+                    *score += dot(self.vectors.row(*row), preference);
+                }
+                rank(&mut shortlist, k);
+                shortlist
+            }
+            None => self.vectors.top_k(preference, k),
         };
-        self.vectors
-            .top_k(&effective, k)
+        ranked
             .into_iter()
             .map(|(i, score)| {
                 let d = &self.documents[i];
