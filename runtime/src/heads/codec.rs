@@ -112,6 +112,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head> {
     let params = match kind {
         0 => {
             let scale = reader.f32()?;
+            // Found by fuzzing: a NaN scale made every probability NaN.
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(invalid("the prototype scale is not a positive number"));
+            }
             Params::Prototype { scale, centroids: reader.matrix(classes, dim)? }
         }
         1 => Params::Linear { weights: reader.matrix(classes, dim)?, bias: reader.vector(classes)? },
@@ -242,6 +246,19 @@ mod tests {
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert!(decode(&trailing).is_err());
+    }
+
+    #[test]
+    fn a_prototype_scale_that_is_not_a_positive_number_is_refused() {
+        let bytes = encode(&sample(0));
+        // The scale is the last four bytes before the centroids (3 × 4 f32).
+        let at = bytes.len() - 3 * 4 * 4 - 4;
+        assert_eq!(bytes[at..at + 4], 12.0f32.to_le_bytes());
+        for bad in [f32::NAN, f32::INFINITY, 0.0, -1.0] {
+            let mut damaged = bytes.clone();
+            damaged[at..at + 4].copy_from_slice(&bad.to_le_bytes());
+            assert!(matches!(decode(&damaged), Err(Error::InvalidHead(_))), "scale {bad}");
+        }
     }
 
     #[test]
