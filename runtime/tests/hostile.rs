@@ -77,3 +77,11 @@ fn encoder_texts() {
         assert!(embeddings.as_slice().iter().all(|x| x.is_finite()), "{}", path.display());
     }
 }
+
+#[test]
+fn features_that_overflow_a_heads_scores_are_refused_not_nan() {
+    let head = attune::zero_shot_head("fp", vec!["a".into(), "b".into()], &[1.0, 0.0, 0.0, 1.0], 2).unwrap();
+    assert!(head.probabilities(&[0.6, 0.8]).unwrap().iter().all(|p| p.is_finite()));
+    let error = head.probabilities(&[3e38, -3e38]).unwrap_err();
+    assert!(matches!(error, Error::InvalidInput(_)), "{error}");
+}

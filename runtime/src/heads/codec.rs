@@ -22,6 +22,11 @@ const MAGIC: &[u8; 4] = b"ATHD";
 pub(crate) const FORMAT_VERSION: u32 = 1;
 const MAX_LABELS: usize = 100_000;
 const MAX_DIM: usize = 16_384;
+/// Trained weights stay far below this; larger ones (found by fuzzing) make
+/// scores overflow to infinity and probabilities NaN.
+const MAX_MAGNITUDE: f32 = 1e6;
+/// Calibration fits temperatures in [0.05, 20].
+const TEMPERATURES: std::ops::RangeInclusive<f32> = 1e-3..=1e3;
 
 pub(crate) fn encode(head: &Head) -> Vec<u8> {
     let mut out = Vec::new();
@@ -96,8 +101,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head> {
     let temperature = reader.f32()?;
     let abstain_below = reader.f32()?;
     let novelty_below = reader.f32()?;
-    if !(temperature.is_finite()
-        && temperature > 0.0
+    if !(TEMPERATURES.contains(&temperature)
         && (0.0..=1.0).contains(&abstain_below)
         && (-1.0..=1.0).contains(&novelty_below))
     {
@@ -113,7 +117,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head> {
         0 => {
             let scale = reader.f32()?;
             // Found by fuzzing: a NaN scale made every probability NaN.
-            if !(scale.is_finite() && scale > 0.0) {
+            if !(scale > 0.0 && scale <= MAX_MAGNITUDE) {
                 return Err(invalid("the prototype scale is not a positive number"));
             }
             Params::Prototype { scale, centroids: reader.matrix(classes, dim)? }
@@ -179,8 +183,8 @@ impl<'a> Reader<'a> {
     fn floats(&mut self, n: usize) -> Result<Vec<f32>> {
         let bytes = self.take(n.checked_mul(4).ok_or_else(|| invalid("size overflow"))?)?;
         let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(invalid("a weight is NaN or infinite"));
+        if values.iter().any(|v| !(v.is_finite() && v.abs() <= MAX_MAGNITUDE)) {
+            return Err(invalid("a weight is NaN, infinite or beyond ±1e6"));
         }
         Ok(values)
     }
@@ -254,11 +258,23 @@ mod tests {
         // The scale is the last four bytes before the centroids (3 × 4 f32).
         let at = bytes.len() - 3 * 4 * 4 - 4;
         assert_eq!(bytes[at..at + 4], 12.0f32.to_le_bytes());
-        for bad in [f32::NAN, f32::INFINITY, 0.0, -1.0] {
+        for bad in [f32::NAN, f32::INFINITY, 0.0, -1.0, 1e30] {
             let mut damaged = bytes.clone();
             damaged[at..at + 4].copy_from_slice(&bad.to_le_bytes());
             assert!(matches!(decode(&damaged), Err(Error::InvalidHead(_))), "scale {bad}");
         }
+    }
+
+    #[test]
+    fn weights_and_temperatures_that_would_overflow_are_refused() {
+        let mut head = sample(1);
+        if let Params::Linear { weights, .. } = &mut head.params {
+            weights[(0, 0)] = 3e38;
+        }
+        assert!(matches!(decode(&encode(&head)), Err(Error::InvalidHead(reason)) if reason.contains("1e6")));
+        let mut head = sample(1);
+        head.temperature = 1e-30;
+        assert!(matches!(decode(&encode(&head)), Err(Error::InvalidHead(_))));
     }
 
     #[test]

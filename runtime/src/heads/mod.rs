@@ -142,6 +142,10 @@ impl Head {
     pub fn probabilities(&self, features: &[f32]) -> Result<Vec<f32>> {
         let view = self.view(features)?;
         let mut logits = self.logits(view).into_raw_vec_and_offset().0;
+        if logits.iter().any(|x| !x.is_finite()) {
+            // Only features far outside any encoder's range get here.
+            return Err(Error::InvalidInput("the features are too large for this head".into()));
+        }
         softmax_rows(&mut logits, self.labels.len(), self.temperature);
         Ok(logits)
     }
