@@ -28,6 +28,11 @@ pub struct RankingBenchArgs {
     /// Weight of the hidden taste against relevance.
     #[arg(long, default_value_t = 1.0)]
     taste: f32,
+    /// `taste`: a hidden direction in embedding space; `habits`: for each of
+    /// 30 intents the user always wants one particular document, and asks
+    /// again in other words.
+    #[arg(long, default_value = "taste")]
+    scenario: String,
 }
 
 #[derive(Deserialize)]
@@ -52,10 +57,12 @@ pub fn run(cli: &Cli, args: &RankingBenchArgs) -> Result<(), Error> {
     if cli.json {
         println!(
             "{}",
-            serde_json::json!({"users": args.users, "queries": args.queries, "taste": args.taste, "results": rows})
+            serde_json::json!({"users": args.users, "queries": args.queries, "taste": args.taste, "scenario": args.scenario, "results": rows})
         );
     } else {
-        println!("NDCG@10 over {} users × {} held-out queries (taste weight {})", args.users, args.queries, args.taste);
+        let what =
+            if args.scenario == "habits" { "habits".to_string() } else { format!("taste weight {}", args.taste) };
+        println!("NDCG@10 over {} users × {} held-out queries ({what})", args.users, args.queries);
         for row in rows {
             println!(
                 "after {:>3} feedback events: personalised {:.4}, plain cosine {:.4}",
@@ -94,17 +101,40 @@ fn simulate(
         // A user's hidden taste: a reproducible random unit direction.
         let taste = crate::bench_search::unit_rows(1, vectors.dim(), user + 1);
         let affinity: Vec<f32> = vectors.rows().map(|d| d.iter().zip(&taste).map(|(a, b)| a * b).sum()).collect();
+        let habits = args.scenario == "habits";
+        let favourite = |intent: &str| -> Option<usize> {
+            let docs: Vec<usize> = (0..clinc.val.len()).filter(|&i| clinc.val[i].1 == intent).collect();
+            let pick =
+                intent.bytes().fold(user as usize * 31 + 7, |h, b| h.wrapping_mul(131).wrapping_add(usize::from(b)));
+            docs.get(pick % docs.len().max(1)).copied()
+        };
         let utility = |query_intent: &str, key: &str| -> f32 {
             let i: usize = key.parse().unwrap_or(0);
             let relevant = if clinc.val[i].1 == query_intent { 1.0 } else { 0.0 };
-            relevant + args.taste * affinity[i]
+            if habits {
+                relevant + if favourite(query_intent) == Some(i) { 2.0 } else { 0.0 }
+            } else {
+                relevant + args.taste * affinity[i]
+            }
         };
-        // Training queries and held-out queries are disjoint test utterances.
+        // Training queries and held-out queries are disjoint test utterances;
+        // with habits, both of the user's 30 intents.
         let offset = (user as usize * 997) % clinc.test.len();
-        let query = |j: usize| &clinc.test[(offset + j) % clinc.test.len()];
-        let held_out: Vec<&(String, String)> = (0..args.queries).map(|j| query(1_000 + j)).collect();
+        let pool: Vec<&(String, String)> = if habits {
+            let mut intents: Vec<&str> = clinc.val.iter().map(|(_, i)| i.as_str()).collect();
+            intents.sort_unstable();
+            intents.dedup();
+            let mine: Vec<&str> = (0..30).map(|j| intents[(user as usize * 37 + j * 5) % intents.len()]).collect();
+            clinc.test.iter().filter(|(_, i)| mine.contains(&i.as_str())).collect()
+        } else {
+            clinc.test.iter().collect()
+        };
+        // A stride through the pool mixes intents (CLINC150 lists them in runs).
+        let query = |j: usize| pool[((offset + j) * 7_919) % pool.len()];
+        let (train_from, held_from) = if habits { (0, pool.len() / 2) } else { (0, 1_000) };
+        let held_out: Vec<&(String, String)> = (0..args.queries).map(|j| query(held_from + j)).collect();
+        let mut next_training = train_from;
         let mut events = 0;
-        let mut next_training = 0;
         for (slot, &checkpoint) in CHECKPOINTS.iter().enumerate() {
             while events < checkpoint {
                 let (text, intent) = query(next_training);
@@ -129,7 +159,15 @@ fn simulate(
             for (text, intent) in &held_out {
                 let personal = p.search("docs", text, SHOWN)?;
                 let gains: Vec<f32> = personal.iter().map(|h| utility(intent, &h.key)).collect();
-                let ideal = ideal_gains(clinc, &affinity, intent, args.taste);
+                let ideal = if habits {
+                    let relevant = clinc.val.iter().filter(|(_, i)| i == intent).count();
+                    let mut gains = vec![3.0];
+                    gains.extend(std::iter::repeat_n(1.0, relevant.saturating_sub(1)));
+                    gains.resize(SHOWN, 0.0);
+                    gains
+                } else {
+                    ideal_gains(clinc, &affinity, intent, args.taste)
+                };
                 sums[slot] += ndcg(&gains, &ideal);
             }
         }

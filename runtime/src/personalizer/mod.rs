@@ -322,7 +322,7 @@ impl Personalizer {
         let index = self.search.get_or_build(task, || self.build_index(task, &encoder))?;
         let query = self.lookup_features(&encoder, &[query], false)?;
         let preference = self.preference(task, &index, &encoder)?;
-        Ok(index.top_k(Some(&query), &preference.u, k))
+        Ok(index.top_k(Some(&query), &preference, k))
     }
 
     /// The `k` documents the user most likely wants, from feedback alone
@@ -331,7 +331,7 @@ impl Personalizer {
         let encoder = self.encoder();
         let index = self.search.get_or_build(task, || self.build_index(task, &encoder))?;
         let preference = self.preference(task, &index, &encoder)?;
-        Ok(index.top_k(None, &preference.u, k))
+        Ok(index.top_k(None, &preference, k))
     }
 
     /// Records what the user did with a search result or recommendation.

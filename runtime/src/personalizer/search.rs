@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::ranker::dot;
+use super::ranker::{Preference, dot};
 use crate::error::Result;
 use crate::store::Document;
 
@@ -33,8 +33,8 @@ pub struct VectorIndex {
 /// Below this many rows a scan is faster on one thread than split.
 const PARALLEL_SCAN_ROWS: usize = 20_000;
 const MAX_SCAN_THREADS: usize = 4;
-/// Semantic results the learned preference may reorder.
-const RERANK_POOL: usize = 50;
+/// Semantic results that remembered choices may lift into the top k.
+const RECALL_POOL: usize = 50;
 
 impl VectorIndex {
     /// `vectors` is `n × dim`, row-major.
@@ -117,24 +117,27 @@ impl Index {
         self.rows.get(key).map(|&i| self.vectors.row(i).to_vec())
     }
 
-    /// The best `k` by `cos(query, d) + preference · d` (either may be
-    /// absent). Both terms are linear in `d`, so this is one pass with the
-    /// query `q + u`.
-    pub fn top_k(&self, query: Option<&[f32]>, preference: &[f32], k: usize) -> Vec<SearchHit> {
+    /// With a query: the best `k` of the semantic shortlist by
+    /// `cos(query, d) + u · d + recall(query, d)`; without: the best `k` of
+    /// all documents by `u · d`.
+    pub fn top_k(&self, query: Option<&[f32]>, preference: &Preference, k: usize) -> Vec<SearchHit> {
         let ranked = match query {
-            // The preference re-ranks the semantic shortlist only: it was
-            // learned among results shown for queries, so it may reorder
-            // what is relevant but must not pull in what is not.
+            // The preference vector only reorders the plain top k: it was
+            // learned among shown results, so it may reorder what is relevant
+            // but must not pull in what is not. What the user chose for
+            // similar queries may lift a document from the wider shortlist.
             Some(q) => {
-                let pool = k.max(RERANK_POOL);
-                let mut shortlist = self.vectors.top_k(q, pool);
-                for (row, score) in &mut shortlist {
-                    *score += dot(self.vectors.row(*row), preference);
+                let mut shortlist = self.vectors.top_k(q, k.max(RECALL_POOL));
+                for (position, (row, score)) in shortlist.iter_mut().enumerate() {
+                    *score += preference.recall(q, &self.documents[*row].key);
+                    if position < k {
+                        *score += dot(self.vectors.row(*row), &preference.u);
+                    }
                 }
                 rank(&mut shortlist, k);
                 shortlist
             }
-            None => self.vectors.top_k(preference, k),
+            None => self.vectors.top_k(&preference.u, k),
         };
         ranked
             .into_iter()
