@@ -206,18 +206,8 @@ impl Personalizer {
         let set = data.set(encoder.fingerprint());
         let (head, report) = train(&set, active.as_ref(), &options, listener)?;
         let promotion = decide_promotion(&report, active.as_ref(), &set)?;
-        let to_json = |e: serde_json::Error| Error::Storage(format!("training report: {e}"));
-        let stored = NewHead {
-            kind: head.kind().name().to_string(),
-            format_version: Head::format_version(),
-            fingerprint: head.fingerprint().to_string(),
-            labels: head.labels().to_vec(),
-            weights: head.to_bytes(),
-            report: serde_json::to_string(&report).map_err(to_json)?,
-            metrics: serde_json::to_string(&report.validation).map_err(to_json)?,
-            trained_through_example: data.trained_through,
-        };
-        let version = self.store.save_head(id, &stored, promotion.promote)?;
+        let version =
+            self.store.save_head(id, &stored_head(&head, &report, data.trained_through)?, promotion.promote)?;
         if let Some(run) = report.private_run {
             let entry = LedgerEntry {
                 sampling_rate: run.sampling_rate,
@@ -479,6 +469,21 @@ impl Personalizer {
     fn invalidate(&self, task: &str) {
         self.heads.lock().unwrap_or_else(PoisonError::into_inner).remove(task);
     }
+}
+
+/// A trained head with its report, as the store keeps it.
+fn stored_head(head: &Head, report: &TrainReport, trained_through: i64) -> Result<NewHead> {
+    let to_json = |e: serde_json::Error| Error::Storage(format!("training report: {e}"));
+    Ok(NewHead {
+        kind: head.kind().name().to_string(),
+        format_version: Head::format_version(),
+        fingerprint: head.fingerprint().to_string(),
+        labels: head.labels().to_vec(),
+        weights: head.to_bytes(),
+        report: serde_json::to_string(report).map_err(to_json)?,
+        metrics: serde_json::to_string(&report.validation).map_err(to_json)?,
+        trained_through_example: trained_through,
+    })
 }
 
 /// A task's examples as the trainer wants them.

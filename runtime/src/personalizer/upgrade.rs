@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::sync::{Arc, PoisonError};
 
-use super::{Personalizer, TrainOutcome};
+use super::{Personalizer, TrainOutcome, stored_head};
 use crate::encoder::{EncodeListener, Encoder, EncoderOptions, OnnxEncoder};
 use crate::error::{Error, Result};
-use crate::store::{NewHead, TaskId};
+use crate::store::TaskId;
 use crate::training::{QuietTraining, TrainOptions, decide_promotion, train};
 
 /// Texts embedded per step: progress and cancellation happen between steps,
@@ -131,18 +131,7 @@ impl Personalizer {
         // Nothing to compare with on the new model's vectors: the decision
         // records the new head's validation accuracy.
         let promotion = decide_promotion(&report, None, &set)?;
-        let to_json = |e: serde_json::Error| Error::Storage(format!("training report: {e}"));
-        let stored = NewHead {
-            kind: head.kind().name().to_string(),
-            format_version: crate::heads::Head::format_version(),
-            fingerprint: head.fingerprint().to_string(),
-            labels: head.labels().to_vec(),
-            weights: head.to_bytes(),
-            report: serde_json::to_string(&report).map_err(to_json)?,
-            metrics: serde_json::to_string(&report.validation).map_err(to_json)?,
-            trained_through_example: data.trained_through,
-        };
-        let version = self.store.save_head(id, &stored, false)?;
+        let version = self.store.save_head(id, &stored_head(&head, &report, data.trained_through)?, false)?;
         Ok(TrainOutcome { report, promotion, version })
     }
 
