@@ -52,13 +52,11 @@ class Recorder(attune.ProgressListener):
     def __init__(self, throw=False, cancel=None):
         self.events = []
         self.finished = []
-        self.threads = set()
         self.throw = throw
         self.cancel = cancel
 
     def on_progress(self, progress):
         self.events.append(progress)
-        self.threads.add(threading.get_ident())
         if self.cancel is not None:
             self.cancel.cancel()
         if self.throw:
