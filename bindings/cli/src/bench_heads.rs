@@ -34,6 +34,12 @@ pub struct HeadsBenchArgs {
     /// Fixed epochs instead of the automatic choice (for experiments).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Fixed weight decay instead of the validated grid (for experiments).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Label smoothing (for experiments).
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
     /// Only the full-data run.
     #[arg(long)]
     full_only: bool,
@@ -100,7 +106,13 @@ pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
             "auto" => HeadChoice::Auto,
             other => HeadChoice::Only(HeadKind::from_name(other)?),
         };
-        let options = TrainOptions { head: choice, epochs: args.epochs, ..TrainOptions::default() };
+        let options = TrainOptions {
+            head: choice,
+            epochs: args.epochs,
+            weight_decay: args.weight_decay,
+            label_smoothing: args.label_smoothing,
+            ..TrainOptions::default()
+        };
         // Full training split.
         let set_x = rows_of(&train_split.rows);
         let set = TrainingSet {
