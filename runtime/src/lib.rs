@@ -14,12 +14,14 @@ mod personalizer;
 mod store;
 mod training;
 
+#[cfg(feature = "onnx")]
+pub use encoder::{COMPILED_FILE, CompileReport, compile_model};
 pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent};
 pub use error::{Error, Result};
 pub use evaluation::{ClassMetrics, Metrics, evaluate};
 pub use heads::{Head, HeadKind, Prediction};
 pub use import::{Columns, ImportFormat, read_labelled, read_labelled_file};
-pub use model::{CatalogEntry, InputNames, ModelCatalog, ModelManifest, Pooling};
+pub use model::{CatalogEntry, CompiledFile, InputNames, ModelCatalog, ModelManifest, Pooling};
 pub use personalizer::{
     Personalizer, PersonalizerConfig, PredictionSource, SearchHit, TaskUpgrade, TrainOutcome, UpgradeOutcome,
     VectorIndex,

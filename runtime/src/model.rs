@@ -36,6 +36,15 @@ pub struct InputNames {
     pub token_type_ids: Option<String>,
 }
 
+/// A compiled graph next to (or instead of) the ONNX file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompiledFile {
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
 /// The contract of one model directory, read from its `manifest.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelManifest {
@@ -57,6 +66,11 @@ pub struct ModelManifest {
     /// Prefixes some models want before a text, by role (e.g. `query`, `passage`).
     #[serde(default)]
     pub prompts: BTreeMap<String, String>,
+    /// The model compiled for tract (`attune compile-model`), when present.
+    /// A directory with one may lack the ONNX file: tract runs the compiled
+    /// graph, ONNX Runtime needs the ONNX file.
+    #[serde(default)]
+    pub compiled: Option<CompiledFile>,
     #[serde(skip)]
     directory: PathBuf,
 }
@@ -72,16 +86,23 @@ impl ModelManifest {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let mut manifest = Self::parse(&text).map_err(|reason| Error::manifest(&path, reason))?;
         manifest.directory = directory.to_path_buf();
-        let model = manifest.model_path();
-        let actual = std::fs::metadata(&model).map_err(|e| Error::io(&model, e))?.len();
-        if actual != manifest.model_bytes {
-            return Err(Error::manifest(
-                &path,
-                format!(
-                    "{} is {actual} bytes, the manifest says {} (truncated or replaced?)",
-                    manifest.model_file, manifest.model_bytes
-                ),
-            ));
+        let mut expected = Vec::new();
+        if let Some(compiled) = &manifest.compiled {
+            expected.push((compiled.file.as_str(), compiled.bytes));
+        }
+        // With a compiled graph, the ONNX file is optional (apps ship one of them).
+        if manifest.compiled.is_none() || manifest.model_path().exists() {
+            expected.push((manifest.model_file.as_str(), manifest.model_bytes));
+        }
+        for (file, bytes) in expected {
+            let model = directory.join(file);
+            let actual = std::fs::metadata(&model).map_err(|e| Error::io(&model, e))?.len();
+            if actual != bytes {
+                return Err(Error::manifest(
+                    &path,
+                    format!("{file} is {actual} bytes, the manifest says {bytes} (truncated or replaced?)"),
+                ));
+            }
         }
         Ok(manifest)
     }
@@ -106,7 +127,9 @@ impl ModelManifest {
         if self.max_tokens < 2 || self.max_tokens > MAX_TOKENS_LIMIT {
             return Err(format!("max_tokens {} is out of range 2..={MAX_TOKENS_LIMIT}", self.max_tokens));
         }
-        for (what, name) in [("model_file", &self.model_file), ("tokenizer_file", &self.tokenizer_file)] {
+        let compiled = self.compiled.as_ref().map(|c| ("compiled.file", &c.file));
+        let files = [("model_file", &self.model_file), ("tokenizer_file", &self.tokenizer_file)];
+        for (what, name) in files.into_iter().chain(compiled) {
             if !is_plain_file_name(name) {
                 return Err(format!("{what} {name:?} must be a file name inside the model directory"));
             }
@@ -127,6 +150,11 @@ impl ModelManifest {
         self.directory.join(&self.model_file)
     }
 
+    /// The compiled graph, when the manifest names one.
+    pub fn compiled_path(&self) -> Option<PathBuf> {
+        self.compiled.as_ref().map(|c| self.directory.join(&c.file))
+    }
+
     pub fn tokenizer_path(&self) -> PathBuf {
         self.directory.join(&self.tokenizer_file)
     }
@@ -134,9 +162,14 @@ impl ModelManifest {
     /// Hashes the model and tokenizer files and compares them with the
     /// manifest. Costs a full read of the model; `load` only checks its size.
     pub fn verify_files(&self) -> Result<()> {
-        for (path, expected) in
-            [(self.model_path(), &self.model_sha256), (self.tokenizer_path(), &self.tokenizer_sha256)]
-        {
+        let mut files = vec![(self.tokenizer_path(), &self.tokenizer_sha256)];
+        if let Some(compiled) = &self.compiled {
+            files.push((self.directory.join(&compiled.file), &compiled.sha256));
+        }
+        if self.compiled.is_none() || self.model_path().exists() {
+            files.push((self.model_path(), &self.model_sha256));
+        }
+        for (path, expected) in files {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             if &hex(&Sha256::digest(&bytes)) != expected {
                 return Err(Error::ModelMismatch(format!("{} does not match its sha256", path.display())));
@@ -152,7 +185,7 @@ pub(crate) fn expected_fingerprint(model_sha256: &str, tokenizer_sha256: &str) -
     hex(&Sha256::digest(text.as_bytes()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

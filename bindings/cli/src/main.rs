@@ -122,6 +122,14 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Compile the model (--model, or the default) for tract into a new
+    /// directory OUT: the graph with only the operators it uses, run without
+    /// the ONNX parser by small builds (attune-ffi's default). The ONNX file
+    /// is not copied; the fingerprint stays, so stores and heads carry over.
+    CompileModel {
+        /// The new directory.
+        out: PathBuf,
+    },
     /// The task's head versions; --rollback makes an earlier one active.
     Heads {
         #[arg(long)]
@@ -169,6 +177,24 @@ impl Cli {
     }
 }
 
+fn compile_model(cli: &Cli, out: &std::path::Path) -> Result<(), attune::Error> {
+    let source = model_dir::resolve(cli.model.as_deref())?;
+    let report = attune::compile_model(&source, out)?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&report).expect("a report serialises"));
+    } else {
+        println!(
+            "compiled {} into {}: graph {:.1} MB (ONNX {:.1} MB), lowest cosine to the ONNX path {:.6}",
+            source.display(),
+            out.display(),
+            report.compiled_bytes as f64 / 1e6,
+            report.onnx_bytes as f64 / 1e6,
+            report.lowest_cosine
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
@@ -189,6 +215,7 @@ fn main() -> ExitCode {
         Command::Stats => data::stats(&cli),
         Command::Upgrade { to } => upgrade::run(&cli, to),
         Command::Report { out } => report::run(&cli, out.as_deref()),
+        Command::CompileModel { out } => compile_model(&cli, out),
         Command::Heads { rollback } => data::heads(&cli, *rollback),
         Command::Demo => demo::run(&cli),
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),

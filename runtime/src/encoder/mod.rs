@@ -1,6 +1,10 @@
 //! The frozen backbone: texts in, one normalised vector per text out.
 
 mod batching;
+#[cfg(feature = "onnx")]
+mod compile;
+#[cfg(feature = "tract")]
+mod compiled_graph;
 #[cfg(feature = "ort")]
 mod ort_engine;
 mod pooling;
@@ -16,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use batching::{TokenBatch, plan_batches};
+#[cfg(feature = "onnx")]
+pub use compile::{COMPILED_FILE, CompileReport, compile_model};
 use tokenize::{TextTokenizer, Tokens};
 
 use crate::error::{Error, Result};

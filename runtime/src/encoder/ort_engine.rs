@@ -64,8 +64,14 @@ fn environment(library: Option<&Path>) -> Result<&'static Environment> {
 
 impl OrtEngine {
     pub fn load(manifest: &ModelManifest, threads: usize, library: Option<&Path>) -> Result<Self> {
-        let environment = environment(library)?;
         let path = manifest.model_path();
+        if !path.exists() && manifest.compiled.is_some() {
+            return Err(Error::BackendUnavailable {
+                backend: "ort".into(),
+                reason: format!("{} holds a compiled model for tract only, no ONNX file", manifest.directory().display()),
+            });
+        }
+        let environment = environment(library)?;
         let failed = |e: &dyn std::fmt::Display| Error::ModelLoad { path: path.clone(), reason: e.to_string() };
         let builder = Session::builder(environment).map_err(|e| failed(&e))?;
         let builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| failed(&e))?;

@@ -1,13 +1,14 @@
 //! The pure-Rust backend: tract, with the model optimised once at load for
 //! symbolic batch and sequence dimensions.
 
+use std::path::Path;
 use std::sync::Arc;
 
+use tract_core::internal::*;
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
-use tract_onnx::prelude::*;
 
 use super::batching::TokenBatch;
-use super::{Engine, tract_passes};
+use super::{Engine, compiled_graph, tract_passes};
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
 
@@ -30,26 +31,77 @@ enum InputRole {
 }
 
 impl TractEngine {
+    /// Loads the compiled graph when the manifest names one, else imports the
+    /// ONNX file (cargo feature `onnx`).
     pub fn load(manifest: &ModelManifest, threads: usize) -> Result<Self> {
-        let path = manifest.model_path();
-        let load_error = |e: TractError| Error::ModelLoad { path: path.clone(), reason: format!("{e:#}") };
-        let mut model = tract_onnx::onnx().model_for_path(&path).map_err(load_error)?;
-
-        let input_order = match_inputs(&model, manifest)?;
-        let batch = model.symbols.sym("batch");
-        let sequence = model.symbols.sym("sequence");
-        for ix in 0..input_order.len() {
-            let fact = i64::fact([batch.to_dim(), sequence.to_dim()]);
-            model.set_input_fact(ix, fact.into()).map_err(load_error)?;
-        }
-        select_output(&mut model, &manifest.output)?;
-
-        let mut typed = model.into_typed().map_err(load_error)?;
-        let vocabulary_size = tract_passes::prepare(&mut typed).map_err(load_error)?;
-        let plan = typed.into_runnable().map_err(load_error)?;
-        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
-        Ok(Self { plan, input_order, executor, vocabulary_size })
+        let (mut typed, path) = match manifest.compiled_path() {
+            Some(path) => {
+                let graph = compiled_graph::read(&path, &manifest.model_sha256).map_err(load_error(&path))?;
+                (graph, path)
+            }
+            None => (import_onnx(manifest)?, manifest.model_path()),
+        };
+        let input_order = match_inputs(&input_names(&typed)?, manifest)?;
+        let vocabulary_size = tract_passes::specialise(&mut typed).map_err(load_error(&path))?;
+        let plan = typed.into_runnable().map_err(load_error(&path))?;
+        Ok(Self { plan, input_order, executor: executor(threads), vocabulary_size })
     }
+}
+
+fn load_error(path: &Path) -> impl Fn(TractError) -> Error + '_ {
+    move |e| Error::ModelLoad { path: path.to_path_buf(), reason: format!("{e:#}") }
+}
+
+#[cfg(feature = "multithread")]
+fn executor(threads: usize) -> Executor {
+    if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread }
+}
+
+/// Without the `multithread` feature every product runs on the calling thread.
+#[cfg(not(feature = "multithread"))]
+fn executor(_threads: usize) -> Executor {
+    Executor::SingleThread
+}
+
+/// The ONNX file as a typed graph with symbolic batch and sequence
+/// dimensions, after the portable passes: what `compile` stores.
+#[cfg(feature = "onnx")]
+pub(crate) fn import_onnx(manifest: &ModelManifest) -> Result<TypedModel> {
+    use tract_onnx::prelude::{Framework, InferenceModelExt};
+    let path = manifest.model_path();
+    let error = load_error(&path);
+    let mut model = tract_onnx::onnx().model_for_path(&path).map_err(&error)?;
+    let names = input_names(&model)?;
+    match_inputs(&names, manifest)?;
+    let batch = model.symbols.sym("batch");
+    let sequence = model.symbols.sym("sequence");
+    for ix in 0..names.len() {
+        let fact = i64::fact([batch.to_dim(), sequence.to_dim()]);
+        model.set_input_fact(ix, fact.into()).map_err(&error)?;
+    }
+    select_output(&mut model, &manifest.output)?;
+    let mut typed = model.into_typed().map_err(&error)?;
+    tract_passes::simplify(&mut typed).map_err(&error)?;
+    Ok(typed)
+}
+
+#[cfg(not(feature = "onnx"))]
+fn import_onnx(manifest: &ModelManifest) -> Result<TypedModel> {
+    Err(Error::BackendUnavailable {
+        backend: "tract".into(),
+        reason: format!(
+            "this build runs compiled models only and {} names none (run `attune compile-model`, \
+             or build with cargo feature `onnx`)",
+            manifest.directory().display()
+        ),
+    })
+}
+
+/// Writes `manifest`'s model, imported and simplified, as a compiled graph.
+#[cfg(feature = "onnx")]
+pub(crate) fn compile(manifest: &ModelManifest, out: &Path) -> Result<()> {
+    let typed = import_onnx(manifest)?;
+    compiled_graph::write(&typed, &manifest.model_sha256, out).map_err(load_error(&manifest.model_path()))
 }
 
 impl Engine for TractEngine {
@@ -95,15 +147,19 @@ impl Engine for TractEngine {
     }
 }
 
+/// Names of the graph's inputs, in the graph's order.
+fn input_names<F, O>(model: &Graph<F, O>) -> Result<Vec<String>>
+where
+    F: Fact + Clone + 'static,
+    O: std::fmt::Debug + std::fmt::Display + AsRef<dyn Op> + AsMut<dyn Op> + Clone + 'static,
+{
+    let outlets = model.input_outlets().map_err(|e| Error::ModelMismatch(e.to_string()))?;
+    Ok(outlets.iter().map(|outlet| model.node(outlet.node).name.clone()).collect())
+}
+
 /// Maps the model's inputs, in the model's order, to the manifest's names.
-fn match_inputs(model: &InferenceModel, manifest: &ModelManifest) -> Result<Vec<InputRole>> {
+fn match_inputs(model_inputs: &[String], manifest: &ModelManifest) -> Result<Vec<InputRole>> {
     let names = &manifest.inputs;
-    let model_inputs: Vec<String> = model
-        .input_outlets()
-        .map_err(|e| Error::ModelMismatch(e.to_string()))?
-        .iter()
-        .map(|outlet| model.node(outlet.node).name.clone())
-        .collect();
     let roles = model_inputs
         .iter()
         .map(|name| match name {
@@ -122,7 +178,8 @@ fn match_inputs(model: &InferenceModel, manifest: &ModelManifest) -> Result<Vec<
     Ok(roles)
 }
 
-fn select_output(model: &mut InferenceModel, name: &str) -> Result<()> {
+#[cfg(feature = "onnx")]
+fn select_output(model: &mut tract_onnx::prelude::InferenceModel, name: &str) -> Result<()> {
     let outlets = model.output_outlets().map_err(|e| Error::ModelMismatch(e.to_string()))?.to_vec();
     let wanted = outlets
         .iter()

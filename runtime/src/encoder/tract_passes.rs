@@ -1,22 +1,32 @@
 //! Graph passes applied to the typed model between import and codegen:
 //! what tract 0.23.9 leaves undone or gets wrong on sentence encoders.
+//!
+//! `simplify` is portable: its result is what a compiled model stores.
+//! `specialise` runs at every load: it expands the stored weights and
+//! generates code for this machine.
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::konst::Const;
-use tract_onnx::tract_core::ops::math::{Add, Div, Erf, Mul};
-use tract_onnx::tract_core::ops::nn::gelu_exact::gelu_exact;
-use tract_onnx::tract_core::ops::source::TypedSource;
-use tract_onnx::tract_core::optim::Optimizer;
+use tract_core::internal::*;
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::konst::Const;
+use tract_core::ops::math::{Add, Div, Erf, Mul};
+use tract_core::ops::nn::gelu_exact::gelu_exact;
+use tract_core::ops::source::TypedSource;
+use tract_core::optim::Optimizer;
 
-/// Folds constants, declutters, fuses GELU and generates the optimised graph.
-/// Returns the rows of the word-embedding table when it can be found.
-pub(crate) fn prepare(model: &mut TypedModel) -> TractResult<Option<usize>> {
+/// Declutters and fuses GELU, keeping weights as stored (int8 stays int8).
+pub(crate) fn simplify(model: &mut TypedModel) -> TractResult<()> {
+    declutter(model)?;
+    fuse_exact_gelu(model)
+}
+
+/// Folds constants, declutters again around the folded weights and
+/// generates the optimised graph. Returns the rows of the word-embedding
+/// table when it can be found.
+pub(crate) fn specialise(model: &mut TypedModel) -> TractResult<Option<usize>> {
     fold_constants(model)?;
     let vocabulary_size = word_table_rows(model)?;
     declutter(model)?;
-    fuse_exact_gelu(model)?;
     model.optimize()?;
     Ok(vocabulary_size)
 }
@@ -158,7 +168,7 @@ fn gelu_input(model: &TypedModel, erf: &TypedNode) -> TractResult<Option<(Outlet
 fn binary_with_scalar<'m>(
     model: &'m TypedModel,
     node: &'m TypedNode,
-) -> Option<(OutletId, f32, &'m dyn tract_onnx::tract_core::ops::binary::BinMiniOp)> {
+) -> Option<(OutletId, f32, &'m dyn tract_core::ops::binary::BinMiniOp)> {
     let op = node.op_as::<TypedBinOp>()?;
     let [a, b] = node.inputs.as_slice() else { return None };
     let scalar = |outlet: &OutletId| {
@@ -180,12 +190,13 @@ fn close(value: f32, expected: f32) -> bool {
     (value - expected).abs() <= 1e-6 * expected.abs()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))]
 mod tests {
     use super::*;
     use crate::model::ModelManifest;
 
     fn tiny_typed() -> TypedModel {
+        use tract_onnx::prelude::*;
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny");
         let manifest = ModelManifest::load(&dir).unwrap();
         let mut model = tract_onnx::onnx().model_for_path(manifest.model_path()).unwrap();
@@ -198,7 +209,7 @@ mod tests {
 
     #[test]
     fn folding_removes_the_int8_dequantisation() {
-        use tract_onnx::tract_core::ops::cast::Cast;
+        use tract_core::ops::cast::Cast;
         let casts_of_constants = |model: &TypedModel| {
             model
                 .nodes

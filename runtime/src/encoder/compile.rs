@@ -1,0 +1,95 @@
+//! `compile_model`: an ONNX model directory becomes a directory that tract
+//! runs without the ONNX parser — what a small mobile build ships.
+
+use std::path::Path;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Backend, Encoder, EncoderOptions, OnnxEncoder, tract_engine};
+use crate::error::{Error, Result};
+use crate::model::{MANIFEST_FILE, ModelManifest, hex};
+
+/// File name of the compiled graph inside a compiled model directory.
+pub const COMPILED_FILE: &str = "model.attune-graph";
+
+/// Both paths must embed these alike before a compiled directory is kept.
+const CHECK_SENTENCES: [&str; 8] = [
+    "",
+    "hi",
+    "Can you move my dentist appointment to Thursday afternoon?",
+    "what's the weather like in Zürich tomorrow",
+    "Transfer $250 from checking to savings, please.",
+    "これは日本語の文です",
+    "the the the the the the the the the the the the the the the the",
+    "A much longer message about a delayed parcel that was supposed to arrive last week, \
+     with a tracking number that does not work and a support line that never answers.",
+];
+/// Lowest cosine between the two paths that counts as the same model.
+const MIN_AGREEMENT: f32 = 0.9999;
+
+/// What `compile_model` wrote and how closely it agrees with the ONNX path.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompileReport {
+    pub onnx_bytes: u64,
+    pub compiled_bytes: u64,
+    /// Lowest cosine, over a fixed set of sentences, between the compiled
+    /// graph and the ONNX file, both run by tract.
+    pub lowest_cosine: f32,
+}
+
+/// Compiles the model in `source` into the new directory `out`: the graph,
+/// the tokenizer and a manifest naming both, with the same fingerprint (heads
+/// and cached features carry over). The ONNX file is not copied. `out` is
+/// kept only when both paths embed a fixed set of sentences alike.
+pub fn compile_model(source: &Path, out: &Path) -> Result<CompileReport> {
+    let manifest = ModelManifest::load(source)?;
+    manifest.verify_files()?;
+    if out.exists() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some() {
+        return Err(Error::InvalidInput(format!("{} is not empty: compile into a new directory", out.display())));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let outcome = write_compiled(source, &manifest, out);
+    if outcome.is_err() {
+        let _ = std::fs::remove_dir_all(out);
+    }
+    outcome
+}
+
+fn write_compiled(source: &Path, manifest: &ModelManifest, out: &Path) -> Result<CompileReport> {
+    let graph = out.join(COMPILED_FILE);
+    tract_engine::compile(manifest, &graph)?;
+    let bytes = std::fs::read(&graph).map_err(|e| Error::io(&graph, e))?;
+    let tokenizer = out.join(&manifest.tokenizer_file);
+    std::fs::copy(manifest.tokenizer_path(), &tokenizer).map_err(|e| Error::io(&tokenizer, e))?;
+
+    // The source manifest as written (fields this runtime ignores included),
+    // plus the compiled graph.
+    let manifest_path = source.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::manifest(&manifest_path, e.to_string()))?;
+    json["compiled"] = serde_json::json!({
+        "file": COMPILED_FILE,
+        "sha256": hex(&Sha256::digest(&bytes)),
+        "bytes": bytes.len(),
+    });
+    let written = out.join(MANIFEST_FILE);
+    let pretty = serde_json::to_string_pretty(&json).map_err(|e| Error::manifest(&written, e.to_string()))?;
+    std::fs::write(&written, pretty + "\n").map_err(|e| Error::io(&written, e))?;
+
+    let options = EncoderOptions { backend: Backend::Tract, ..EncoderOptions::default() };
+    let from_onnx = OnnxEncoder::load(source, &options)?.embed(&CHECK_SENTENCES)?;
+    let from_graph = OnnxEncoder::load(out, &options)?.embed(&CHECK_SENTENCES)?;
+    let lowest_cosine = from_onnx
+        .rows()
+        .zip(from_graph.rows())
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
+        .fold(f32::INFINITY, f32::min);
+    if lowest_cosine < MIN_AGREEMENT {
+        return Err(Error::ModelMismatch(format!(
+            "the compiled graph disagrees with the ONNX file (cosine {lowest_cosine:.6} < {MIN_AGREEMENT})"
+        )));
+    }
+    Ok(CompileReport { onnx_bytes: manifest.model_bytes, compiled_bytes: bytes.len() as u64, lowest_cosine })
+}
