@@ -1,6 +1,7 @@
 //! The pure-Rust backend: tract, with the model optimised once at load for
 //! symbolic batch and sequence dimensions.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,16 +35,24 @@ impl TractEngine {
     /// Loads the compiled graph when the manifest names one, else imports the
     /// ONNX file (cargo feature `onnx`).
     pub fn load(manifest: &ModelManifest, threads: usize) -> Result<Self> {
-        let (mut typed, path) = match manifest.compiled_path() {
+        let (typed, path) = match manifest.compiled_path() {
             Some(path) => {
-                let graph = compiled_graph::read(&path, &manifest.model_sha256).map_err(load_error(&path))?;
+                // A damaged file may hold a graph tract's checks let through
+                // and then trip over: that is a load error, not a crash.
+                let read = catch_unwind(|| compiled_graph::read(&path, &manifest.model_sha256));
+                let graph = read.unwrap_or_else(|_| Err(format_err!("tract panicked"))).map_err(load_error(&path))?;
                 (graph, path)
             }
             None => (import_onnx(manifest)?, manifest.model_path()),
         };
         let input_order = match_inputs(&input_names(&typed)?, manifest)?;
-        let vocabulary_size = tract_passes::specialise(&mut typed).map_err(load_error(&path))?;
-        let plan = typed.into_runnable().map_err(load_error(&path))?;
+        let specialised = catch_unwind(AssertUnwindSafe(move || {
+            let mut typed = typed;
+            let vocabulary_size = tract_passes::specialise(&mut typed)?;
+            Ok((typed.into_runnable()?, vocabulary_size))
+        }));
+        let (plan, vocabulary_size) =
+            specialised.unwrap_or_else(|_| Err(format_err!("tract panicked"))).map_err(load_error(&path))?;
         Ok(Self { plan, input_order, executor: executor(threads), vocabulary_size })
     }
 }
