@@ -1,0 +1,134 @@
+//! Compiled models (`attune compile-model`): the graph small builds run
+//! without the ONNX parser must embed as the ONNX file does.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use attune::{Backend, Encoder, EncoderOptions, Error, OnnxEncoder};
+use support::{Golden, cosine, repo};
+
+fn tract() -> EncoderOptions {
+    EncoderOptions { backend: Backend::Tract, ..EncoderOptions::default() }
+}
+
+/// tract on `dir` against Python onnxruntime on the ONNX file, text by text.
+fn check_against_golden(dir: &Path, golden_file: &Path) {
+    let golden = Golden::read(golden_file);
+    let texts: Vec<&str> = golden.texts.iter().map(|t| t.text.as_str()).collect();
+    let encoder = OnnxEncoder::load(dir, &tract()).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    assert_eq!(encoder.fingerprint(), golden.fingerprint, "a compiled model keeps its fingerprint");
+    let embeddings = encoder.embed(&texts).unwrap();
+    for (row, expected) in embeddings.rows().zip(&golden.texts) {
+        let similarity = cosine(row, &expected.embedding);
+        assert!(similarity >= 0.9999, "cosine {similarity} for {:?}", expected.text);
+    }
+}
+
+/// The default model compiled: by this build when it can (feature `onnx`),
+/// else the directory `tests/run` compiled for the small build.
+fn compiled_default_model() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ATTUNE_COMPILED_MODEL_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    #[cfg(feature = "onnx")]
+    if let Some(source) = support::default_model_dir() {
+        let out = scratch("compiled-default");
+        attune::compile_model(&source, &out).unwrap();
+        return Some(out);
+    }
+    assert!(std::env::var_os("ATTUNE_REQUIRE_DEFAULT_MODEL").is_none(), "set ATTUNE_COMPILED_MODEL_DIR");
+    None
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("attune-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn compiled_default_model_matches_python_onnxruntime() {
+    let Some(dir) = compiled_default_model() else { return };
+    assert!(!dir.join("model.onnx").exists(), "runs without the ONNX file");
+    let manifest = attune::ModelManifest::load(&dir).unwrap();
+    let compiled = manifest.compiled.as_ref().unwrap().bytes;
+    assert!(compiled <= manifest.model_bytes * 101 / 100, "int8 weights stay int8: {compiled} bytes");
+    check_against_golden(&dir, &repo().join("models/golden-all-minilm-l6-v2.json"));
+}
+
+#[cfg(feature = "onnx")]
+mod with_onnx {
+    use super::*;
+    use support::{sentences, tiny_dir};
+
+    #[test]
+    fn compiled_tiny_model_embeds_as_its_onnx_file() {
+        let out = scratch("compiled-tiny");
+        let report = attune::compile_model(&tiny_dir(), &out).unwrap();
+        assert!(report.lowest_cosine >= 0.9999, "{report:?}");
+        check_against_golden(&out, &tiny_dir().join("golden.json"));
+
+        let texts = sentences();
+        let compiled = OnnxEncoder::load(&out, &tract()).unwrap().embed(&texts).unwrap();
+        let onnx = OnnxEncoder::load(&tiny_dir(), &tract()).unwrap().embed(&texts).unwrap();
+        for (a, b) in compiled.rows().zip(onnx.rows()) {
+            assert!(cosine(a, b) >= 0.99999, "{}", cosine(a, b));
+        }
+        if cfg!(feature = "ort") {
+            let options = EncoderOptions { backend: Backend::Ort, ..EncoderOptions::default() };
+            let error = OnnxEncoder::load(&out, &options).unwrap_err();
+            assert!(matches!(error, Error::BackendUnavailable { .. }), "{error}");
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn compiling_into_a_non_empty_directory_is_refused() {
+        let error = attune::compile_model(&tiny_dir(), &repo().join("models")).unwrap_err();
+        assert!(matches!(error, Error::InvalidInput(_)), "{error}");
+    }
+
+    #[test]
+    fn a_graph_from_another_model_or_damaged_is_a_load_error() {
+        let out = scratch("compiled-damaged");
+        attune::compile_model(&tiny_dir(), &out).unwrap();
+        let path = out.join(attune::COMPILED_FILE);
+        let good = std::fs::read(&path).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+        let sha = manifest["model_sha256"].as_str().unwrap();
+
+        // Same length, another source model.
+        let at = good.windows(sha.len()).position(|w| w == sha.as_bytes()).expect("the header names its model");
+        let mut other = good.clone();
+        other[at] = if other[at] == b'0' { b'1' } else { b'0' };
+        std::fs::write(&path, &other).unwrap();
+        let error = OnnxEncoder::load(&out, &tract()).unwrap_err();
+        assert!(matches!(error, Error::ModelLoad { .. }), "{error}");
+        assert!(error.to_string().contains("another model"), "{error}");
+
+        // Same length, weights past the header zeroed: loads, but no longer
+        // the model the manifest's hash names.
+        let mut zeroed = good.clone();
+        let tail = zeroed.len() - 64;
+        zeroed[tail..].fill(0);
+        std::fs::write(&path, &zeroed).unwrap();
+        let manifest = attune::ModelManifest::load(&out).unwrap();
+        assert!(matches!(manifest.verify_files(), Err(Error::ModelMismatch(_))));
+
+        // Cut short: the manifest's size check refuses it before tract reads it.
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        let error = OnnxEncoder::load(&out, &tract()).unwrap_err();
+        assert!(matches!(error, Error::Manifest { .. }), "{error}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[cfg(not(feature = "onnx"))]
+#[test]
+fn onnx_directories_need_the_onnx_feature() {
+    let error = OnnxEncoder::load(&support::tiny_dir(), &tract()).unwrap_err();
+    assert!(matches!(error, Error::BackendUnavailable { .. }), "{error}");
+    assert!(error.to_string().contains("compile-model"), "{error}");
+}
