@@ -14,9 +14,9 @@ mod personalizer;
 mod store;
 mod training;
 
+pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent};
 #[cfg(feature = "onnx")]
 pub use encoder::{COMPILED_FILE, CompileReport, compile_model};
-pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent};
 pub use error::{Error, Result};
 pub use evaluation::{ClassMetrics, Metrics, evaluate};
 pub use heads::{Head, HeadKind, Prediction};

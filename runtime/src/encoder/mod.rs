@@ -5,6 +5,8 @@ mod batching;
 mod compile;
 #[cfg(feature = "tract")]
 mod compiled_graph;
+#[cfg(feature = "onnx")]
+mod gelu_fusion;
 #[cfg(feature = "ort")]
 mod ort_engine;
 mod pooling;

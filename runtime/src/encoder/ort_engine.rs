@@ -68,7 +68,10 @@ impl OrtEngine {
         if !path.exists() && manifest.compiled.is_some() {
             return Err(Error::BackendUnavailable {
                 backend: "ort".into(),
-                reason: format!("{} holds a compiled model for tract only, no ONNX file", manifest.directory().display()),
+                reason: format!(
+                    "{} holds a compiled model for tract only, no ONNX file",
+                    manifest.directory().display()
+                ),
             });
         }
         let environment = environment(library)?;
