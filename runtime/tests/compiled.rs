@@ -41,6 +41,7 @@ fn compiled_default_model() -> Option<PathBuf> {
     None
 }
 
+#[cfg(feature = "onnx")]
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("attune-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -5,7 +5,10 @@ Not a test. Runs every engine in this one session on the same model, the same
 sentences (tests/data/sentences.txt), the same thread count and the same
 batching, and prints a table with ratios to Python onnxruntime.
 
-  python3 tests/bench/embed_peer.py [--threads 1 2] [--rounds 5] [--model DIR]
+  python3 tests/bench/embed_peer.py [--threads 1 2] [--rounds 5] [--model DIR] [--compiled DIR]
+
+--compiled adds tract on that model compiled (`attune compile-model DIR`),
+the path attune-ffi's small default build takes (which runs on one thread).
 
 Needs: `cargo build -p attune-cli --features ort` (the dev profile, whose
 dependencies are fully optimised), models/fetch, and pip install -r
@@ -105,6 +108,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--compiled", type=Path, default=None)
     parser.add_argument("--binary", type=Path, default=REPO / "target/debug/attune")
     args = parser.parse_args()
     model_dir = args.model or am.fetch(None, quiet=True)
@@ -115,7 +119,7 @@ def main() -> None:
     sentences = (REPO / "tests/data/sentences.txt").read_text().splitlines()
     print(f"{len(sentences)} sentences, median of {args.rounds} rounds, model {model_dir.name}, "
           f"{os.cpu_count()} cores")
-    header = f"{'engine':<20} {'threads':>7} {'load+1st ms':>11} {'peak MB':>8} " + \
+    header = f"{'engine':<21} {'threads':>7} {'load+1st ms':>11} {'peak MB':>8} " + \
              " ".join(f"{m:>30}" for m in MODES)
     print(header)
     for threads in args.threads:
@@ -124,6 +128,9 @@ def main() -> None:
         for backend in ("ort", "tract"):
             results[f"attune {backend}"] = attune(args.binary, backend, model_dir, threads,
                                                   args.rounds, ort_lib)
+        if args.compiled:
+            results["attune tract compiled"] = attune(args.binary, "tract", args.compiled, threads,
+                                                      args.rounds, ort_lib)
         for engine, result in results.items():
             cells = []
             for mode, peer_mode in zip(result["modes"], peer["modes"]):
@@ -131,7 +138,7 @@ def main() -> None:
                 cells.append(f"{rate:>8.1f}/s ({rate / peer_mode['sentences_per_second']:.2f}x) "
                              f"p95 {mode['p95_ms']:>6.1f}ms")
             peak = result.get("peak_rss_mb")
-            print(f"{engine:<20} {threads:>7} {result['load_and_first_embedding_ms']:>11.0f} "
+            print(f"{engine:<21} {threads:>7} {result['load_and_first_embedding_ms']:>11.0f} "
                   f"{(f'{peak:.0f}' if peak else '-'):>8} " + " ".join(f"{c:>30}" for c in cells))
 
 

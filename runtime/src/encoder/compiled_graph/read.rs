@@ -184,7 +184,7 @@ fn load_tensor(model: &TypedModel, spec: &TensorSpec, data: &[u8]) -> TractResul
 /// Bytes of an int8-stored tensor: one per value, four per scale.
 fn int8_bytes(count: usize, layout: Int8Layout, datum: DatumType) -> TractResult<Option<usize>> {
     ensure!(datum == DatumType::F32, "only f32 tensors are stored as int8");
-    ensure!(layout.rows > 0 && count % layout.rows == 0, "{} rows do not divide {count} values", layout.rows);
+    ensure!(layout.rows > 0 && count.is_multiple_of(layout.rows), "{} rows do not divide {count} values", layout.rows);
     let groups = if layout.per_row { layout.rows } else { count / layout.rows };
     Ok(groups.checked_mul(4).and_then(|scales| scales.checked_add(count)))
 }
