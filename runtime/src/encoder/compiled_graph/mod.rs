@@ -111,31 +111,24 @@ struct Int8Layout {
 }
 
 fn binary_op(name: &str) -> Option<Box<dyn BinMiniOp>> {
-    let comparison: Box<dyn BinMiniOp> = match name {
+    Some(match name {
+        "Add" => math::add().0,
+        "Sub" => math::sub().0,
+        "Mul" => math::mul().0,
+        "Div" => math::div().0,
+        "Pow" => math::pow().0,
+        "Max" => math::max().0,
+        "Min" => math::min().0,
+        "And" => logic::and().0,
+        "Or" => logic::or().0,
         "Eq" => Box::new(logic::CompEq),
         "NE" => Box::new(logic::CompNE),
         "LT" => Box::new(logic::CompLT),
         "GT" => Box::new(logic::CompGT),
         "LTE" => Box::new(logic::CompLTE),
         "GTE" => Box::new(logic::CompGTE),
-        _ => Box::new(logic::CompEq),
-    };
-    if comparison.name() == name {
-        return Some(comparison);
-    }
-    let op = match name {
-        "Add" => math::add(),
-        "Sub" => math::sub(),
-        "Mul" => math::mul(),
-        "Div" => math::div(),
-        "Pow" => math::pow(),
-        "Max" => math::max(),
-        "Min" => math::min(),
-        "And" => logic::and(),
-        "Or" => logic::or(),
         _ => return None,
-    };
-    Some(op.0)
+    })
 }
 
 fn unary_op(name: &str) -> Option<Box<dyn ElementWiseMiniOp>> {
@@ -216,13 +209,19 @@ mod tests {
         outputs[0].clone().into_tensor()
     }
 
-    #[test]
-    fn graphs_come_back_operator_for_operator() {
+    /// The tiny model written to a fresh directory: (manifest, model, dir, file).
+    fn written(tag: &str) -> (ModelManifest, TypedModel, std::path::PathBuf, std::path::PathBuf) {
         let (manifest, model) = tiny();
-        let dir = std::env::temp_dir().join(format!("attune-graph-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("attune-graph-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("model.graph");
         write(&model, &manifest.model_sha256, &path).unwrap();
+        (manifest, model, dir, path)
+    }
+
+    #[test]
+    fn graphs_come_back_operator_for_operator() {
+        let (manifest, model, dir, path) = written("round-trip");
         let back = read(&path, &manifest.model_sha256).unwrap();
         assert_eq!(ops(&back), ops(&model));
         assert_eq!(run(back), run(model), "same states, bit for bit");
@@ -233,11 +232,7 @@ mod tests {
 
     #[test]
     fn damaged_files_are_errors_not_panics() {
-        let (manifest, model) = tiny();
-        let dir = std::env::temp_dir().join(format!("attune-graph-damaged-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("model.graph");
-        write(&model, &manifest.model_sha256, &path).unwrap();
+        let (manifest, _, dir, path) = written("damaged");
         let good = std::fs::read(&path).unwrap();
         let header_end = MAGIC.len() + 8 + u64::from_le_bytes(good[16..24].try_into().unwrap()) as usize;
         let read_back = |bytes: &[u8]| {
