@@ -40,6 +40,9 @@ pub struct HeadsBenchArgs {
     /// Label smoothing (for experiments).
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
+    /// Hidden units of the MLP head (for experiments).
+    #[arg(long)]
+    mlp_hidden: Option<usize>,
     /// Only the full-data run.
     #[arg(long)]
     full_only: bool,
@@ -111,6 +114,7 @@ pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
             epochs: args.epochs,
             weight_decay: args.weight_decay,
             label_smoothing: args.label_smoothing,
+            mlp_hidden: args.mlp_hidden.unwrap_or(TrainOptions::default().mlp_hidden),
             ..TrainOptions::default()
         };
         // Full training split.

@@ -12,6 +12,8 @@ use crate::heads::Params;
 
 const CLIP_NORM: f32 = 5.0;
 const PATIENCE: usize = 3;
+/// Rows per gradient chunk (see `loss_and_gradients`).
+const CHUNK_ROWS: usize = 128;
 
 /// Settings of one fit.
 #[derive(Debug, Clone)]
@@ -44,7 +46,47 @@ struct Tensors {
     decays: Vec<bool>,
 }
 
+/// Fits `initial` on `train`. Inputs are centred on the training mean while
+/// fitting: sentence embeddings share a large common direction, and without
+/// it every weight update also moves all logits together, which slows the
+/// optimiser. The mean is folded into the first bias afterwards, so the
+/// head still takes raw features.
 pub(crate) fn fit(
+    initial: &Params,
+    train: &Data,
+    validation: Option<&Data>,
+    settings: &FitSettings,
+    budget: &Budget,
+    listener: &dyn TrainListener,
+    candidate: &str,
+) -> Result<Fitted> {
+    let mean = train.features.mean_axis(Axis(0)).expect("training data is not empty");
+    let centred = |data: &Data| Data {
+        features: &data.features - &mean,
+        labels: data.labels.clone(),
+        weights: data.weights.clone(),
+    };
+    let (train, validation) = (&centred(train), validation.map(centred));
+    let initial = &with_input_shift(initial, &mean, 1.0);
+    let fitted = fit_centred(initial, train, validation.as_ref(), settings, budget, listener, candidate)?;
+    Ok(Fitted { params: with_input_shift(&fitted.params, &mean, -1.0), ..fitted })
+}
+
+/// The same head for inputs moved by `-sign · shift`: `W(x − s) + b + W s`
+/// equals `W x + b`, so the first layer's bias absorbs `sign · W s`.
+fn with_input_shift(params: &Params, shift: &Array1<f32>, sign: f32) -> Params {
+    match params {
+        Params::Linear { weights, bias } => {
+            Params::Linear { weights: weights.clone(), bias: bias + &(weights.dot(shift) * sign) }
+        }
+        Params::Mlp { w1, b1, w2, b2 } => {
+            Params::Mlp { w1: w1.clone(), b1: b1 + &(w1.dot(shift) * sign), w2: w2.clone(), b2: b2.clone() }
+        }
+        Params::Prototype { .. } => params.clone(),
+    }
+}
+
+fn fit_centred(
     initial: &Params,
     train: &Data,
     validation: Option<&Data>,
@@ -154,6 +196,9 @@ fn forward(values: &[ArrayD<f32>], shape: &Params, x: ArrayView2<'_, f32>) -> (A
 }
 
 /// Weighted, label-smoothed cross-entropy of a batch and its gradients.
+/// Large batches are split into chunks of `CHUNK_ROWS` computed on all
+/// cores; the chunks are summed in order, so the result does not depend on
+/// the number of cores.
 fn loss_and_gradients(
     values: &[ArrayD<f32>],
     shape: &Params,
@@ -161,13 +206,60 @@ fn loss_and_gradients(
     batch: &[usize],
     smoothing: f32,
 ) -> (f64, Vec<ArrayD<f32>>) {
-    let x = data.features.select(Axis(0), batch);
+    let weight_sum: f32 = batch.iter().map(|&i| data.weights[i]).sum();
+    let chunks: Vec<&[usize]> = batch.chunks(CHUNK_ROWS).collect();
+    let mut parts =
+        in_parallel(&chunks, |rows| chunk_loss_and_gradients(values, shape, data, rows, smoothing, weight_sum))
+            .into_iter();
+    let (mut loss, mut grads) = parts.next().expect("a batch has rows");
+    for (part_loss, part_grads) in parts {
+        loss += part_loss;
+        grads.iter_mut().zip(part_grads).for_each(|(sum, part)| *sum += &part);
+    }
+    (loss, grads)
+}
+
+/// `work` over `items` on up to all cores, results in item order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(items.len());
+    if threads < 2 {
+        return items.iter().map(work).collect();
+    }
+    let work = &work;
+    let mut results: Vec<Option<R>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads)
+            .map(|t| scope.spawn(move || items.iter().skip(t).step_by(threads).map(work).collect::<Vec<_>>()))
+            .collect();
+        let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+        for (i, item) in items.iter().enumerate().step_by(threads) {
+            results[i] = Some(work(item));
+        }
+        for (t, handle) in handles.into_iter().enumerate() {
+            let done = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for (j, result) in done.into_iter().enumerate() {
+                results[t + 1 + j * threads] = Some(result);
+            }
+        }
+        results
+    });
+    results.iter_mut().map(|r| r.take().expect("every item was worked on")).collect()
+}
+
+/// Loss and gradients of the rows `rows` of a batch whose weights sum to `weight_sum`.
+fn chunk_loss_and_gradients(
+    values: &[ArrayD<f32>],
+    shape: &Params,
+    data: &Data,
+    rows: &[usize],
+    smoothing: f32,
+    weight_sum: f32,
+) -> (f64, Vec<ArrayD<f32>>) {
+    let x = data.features.select(Axis(0), rows);
     let (logits, pre) = forward(values, shape, x.view());
     let classes = logits.ncols();
     let mut probabilities = logits;
     let mut loss = 0.0f64;
-    let weight_sum: f32 = batch.iter().map(|&i| data.weights[i]).sum();
-    for (mut row, &i) in probabilities.axis_iter_mut(Axis(0)).zip(batch) {
+    for (mut row, &i) in probabilities.axis_iter_mut(Axis(0)).zip(rows) {
         let max = row.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
         row.mapv_inplace(|z| (z - max).exp());
         let sum = row.sum();
