@@ -8,6 +8,7 @@
 //! params = prototype: scale f32, centroids (labels × dim)
 //!          linear:    weights (labels × dim), bias (labels)
 //!          mlp:       hidden u32, w1 (hidden × dim), b1 (hidden), w2 (labels × hidden), b2 (labels)
+//!          mlp with a skip connection: as mlp, then skip (labels × dim)
 //! ```
 //!
 //! Decoding checks every length against what is left before allocating, so
@@ -35,7 +36,11 @@ pub(crate) fn encode(head: &Head) -> Vec<u8> {
     let (kind, floats): (u8, Vec<&[f32]>) = match &head.params {
         Params::Prototype { centroids, .. } => (0, vec![slice(centroids)]),
         Params::Linear { weights, bias } => (1, vec![slice(weights), vec_slice(bias)]),
-        Params::Mlp { w1, b1, w2, b2 } => (2, vec![slice(w1), vec_slice(b1), slice(w2), vec_slice(b2)]),
+        Params::Mlp { w1, b1, w2, b2, skip } => {
+            let mut floats = vec![slice(w1), vec_slice(b1), slice(w2), vec_slice(b2)];
+            floats.extend(skip.as_ref().map(slice));
+            (if skip.is_some() { 3 } else { 2 }, floats)
+        }
     };
     out.push(kind);
     put_str(&mut out, &head.fingerprint);
@@ -123,13 +128,14 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head> {
             Params::Prototype { scale, centroids: reader.matrix(classes, dim)? }
         }
         1 => Params::Linear { weights: reader.matrix(classes, dim)?, bias: reader.vector(classes)? },
-        2 => {
+        2 | 3 => {
             let hidden = reader.count(MAX_DIM)?;
             Params::Mlp {
                 w1: reader.matrix(hidden, dim)?,
                 b1: reader.vector(hidden)?,
                 w2: reader.matrix(classes, hidden)?,
                 b2: reader.vector(classes)?,
+                skip: if kind == 3 { Some(reader.matrix(classes, dim)?) } else { None },
             }
         }
         other => return Err(invalid(&format!("unknown head kind {other}"))),
@@ -216,6 +222,7 @@ mod tests {
                 b1: Array1::zeros(5),
                 w2: Array2::from_elem((3, 5), -1.0),
                 b2: Array1::from_vec(vec![1.0, 2.0, 3.0]),
+                skip: (kind == 3).then(|| Array2::from_shape_fn((3, 4), |(i, j)| (i + 2 * j) as f32)),
             },
         };
         let mut head = Head::new("fp", labels, params);
@@ -230,7 +237,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        for kind in 0..3 {
+        for kind in 0..4 {
             let head = sample(kind);
             assert_eq!(decode(&encode(&head)).unwrap(), head);
         }
@@ -238,7 +245,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_corruption_is_an_error_not_a_panic() {
-        let bytes = encode(&sample(2));
+        let bytes = encode(&sample(3));
         for cut in 0..bytes.len() {
             assert!(matches!(decode(&bytes[..cut]), Err(Error::InvalidHead(_))), "cut at {cut}");
         }

@@ -46,8 +46,9 @@ pub(crate) enum Params {
     Prototype { centroids: Array2<f32>, scale: f32 },
     /// `logits = X Wᵀ + b`.
     Linear { weights: Array2<f32>, bias: Array1<f32> },
-    /// `logits = relu(X W1ᵀ + b1) W2ᵀ + b2`.
-    Mlp { w1: Array2<f32>, b1: Array1<f32>, w2: Array2<f32>, b2: Array1<f32> },
+    /// `logits = relu(X W1ᵀ + b1) W2ᵀ + b2`, plus `X Sᵀ` with a skip
+    /// connection `S`: a linear head that the hidden layer corrects.
+    Mlp { w1: Array2<f32>, b1: Array1<f32>, w2: Array2<f32>, b2: Array1<f32>, skip: Option<Array2<f32>> },
 }
 
 /// A trained (or zero-shot) head.
@@ -130,9 +131,13 @@ impl Head {
         match &self.params {
             Params::Prototype { centroids, scale } => features.dot(&centroids.t()) * *scale,
             Params::Linear { weights, bias } => features.dot(&weights.t()) + bias,
-            Params::Mlp { w1, b1, w2, b2 } => {
+            Params::Mlp { w1, b1, w2, b2, skip } => {
                 let hidden = (features.dot(&w1.t()) + b1).mapv(|h| h.max(0.0));
-                hidden.dot(&w2.t()) + b2
+                let logits = hidden.dot(&w2.t()) + b2;
+                match skip {
+                    Some(skip) => logits + features.dot(&skip.t()),
+                    None => logits,
+                }
             }
         }
     }

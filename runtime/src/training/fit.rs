@@ -79,9 +79,16 @@ fn with_input_shift(params: &Params, shift: &Array1<f32>, sign: f32) -> Params {
         Params::Linear { weights, bias } => {
             Params::Linear { weights: weights.clone(), bias: bias + &(weights.dot(shift) * sign) }
         }
-        Params::Mlp { w1, b1, w2, b2 } => {
-            Params::Mlp { w1: w1.clone(), b1: b1 + &(w1.dot(shift) * sign), w2: w2.clone(), b2: b2.clone() }
-        }
+        Params::Mlp { w1, b1, w2, b2, skip } => Params::Mlp {
+            w1: w1.clone(),
+            b1: b1 + &(w1.dot(shift) * sign),
+            w2: w2.clone(),
+            b2: match skip {
+                Some(skip) => b2 + &(skip.dot(shift) * sign),
+                None => b2.clone(),
+            },
+            skip: skip.clone(),
+        },
         Params::Prototype { .. } => params.clone(),
     }
 }
@@ -158,10 +165,14 @@ fn tensors_of(params: &Params, anchor: bool) -> Tensors {
         Params::Linear { weights, bias } => {
             (vec![weights.clone().into_dyn(), bias.clone().into_dyn()], vec![true, false])
         }
-        Params::Mlp { w1, b1, w2, b2 } => (
-            vec![w1.clone().into_dyn(), b1.clone().into_dyn(), w2.clone().into_dyn(), b2.clone().into_dyn()],
-            vec![true, false, true, false],
-        ),
+        Params::Mlp { w1, b1, w2, b2, skip } => {
+            let mut values =
+                vec![w1.clone().into_dyn(), b1.clone().into_dyn(), w2.clone().into_dyn(), b2.clone().into_dyn()];
+            // The skip connection is a linear head: free, like the linear head's best setting.
+            values.extend(skip.iter().map(|s| s.clone().into_dyn()));
+            let decays = [true, false, true, false, false][..values.len()].to_vec();
+            (values, decays)
+        }
         Params::Prototype { .. } => unreachable!("prototype heads are not trained by gradient"),
     };
     let anchors = values.iter().zip(&decays).map(|(v, &d)| (anchor && d).then(|| v.clone())).collect();
@@ -173,9 +184,13 @@ fn params_of(shape: &Params, values: Vec<ArrayD<f32>>) -> Params {
     let one = |t: &ArrayD<f32>| t.clone().into_dimensionality::<Ix1>().expect("1-d parameter");
     match shape {
         Params::Linear { .. } => Params::Linear { weights: two(&values[0]), bias: one(&values[1]) },
-        Params::Mlp { .. } => {
-            Params::Mlp { w1: two(&values[0]), b1: one(&values[1]), w2: two(&values[2]), b2: one(&values[3]) }
-        }
+        Params::Mlp { .. } => Params::Mlp {
+            w1: two(&values[0]),
+            b1: one(&values[1]),
+            w2: two(&values[2]),
+            b2: one(&values[3]),
+            skip: values.get(4).map(two),
+        },
         Params::Prototype { .. } => unreachable!(),
     }
 }
@@ -189,7 +204,11 @@ fn forward(values: &[ArrayD<f32>], shape: &Params, x: ArrayView2<'_, f32>) -> (A
         Params::Mlp { .. } => {
             let pre = x.dot(&two(&values[0]).t()) + one(&values[1]);
             let hidden = pre.mapv(|h| h.max(0.0));
-            (hidden.dot(&two(&values[2]).t()) + one(&values[3]), Some(pre))
+            let mut logits = hidden.dot(&two(&values[2]).t()) + one(&values[3]);
+            if let Some(skip) = values.get(4) {
+                logits += &x.dot(&two(skip).t());
+            }
+            (logits, Some(pre))
         }
         Params::Prototype { .. } => unreachable!(),
     }
@@ -287,12 +306,16 @@ fn chunk_loss_and_gradients(
                     *d = 0.0;
                 }
             });
-            vec![
+            let mut grads = vec![
                 d_hidden.t().dot(&x).into_dyn(),
                 d_hidden.sum_axis(Axis(0)).into_dyn(),
                 g.t().dot(&hidden).into_dyn(),
                 g.sum_axis(Axis(0)).into_dyn(),
-            ]
+            ];
+            if values.len() > 4 {
+                grads.push(g.t().dot(&x).into_dyn());
+            }
+            grads
         }
         _ => unreachable!(),
     };
@@ -320,16 +343,22 @@ fn evaluate_loss(values: &[ArrayD<f32>], shape: &Params, data: &Data) -> (f64, O
     (loss / data.len() as f64, Some(correct as f64 / data.len() as f64))
 }
 
-/// An MLP start: He-initialised first layer, small second layer.
-pub(crate) fn mlp_init(dim: usize, hidden: usize, classes: usize, seed: u64) -> Params {
+/// An MLP start around a linear head (`weights`, `bias`) as its skip
+/// connection: a He-initialised first layer and a second layer of
+/// 1/√hidden, whose output perturbs the linear head's logits by about one
+/// (measured on CLINC150, a zero second layer validated worse: 0.088 against
+/// 0.084 log loss).
+pub(crate) fn mlp_around(weights: Array2<f32>, bias: Array1<f32>, hidden: usize, seed: u64) -> Params {
     let mut rng = SplitMix::new(seed);
+    let (classes, dim) = weights.dim();
     let he = (2.0 / dim as f32).sqrt();
     let small = (1.0 / hidden as f32).sqrt();
     Params::Mlp {
         w1: Array2::from_shape_fn((hidden, dim), |_| rng.normal() * he),
         b1: Array1::zeros(hidden),
         w2: Array2::from_shape_fn((classes, hidden), |_| rng.normal() * small),
-        b2: Array1::zeros(classes),
+        b2: bias,
+        skip: Some(weights),
     }
 }
 

@@ -29,7 +29,7 @@ pub use promotion::{PromotionDecision, decide_promotion};
 use crate::error::{Error, Result};
 use crate::evaluation::{Metrics, abstain_threshold, evaluate, fit_temperature, softmax_rows};
 use crate::heads::{Head, HeadKind, Params, class_sums, unit};
-use fit::{FitSettings, fit, mlp_init};
+use fit::{FitSettings, fit, mlp_around};
 
 /// Logit scale of prototype-initialised heads: cosine 0.1 apart becomes a
 /// logit gap of 2.
@@ -516,8 +516,15 @@ fn fit_candidate(
         return Ok((Params::Prototype { centroids: prototypes, scale: PROTOTYPE_SCALE }, 0));
     }
     let (initial, anchored) = match candidate {
-        Candidate::Linear(_) => (linear_start(plan, prototypes), true),
-        Candidate::Mlp(_) => (mlp_init(plan.set.dim, plan.options.mlp_hidden, plan.classes, plan.options.seed), false),
+        Candidate::Linear(_) => {
+            let (weights, bias) = linear_start(plan, prototypes);
+            (Params::Linear { weights, bias }, true)
+        }
+        Candidate::Mlp(_) => {
+            // The linear start is the skip connection.
+            let (weights, bias) = linear_start(plan, prototypes);
+            (mlp_around(weights, bias, plan.options.mlp_hidden, plan.options.seed), false)
+        }
         Candidate::Prototype => unreachable!(),
     };
     let settings = FitSettings {
@@ -559,8 +566,8 @@ fn prototypes(plan: &Plan<'_>, train: &Data) -> Array2<f32> {
 }
 
 /// The linear head's start: the previous head's weights for labels it knew
-/// (retraining), scaled prototypes for the others.
-fn linear_start(plan: &Plan<'_>, prototypes: Array2<f32>) -> Params {
+/// (retraining), scaled prototypes for the others: weights and bias.
+fn linear_start(plan: &Plan<'_>, prototypes: Array2<f32>) -> (Array2<f32>, Array1<f32>) {
     let mut weights = prototypes * PROTOTYPE_SCALE;
     let mut bias = Array1::zeros(plan.classes);
     if let Some(Head { params: Params::Linear { weights: old_w, bias: old_b }, labels, dim, fingerprint, .. }) =
@@ -575,7 +582,7 @@ fn linear_start(plan: &Plan<'_>, prototypes: Array2<f32>) -> Params {
             }
         }
     }
-    Params::Linear { weights, bias }
+    (weights, bias)
 }
 
 fn logits_of(params: &Params, features: ArrayView2<'_, f32>) -> Array2<f32> {
