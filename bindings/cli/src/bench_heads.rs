@@ -43,6 +43,9 @@ pub struct HeadsBenchArgs {
     /// Hidden units of the MLP head (for experiments).
     #[arg(long)]
     mlp_hidden: Option<usize>,
+    /// Mini-batch size instead of the automatic one (for experiments).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Only the full-data run.
     #[arg(long)]
     full_only: bool,
@@ -114,6 +117,7 @@ pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
             epochs: args.epochs,
             weight_decay: args.weight_decay,
             label_smoothing: args.label_smoothing,
+            batch_size: args.batch_size,
             mlp_hidden: args.mlp_hidden.unwrap_or(TrainOptions::default().mlp_hidden),
             ..TrainOptions::default()
         };

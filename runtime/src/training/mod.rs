@@ -3,7 +3,8 @@
 //! `train` needs no knobs: it picks the validation scheme from the data
 //! (a stratified holdout, or k folds when labels have few examples), scores
 //! a small grid of candidates — the prototype head, linear heads with
-//! different pulls towards their warm start, and an MLP when data allows —
+//! different pulls towards their warm start, and an MLP (the linear start
+//! plus a hidden-layer correction) when data allows —
 //! keeps the best, refits it on all examples and calibrates it. Linear heads
 //! start from class prototypes (label descriptions and class centroids), so
 //! few-shot training begins at zero-shot accuracy rather than at chance.
@@ -40,18 +41,20 @@ const MAX_USEFUL_NOISE: f64 = 10.0;
 /// A label description counts as this many examples in its prototype.
 const PRIOR_WEIGHT: f32 = 2.0;
 /// Mini-batch steps a fit aims for: k-fold fits (few examples, five times
-/// over) and holdout fits (early stopping ends them sooner when they converge).
+/// over) and holdout fits (early stopping ends them sooner when they converge;
+/// on CLINC150's 15,000 examples 1000 steps are 20 epochs; 1500 took 40%
+/// longer and its best head, the MLP, validated alike: 0.084 log loss).
 const TARGET_STEPS_FOLDS: usize = 400;
-const TARGET_STEPS_HOLDOUT: usize = 1500;
+const TARGET_STEPS_HOLDOUT: usize = 1000;
 /// Below this many examples in its smallest label, k-fold validation.
 const FEW_SHOT: usize = 8;
 /// Pulls of the linear head towards its prototype start, per step and
 /// learning rate: free, gentle, firm.
 const LINEAR_DECAY_GRID: [f32; 3] = [0.0, 0.3, 3.0];
-/// Decay of the MLP head's weights towards zero, per step and learning rate.
-/// Without it the hidden layer grows overconfident: validation loss turns
-/// up after ~9 epochs on CLINC150; with 0.1 it still falls at epoch 25, and
-/// test accuracy rises from 95.6% to 95.9% (0.03: 95.9%, 0.3: 95.6%, 1: 95.2%).
+/// Decay of the MLP head's hidden-layer weights towards zero, per step and
+/// learning rate (its skip connection is free, like the linear head). With
+/// 1e-4 the hidden layer grew overconfident on CLINC150 (validation loss
+/// turning up after 9 epochs); 0.1 and 0.3 validated alike, 1 underfit.
 const MLP_DECAY: f32 = 0.1;
 /// With enough examples for a holdout, a firm pull never wins: skip it.
 const LINEAR_DECAY_GRID_HOLDOUT: [f32; 1] = [0.0];

@@ -1,6 +1,6 @@
 //! Optimisers and the learning-rate schedule.
 
-use ndarray::{ArrayD, ArrayViewD, Zip};
+use ndarray::{ArrayD, ArrayViewD};
 
 /// Update rule for the trainable parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,29 +44,36 @@ impl Optimizer {
         self.step += 1;
         let (bias1, bias2) = (1.0 - BETA1.powi(self.step), 1.0 - BETA2.powi(self.step));
         for (i, param) in params.iter_mut().enumerate() {
-            let grad = &grads[i];
+            // Plain slices: the compiler vectorises these loops, which an
+            // `IxDyn` zip does not (the step was 18% of an MLP fit).
+            let param = param.as_slice_mut().expect("parameters are contiguous");
+            let grad = grads[i].as_slice().expect("gradients are contiguous");
+            let first = self.first[i].as_slice_mut().expect("optimiser state is contiguous");
             match self.kind {
                 OptimizerKind::AdamW => {
-                    Zip::from(&mut self.first[i]).and(&mut self.second[i]).and(&mut **param).and(grad).for_each(
-                        |m, v, p, &g| {
-                            *m = BETA1 * *m + (1.0 - BETA1) * g;
-                            *v = BETA2 * *v + (1.0 - BETA2) * g * g;
-                            *p -= lr * (*m / bias1) / ((*v / bias2).sqrt() + EPSILON);
-                        },
-                    );
+                    let second = self.second[i].as_slice_mut().expect("optimiser state is contiguous");
+                    let (step1, step2) = (lr / bias1, 1.0 / bias2);
+                    for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(first.iter_mut()).zip(second.iter_mut()) {
+                        *m = BETA1 * *m + (1.0 - BETA1) * g;
+                        *v = BETA2 * *v + (1.0 - BETA2) * g * g;
+                        *p -= step1 * *m / ((*v * step2).sqrt() + EPSILON);
+                    }
                 }
                 OptimizerKind::Sgd => {
-                    Zip::from(&mut self.first[i]).and(&mut **param).and(grad).for_each(|m, p, &g| {
+                    for ((p, &g), m) in param.iter_mut().zip(grad).zip(first.iter_mut()) {
                         *m = MOMENTUM * *m + g;
                         *p -= lr * *m;
-                    });
+                    }
                 }
             }
             if decay[i] > 0.0 {
                 let rate = (decay[i] * lr).min(1.0);
                 match &anchors[i] {
-                    Some(anchor) => Zip::from(&mut **param).and(anchor).for_each(|p, &a| *p -= rate * (*p - a)),
-                    None => param.mapv_inplace(|p| p * (1.0 - rate)),
+                    Some(anchor) => {
+                        let anchor = anchor.as_slice().expect("anchors are contiguous");
+                        param.iter_mut().zip(anchor).for_each(|(p, &a)| *p -= rate * (*p - a));
+                    }
+                    None => param.iter_mut().for_each(|p| *p *= 1.0 - rate),
                 }
             }
         }
