@@ -242,6 +242,14 @@ fn bad_training_input_is_refused() {
     for case in cases {
         assert!(matches!(train(&case, None, &options, &QuietTraining), Err(Error::InvalidInput(_))));
     }
+    let bad_options = [
+        TrainOptions { learning_rate: Some(-0.01), ..TrainOptions::default() },
+        TrainOptions { learning_rate: Some(f32::NAN), ..TrainOptions::default() },
+        TrainOptions { weight_decay: Some(-1.0), ..TrainOptions::default() },
+    ];
+    for options in bad_options {
+        assert!(matches!(train(&set, None, &options, &QuietTraining), Err(Error::InvalidInput(_))), "{options:?}");
+    }
     assert!(matches!(head_with_nan_query(&set), Err(Error::InvalidInput(_))));
 }
 

@@ -445,3 +445,57 @@ pub(crate) fn fit_private(
     }
     Ok(params_of(initial, tensors.values))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(rows: usize, dim: usize, classes: usize) -> Data {
+        let mut rng = SplitMix::new(7);
+        Data {
+            features: Array2::from_shape_fn((rows, dim), |_| rng.normal() + 3.0),
+            labels: (0..rows).map(|i| i % classes).collect(),
+            weights: (0..rows).map(|i| 1.0 + (i % 3) as f32).collect(),
+        }
+    }
+
+    fn close(a: &ArrayD<f32>, b: &ArrayD<f32>, tolerance: f32) -> bool {
+        a.shape() == b.shape() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tolerance * (1.0 + y.abs()))
+    }
+
+    #[test]
+    fn a_shifted_head_on_shifted_inputs_gives_the_same_logits() {
+        let data = data(20, 6, 3);
+        let mean = data.features.mean_axis(Axis(0)).unwrap();
+        let linear = Params::Linear {
+            weights: Array2::from_shape_fn((3, 6), |(i, j)| (i as f32 - j as f32) * 0.3),
+            bias: Array1::from_vec(vec![0.1, -0.2, 0.3]),
+        };
+        for head in [linear.clone(), mlp_around(Array2::from_elem((3, 6), 0.2), Array1::zeros(3), 5, 3)] {
+            let centred = &data.features - &mean;
+            let shifted = with_input_shift(&head, &mean, 1.0);
+            let values = |p: &Params| tensors_of(p, false).values;
+            let (raw, _) = forward(&values(&head), &head, data.features.view());
+            let (moved, _) = forward(&values(&shifted), &shifted, centred.view());
+            assert!(close(&moved.into_dyn(), &raw.into_dyn(), 1e-4));
+            let back = tensors_of(&with_input_shift(&shifted, &mean, -1.0), false).values;
+            assert!(values(&head).iter().zip(&back).all(|(a, b)| close(a, b, 1e-5)));
+        }
+    }
+
+    #[test]
+    fn chunked_gradients_equal_the_whole_batch() {
+        let data = data(300, 6, 3);
+        let head = mlp_around(Array2::from_elem((3, 6), 0.2), Array1::zeros(3), 5, 3);
+        let values = tensors_of(&head, false).values;
+        let batch: Vec<usize> = (0..300).rev().collect();
+        let weight_sum: f32 = data.weights.iter().sum();
+        let (loss, grads) = loss_and_gradients(&values, &head, &data, &batch, 0.1);
+        let (whole_loss, whole) = chunk_loss_and_gradients(&values, &head, &data, &batch, 0.1, weight_sum);
+        assert!((loss - whole_loss).abs() < 1e-4 * whole_loss.abs());
+        assert_eq!(grads.len(), 5, "w1, b1, w2, b2 and the skip connection");
+        assert!(grads.iter().zip(&whole).all(|(a, b)| close(a, b, 1e-4)));
+        // Deterministic: the same chunks, summed in the same order.
+        assert_eq!(loss_and_gradients(&values, &head, &data, &batch, 0.1).1, grads);
+    }
+}

@@ -681,6 +681,10 @@ fn validate(set: &TrainingSet<'_>, options: &TrainOptions) -> Result<Data> {
             "label smoothing must be in [0, 1), the validation share in [0.01, 0.5)".into(),
         ));
     }
+    let positive = |value: Option<f32>| value.is_none_or(|v| v.is_finite() && v > 0.0);
+    if !positive(options.learning_rate) || !options.weight_decay.is_none_or(|d| d.is_finite() && d >= 0.0) {
+        return Err(Error::InvalidInput("the learning rate must be positive, the weight decay not negative".into()));
+    }
     let counts = count_labels(set.labels, classes);
     let present = counts.iter().filter(|&&c| c > 0).count() as f32;
     let weights = set
