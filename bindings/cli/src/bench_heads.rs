@@ -25,7 +25,8 @@ pub struct HeadsBenchArgs {
     /// Examples per intent in the few-shot runs.
     #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
     shots: Vec<usize>,
-    /// Seeds per few-shot setting.
+    /// Seeds per setting: training seeds on the full set, samples and
+    /// training seeds in the few-shot runs.
     #[arg(long, default_value_t = 5)]
     seeds: u64,
     /// Heads to compare (auto, linear, mlp, prototype).
@@ -132,14 +133,24 @@ pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
             priors: &priors,
             fingerprint: encoder.fingerprint(),
         };
-        let (trained, report) = train(&set, None, &options, &QuietTraining)?;
-        let probabilities = trained.probabilities(&test_x)?;
-        let metrics = evaluate(&probabilities, &test_split.labels, &intents);
-        let oos = out_of_scope(&trained, &test_x, &test_split.labels, &oos_x, dim)?;
+        // Seed 0's head is the one described in detail (choice, candidates,
+        // out of scope); the others show how much the seed moves accuracy.
+        let mut runs = Vec::new();
+        for seed in 0..args.seeds.max(1) {
+            let (trained, report) = train(&set, None, &TrainOptions { seed, ..options.clone() }, &QuietTraining)?;
+            let metrics = evaluate(&trained.probabilities(&test_x)?, &test_split.labels, &intents);
+            runs.push((trained, report, metrics));
+        }
+        let (first, first_report, first_metrics) = &runs[0];
+        let oos = out_of_scope(first, &test_x, &test_split.labels, &oos_x, dim)?;
+        let per_seed = |f: &dyn Fn(&attune::Metrics) -> f64| runs.iter().map(|(_, _, m)| f(m)).collect::<Vec<f64>>();
+        let accuracy = per_seed(&|m| m.accuracy);
         results.push(serde_json::json!({
-            "head": head, "setting": "full", "chosen": report.chosen, "accuracy": metrics.accuracy,
-            "macro_f1": metrics.macro_f1, "ece": metrics.ece, "train_ms": report.train_ms,
-            "validation": report.validation_method, "candidates": report.candidates, "out_of_scope": oos,
+            "head": head, "setting": "full", "chosen": first_report.chosen, "accuracy": mean(&accuracy),
+            "accuracy_per_seed": accuracy, "macro_f1": mean(&per_seed(&|m| m.macro_f1)), "ece": first_metrics.ece,
+            "train_ms": mean(&runs.iter().map(|(_, r, _)| r.train_ms as f64).collect::<Vec<_>>()),
+            "chosen_per_seed": runs.iter().map(|(_, r, _)| r.chosen.clone()).collect::<Vec<_>>(),
+            "validation": first_report.validation_method, "candidates": first_report.candidates, "out_of_scope": oos,
         }));
         let shots: &[usize] = if args.full_only { &[] } else { &args.shots };
         for &k in shots {
