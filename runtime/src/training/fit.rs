@@ -5,6 +5,7 @@
 use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis, Ix1, Ix2};
 
 use super::optimizer::{Optimizer, learning_rate};
+use super::parallel::in_parallel;
 use super::rng::SplitMix;
 use super::{Budget, Data, TrainListener};
 use crate::error::{Error, Result};
@@ -236,32 +237,6 @@ fn loss_and_gradients(
         grads.iter_mut().zip(part_grads).for_each(|(sum, part)| *sum += &part);
     }
     (loss, grads)
-}
-
-/// `work` over `items` on up to all cores, results in item order.
-fn in_parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(items.len());
-    if threads < 2 {
-        return items.iter().map(work).collect();
-    }
-    let work = &work;
-    let mut results: Vec<Option<R>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (1..threads)
-            .map(|t| scope.spawn(move || items.iter().skip(t).step_by(threads).map(work).collect::<Vec<_>>()))
-            .collect();
-        let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
-        for (i, item) in items.iter().enumerate().step_by(threads) {
-            results[i] = Some(work(item));
-        }
-        for (t, handle) in handles.into_iter().enumerate() {
-            let done = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            for (j, result) in done.into_iter().enumerate() {
-                results[t + 1 + j * threads] = Some(result);
-            }
-        }
-        results
-    });
-    results.iter_mut().map(|r| r.take().expect("every item was worked on")).collect()
 }
 
 /// Loss and gradients of the rows `rows` of a batch whose weights sum to `weight_sum`.

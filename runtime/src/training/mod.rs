@@ -11,6 +11,7 @@
 
 mod fit;
 mod optimizer;
+mod parallel;
 mod privacy;
 mod private;
 mod promotion;
@@ -31,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::evaluation::{Metrics, abstain_threshold, evaluate, fit_temperature, softmax_rows};
 use crate::heads::{Head, HeadKind, Params, class_sums, unit};
 use fit::{FitSettings, fit, mlp_around};
+use parallel::{CallerThreadListener, in_parallel};
 
 /// Logit scale of prototype-initialised heads: cosine 0.1 apart becomes a
 /// logit gap of 2.
@@ -168,7 +170,8 @@ pub struct EpochProgress {
     pub validation_accuracy: Option<f64>,
 }
 
-/// Hears training progress and may cancel it between epochs.
+/// Hears training progress and may cancel it between epochs. It is called
+/// only on the thread that called `train`, though training uses all cores.
 pub trait TrainListener: Sync {
     fn on_epoch(&self, _progress: &EpochProgress) {}
     fn is_cancelled(&self) -> bool {
@@ -364,14 +367,19 @@ pub fn train(
             if budget.exhausted() && !scored.is_empty() {
                 break;
             }
+            // Folds are independent: they are fitted on all cores at once.
+            let fold_listener = CallerThreadListener::new(listener);
+            let fitted = in_parallel(&folds, |(train_rows, validation_rows)| -> Result<(Array2<f32>, usize)> {
+                let (train_part, held) = (data.subset(train_rows), data.subset(validation_rows));
+                let (params, epochs_run) =
+                    fit_candidate(&plan, candidate, &train_part, None, &budget, &fold_listener, false)?;
+                Ok((logits_of(&params, held.features.view()), epochs_run))
+            });
             let mut logits = Array2::zeros((n, classes));
             let mut used_epochs = 0;
-            for (train_rows, validation_rows) in &folds {
-                let (train_part, held) = (data.subset(train_rows), data.subset(validation_rows));
-                let (head_params, epochs_run) =
-                    fit_candidate(&plan, candidate, &train_part, None, &budget, listener, false)?;
+            for ((_, validation_rows), fold) in folds.iter().zip(fitted) {
+                let (fold_logits, epochs_run) = fold?;
                 used_epochs = used_epochs.max(epochs_run);
-                let fold_logits = logits_of(&head_params, held.features.view());
                 for (row, &i) in validation_rows.iter().enumerate() {
                     logits.row_mut(i).assign(&fold_logits.row(row));
                 }
