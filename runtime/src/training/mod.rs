@@ -531,11 +531,7 @@ fn fit_candidate(
             let (weights, bias) = linear_start(plan, prototypes);
             (Params::Linear { weights, bias }, true)
         }
-        Candidate::Mlp(_) => {
-            // The linear start is the skip connection.
-            let (weights, bias) = linear_start(plan, prototypes);
-            (mlp_around(weights, bias, plan.options.mlp_hidden, plan.options.seed), false)
-        }
+        Candidate::Mlp(_) => (mlp_start(plan, prototypes), false),
         Candidate::Prototype => unreachable!(),
     };
     let settings = FitSettings {
@@ -594,6 +590,37 @@ fn linear_start(plan: &Plan<'_>, prototypes: Array2<f32>) -> (Array2<f32>, Array
         }
     }
     (weights, bias)
+}
+
+/// The MLP head's start: a hidden layer around the linear start (its skip
+/// connection); when retraining an MLP of the same shape, that head's
+/// weights, row by row for the labels it knew.
+fn mlp_start(plan: &Plan<'_>, prototypes: Array2<f32>) -> Params {
+    let (weights, bias) = linear_start(plan, prototypes);
+    let mut start = mlp_around(weights, bias, plan.options.mlp_hidden, plan.options.seed);
+    if let (
+        Params::Mlp { w1, b1, w2, b2, skip: Some(skip) },
+        Some(Head {
+            params: Params::Mlp { w1: old_w1, b1: old_b1, w2: old_w2, b2: old_b2, skip: Some(old_skip) },
+            labels,
+            fingerprint,
+            ..
+        }),
+    ) = (&mut start, plan.warm_start)
+        && old_w1.dim() == w1.dim()
+        && fingerprint == plan.set.fingerprint
+    {
+        w1.assign(old_w1);
+        b1.assign(old_b1);
+        for (c, name) in plan.set.label_names.iter().enumerate() {
+            if let Some(old) = labels.iter().position(|l| l == name) {
+                w2.row_mut(c).assign(&old_w2.row(old));
+                skip.row_mut(c).assign(&old_skip.row(old));
+                b2[c] = old_b2[old];
+            }
+        }
+    }
+    start
 }
 
 fn logits_of(params: &Params, features: ArrayView2<'_, f32>) -> Array2<f32> {
@@ -704,4 +731,73 @@ fn validate(set: &TrainingSet<'_>, options: &TrainOptions) -> Result<Data> {
     let features =
         Array2::from_shape_vec((n, set.dim), set.features.to_vec()).map_err(|e| Error::InvalidInput(e.to_string()))?;
     Ok(Data { features, labels: set.labels.to_vec(), weights })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_mlp_retrains_from_the_previous_mlp_label_by_label() {
+        let (dim, hidden) = (4, 3);
+        let ramp = |rows: usize, cols: usize, base: f32| {
+            Array2::from_shape_fn((rows, cols), |(i, j)| base + (i * cols + j) as f32)
+        };
+        let previous = Head::new(
+            "fp",
+            vec!["a".into(), "b".into()],
+            Params::Mlp {
+                w1: ramp(hidden, dim, 100.0),
+                b1: Array1::from_vec(vec![1.0, 2.0, 3.0]),
+                w2: ramp(2, hidden, 200.0),
+                b2: Array1::from_vec(vec![-1.0, -2.0]),
+                skip: Some(ramp(2, dim, 300.0)),
+            },
+        );
+        // Labels reordered, and one the previous head never knew.
+        let names: Vec<String> = ["b", "new", "a"].map(String::from).to_vec();
+        let features = vec![0.0; 3 * dim];
+        let set = TrainingSet {
+            features: &features,
+            dim,
+            labels: &[0, 1, 2],
+            weights: None,
+            label_names: &names,
+            priors: &[],
+            fingerprint: "fp",
+        };
+        let options = TrainOptions { mlp_hidden: hidden, ..TrainOptions::default() };
+        let plan = Plan {
+            set: &set,
+            warm_start: Some(&previous),
+            options: &options,
+            classes: 3,
+            batch_size: 8,
+            epochs: 1,
+            learning_rate: 0.01,
+        };
+        let prototypes = Array2::from_elem((3, dim), 0.5);
+        let Params::Mlp { w1, b1, w2, b2, skip: Some(skip) } = mlp_start(&plan, prototypes) else { panic!("an MLP") };
+        let Params::Mlp { w1: old_w1, b1: old_b1, w2: old_w2, b2: old_b2, skip: Some(old_skip) } = &previous.params
+        else {
+            unreachable!()
+        };
+        assert_eq!((&w1, &b1), (old_w1, old_b1));
+        for (row, old) in [(0, 1), (2, 0)] {
+            assert_eq!(w2.row(row), old_w2.row(old));
+            assert_eq!(skip.row(row), old_skip.row(old));
+            assert_eq!(b2[row], old_b2[old]);
+        }
+        // The new label starts from its prototype, like a linear head.
+        assert!(skip.row(1).iter().all(|&v| v == 0.5 * PROTOTYPE_SCALE));
+        assert_eq!(b2[1], 0.0);
+
+        // Another hidden size: a fresh start around the linear start.
+        let other = TrainOptions { mlp_hidden: hidden + 1, ..TrainOptions::default() };
+        let Params::Mlp { w1, .. } = mlp_start(&Plan { options: &other, ..plan }, Array2::from_elem((3, dim), 0.5))
+        else {
+            panic!("an MLP")
+        };
+        assert_eq!(w1.nrows(), hidden + 1);
+    }
 }
