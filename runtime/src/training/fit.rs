@@ -196,23 +196,28 @@ fn params_of(shape: &Params, values: Vec<ArrayD<f32>>) -> Params {
     }
 }
 
-/// Forward pass: logits and, for the MLP, the hidden pre-activations.
+/// Forward pass: logits and, for the MLP, the hidden activations.
 fn forward(values: &[ArrayD<f32>], shape: &Params, x: ArrayView2<'_, f32>) -> (Array2<f32>, Option<Array2<f32>>) {
-    let two = |t: &ArrayD<f32>| t.view().into_dimensionality::<Ix2>().expect("2-d parameter").to_owned();
-    let one = |t: &ArrayD<f32>| t.view().into_dimensionality::<Ix1>().expect("1-d parameter").to_owned();
     match shape {
-        Params::Linear { .. } => (x.dot(&two(&values[0]).t()) + one(&values[1]), None),
+        Params::Linear { .. } => (x.dot(&view2(&values[0]).t()) + view1(&values[1]), None),
         Params::Mlp { .. } => {
-            let pre = x.dot(&two(&values[0]).t()) + one(&values[1]);
-            let hidden = pre.mapv(|h| h.max(0.0));
-            let mut logits = hidden.dot(&two(&values[2]).t()) + one(&values[3]);
+            let hidden = (x.dot(&view2(&values[0]).t()) + view1(&values[1])).mapv_into(|h| h.max(0.0));
+            let mut logits = hidden.dot(&view2(&values[2]).t()) + view1(&values[3]);
             if let Some(skip) = values.get(4) {
-                logits += &x.dot(&two(skip).t());
+                logits += &x.dot(&view2(skip).t());
             }
-            (logits, Some(pre))
+            (logits, Some(hidden))
         }
         Params::Prototype { .. } => unreachable!(),
     }
+}
+
+fn view2(tensor: &ArrayD<f32>) -> ArrayView2<'_, f32> {
+    tensor.view().into_dimensionality::<Ix2>().expect("2-d parameter")
+}
+
+fn view1(tensor: &ArrayD<f32>) -> ndarray::ArrayView1<'_, f32> {
+    tensor.view().into_dimensionality::<Ix1>().expect("1-d parameter")
 }
 
 /// Weighted, label-smoothed cross-entropy of a batch and its gradients.
@@ -249,7 +254,7 @@ fn chunk_loss_and_gradients(
     weight_sum: f32,
 ) -> (f64, Vec<ArrayD<f32>>) {
     let x = data.features.select(Axis(0), rows);
-    let (logits, pre) = forward(values, shape, x.view());
+    let (logits, hidden) = forward(values, shape, x.view());
     let classes = logits.ncols();
     let mut probabilities = logits;
     let mut loss = 0.0f64;
@@ -270,14 +275,13 @@ fn chunk_loss_and_gradients(
         }
     }
     let g = probabilities; // dL/dlogits
-    let grads = match (shape, pre) {
+    let grads = match (shape, hidden) {
         (Params::Linear { .. }, _) => vec![g.t().dot(&x).into_dyn(), g.sum_axis(Axis(0)).into_dyn()],
-        (Params::Mlp { .. }, Some(pre)) => {
-            let hidden = pre.mapv(|h| h.max(0.0));
-            let w2 = values[2].view().into_dimensionality::<Ix2>().expect("2-d parameter");
-            let mut d_hidden = g.dot(&w2);
-            ndarray::Zip::from(&mut d_hidden).and(&pre).for_each(|d, &p| {
-                if p <= 0.0 {
+        (Params::Mlp { .. }, Some(hidden)) => {
+            let mut d_hidden = g.dot(&view2(&values[2]));
+            // ReLU: no gradient through units that were off.
+            ndarray::Zip::from(&mut d_hidden).and(&hidden).for_each(|d, &h| {
+                if h <= 0.0 {
                     *d = 0.0;
                 }
             });
