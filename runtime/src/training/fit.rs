@@ -68,41 +68,8 @@ pub(crate) fn fit(
         weights: data.weights.clone(),
     };
     let (train, validation) = (&centred(train), validation.map(centred));
+    let validation = validation.as_ref();
     let initial = &with_input_shift(initial, &mean, 1.0);
-    let fitted = fit_centred(initial, train, validation.as_ref(), settings, budget, listener, candidate)?;
-    Ok(Fitted { params: with_input_shift(&fitted.params, &mean, -1.0), ..fitted })
-}
-
-/// The same head for inputs moved by `-sign · shift`: `W(x − s) + b + W s`
-/// equals `W x + b`, so the first layer's bias absorbs `sign · W s`.
-fn with_input_shift(params: &Params, shift: &Array1<f32>, sign: f32) -> Params {
-    match params {
-        Params::Linear { weights, bias } => {
-            Params::Linear { weights: weights.clone(), bias: bias + &(weights.dot(shift) * sign) }
-        }
-        Params::Mlp { w1, b1, w2, b2, skip } => Params::Mlp {
-            w1: w1.clone(),
-            b1: b1 + &(w1.dot(shift) * sign),
-            w2: w2.clone(),
-            b2: match skip {
-                Some(skip) => b2 + &(skip.dot(shift) * sign),
-                None => b2.clone(),
-            },
-            skip: skip.clone(),
-        },
-        Params::Prototype { .. } => params.clone(),
-    }
-}
-
-fn fit_centred(
-    initial: &Params,
-    train: &Data,
-    validation: Option<&Data>,
-    settings: &FitSettings,
-    budget: &Budget,
-    listener: &dyn TrainListener,
-    candidate: &str,
-) -> Result<Fitted> {
     let mut tensors = tensors_of(initial, settings.anchored);
     let shapes: Vec<Vec<usize>> = tensors.values.iter().map(|t| t.shape().to_vec()).collect();
     let shape_refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
@@ -158,7 +125,28 @@ fn fit_centred(
     if best.2 == 0 {
         return Err(Error::BudgetExceeded("the time budget ended before the first epoch".into()));
     }
-    Ok(Fitted { params: params_of(initial, best.1), epochs: best.2 })
+    Ok(Fitted { params: with_input_shift(&params_of(initial, best.1), &mean, -1.0), epochs: best.2 })
+}
+
+/// The same head for inputs moved by `-sign · shift`: `W(x − s) + b + W s`
+/// equals `W x + b`, so the first layer's bias absorbs `sign · W s`.
+fn with_input_shift(params: &Params, shift: &Array1<f32>, sign: f32) -> Params {
+    match params {
+        Params::Linear { weights, bias } => {
+            Params::Linear { weights: weights.clone(), bias: bias + &(weights.dot(shift) * sign) }
+        }
+        Params::Mlp { w1, b1, w2, b2, skip } => Params::Mlp {
+            w1: w1.clone(),
+            b1: b1 + &(w1.dot(shift) * sign),
+            w2: w2.clone(),
+            b2: match skip {
+                Some(skip) => b2 + &(skip.dot(shift) * sign),
+                None => b2.clone(),
+            },
+            skip: skip.clone(),
+        },
+        Params::Prototype { .. } => params.clone(),
+    }
 }
 
 fn tensors_of(params: &Params, anchor: bool) -> Tensors {
