@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Generate the tiny BERT-shaped test model, its tokenizer and golden embeddings.
+"""Generate the tiny BERT-shaped test models, their tokenizer and golden embeddings.
 
-Output (committed, checked by `SHA256SUMS`):
+Two models: `models/tiny` (width 32) and `models/tiny-next` (width 24, other
+weights, the same tokenizer), so that model upgrades are tested in every run
+without the default model. Output per model (committed, checked by `SHA256SUMS`):
   model.onnx      one transformer layer, width 32, same inputs/output as a
                   sentence-transformers export; its word-embedding table is
                   stored as int8 + scale behind Cast/Mul, like the default model
@@ -29,6 +31,10 @@ import attune_models as am  # noqa: E402
 
 WIDTH = 32
 FFN = 64
+# The second model: what an app upgrading its backbone would ship next.
+NEXT_DIR = HERE.parent / "tiny-next"
+NEXT_WIDTH = 24
+NEXT_FFN = 48
 MAX_POSITIONS = 64
 MAX_TOKENS = 48
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -93,26 +99,27 @@ def const(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def build_model(vocab_size: int, rng: np.random.Generator) -> onnx.ModelProto:
+def build_model(vocab_size: int, rng: np.random.Generator, width: int = WIDTH, ffn: int = FFN) -> onnx.ModelProto:
+
     def weight(*shape, scale=0.3):
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
-    word = weight(vocab_size, WIDTH, scale=1.0)
+    word = weight(vocab_size, width, scale=1.0)
     word_scale = np.float32(np.abs(word).max() / 127.0)
     word_q = np.clip(np.round(word / word_scale), -127, 127).astype(np.int8)
     inits = [
         const("word_q", word_q), const("word_scale", word_scale),
-        const("position", weight(MAX_POSITIONS, WIDTH, scale=0.5)),
-        const("token_type", weight(2, WIDTH, scale=0.5)),
-        const("ln0_g", np.ones(WIDTH, np.float32)), const("ln0_b", np.zeros(WIDTH, np.float32)),
-        const("wq", weight(WIDTH, WIDTH)), const("wk", weight(WIDTH, WIDTH)),
-        const("wv", weight(WIDTH, WIDTH)), const("wo", weight(WIDTH, WIDTH)),
-        const("ln1_g", weight(WIDTH, scale=0.1) + 1), const("ln1_b", weight(WIDTH, scale=0.1)),
-        const("w1", weight(WIDTH, FFN)), const("b1", weight(FFN, scale=0.1)),
-        const("w2", weight(FFN, WIDTH)), const("b2", weight(WIDTH, scale=0.1)),
-        const("ln2_g", weight(WIDTH, scale=0.1) + 1), const("ln2_b", weight(WIDTH, scale=0.1)),
+        const("position", weight(MAX_POSITIONS, width, scale=0.5)),
+        const("token_type", weight(2, width, scale=0.5)),
+        const("ln0_g", np.ones(width, np.float32)), const("ln0_b", np.zeros(width, np.float32)),
+        const("wq", weight(width, width)), const("wk", weight(width, width)),
+        const("wv", weight(width, width)), const("wo", weight(width, width)),
+        const("ln1_g", weight(width, scale=0.1) + 1), const("ln1_b", weight(width, scale=0.1)),
+        const("w1", weight(width, ffn)), const("b1", weight(ffn, scale=0.1)),
+        const("w2", weight(ffn, width)), const("b2", weight(width, scale=0.1)),
+        const("ln2_g", weight(width, scale=0.1) + 1), const("ln2_b", weight(width, scale=0.1)),
         const("one", np.float32(1.0)), const("neg_big", np.float32(-10000.0)),
-        const("inv_sqrt_d", np.float32(1.0 / np.sqrt(WIDTH))),
+        const("inv_sqrt_d", np.float32(1.0 / np.sqrt(width))),
         const("half", np.float32(0.5)), const("sqrt2", np.float32(np.sqrt(2.0))),
         const("axis1", np.array([1], np.int64)), const("idx1", np.array(1, np.int64)),
         const("zero_i", np.array(0, np.int64)), const("one_i", np.array(1, np.int64)),
@@ -163,7 +170,7 @@ def build_model(vocab_size: int, rng: np.random.Generator) -> onnx.ModelProto:
         nodes, "attune_tiny_encoder",
         [ids("input_ids"), ids("attention_mask"), ids("token_type_ids")],
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
-                                       ["batch", "sequence", WIDTH])],
+                                       ["batch", "sequence", width])],
         inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               producer_name="attune-tiny-generator")
@@ -172,27 +179,31 @@ def build_model(vocab_size: int, rng: np.random.Generator) -> onnx.ModelProto:
     return model
 
 
-def main() -> None:
-    rng = np.random.default_rng(20261129)
+def write_model(directory: Path, model_id: str, seed: int, width: int, ffn: int) -> None:
+    directory.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
     vocab = build_vocab()
     tokenizer = build_tokenizer(vocab)
-    tokenizer_path = HERE / am.TOKENIZER_FILE
-    tokenizer.save(str(tokenizer_path), pretty=True)
-    model_path = HERE / am.MODEL_FILE
-    model_path.write_bytes(build_model(len(vocab), rng).SerializeToString())
+    tokenizer.save(str(directory / am.TOKENIZER_FILE), pretty=True)
+    (directory / am.MODEL_FILE).write_bytes(build_model(len(vocab), rng, width, ffn).SerializeToString())
     spec = {
-        "dim": WIDTH, "pooling": "mean", "normalize": True, "max_tokens": MAX_TOKENS,
+        "dim": width, "pooling": "mean", "normalize": True, "max_tokens": MAX_TOKENS,
         "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
                    "token_type_ids": "token_type_ids"},
         "output": "last_hidden_state", "prompts": {},
     }
-    am.write_manifest(HERE, "attune-tiny-test", spec, {"generated_by": "models/tiny/generate.py"})
-    am.write_golden(HERE, HERE / "golden.json")
+    am.write_manifest(directory, model_id, spec, {"generated_by": "models/tiny/generate.py"})
+    am.write_golden(directory, directory / "golden.json")
     names = [am.MODEL_FILE, am.TOKENIZER_FILE, am.MANIFEST_FILE, "golden.json"]
-    sums = "".join(f"{hashlib.sha256((HERE / f).read_bytes()).hexdigest()}  {f}\n" for f in names)
-    (HERE / "SHA256SUMS").write_text(sums)
-    size = sum((HERE / f).stat().st_size for f in names)
-    print(f"wrote {', '.join(names)} ({size} bytes) and SHA256SUMS in {HERE}")
+    sums = "".join(f"{hashlib.sha256((directory / f).read_bytes()).hexdigest()}  {f}\n" for f in names)
+    (directory / "SHA256SUMS").write_text(sums)
+    size = sum((directory / f).stat().st_size for f in names)
+    print(f"wrote {', '.join(names)} ({size} bytes) and SHA256SUMS in {directory}")
+
+
+def main() -> None:
+    write_model(HERE, "attune-tiny-test", 20261129, WIDTH, FFN)
+    write_model(NEXT_DIR, "attune-tiny-next", 20261201, NEXT_WIDTH, NEXT_FFN)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,13 @@ pub enum Error {
     /// No task of that name exists.
     #[error("unknown task {0:?}")]
     UnknownTask(String),
+    /// An import stopped partway: the first `committed` rows are stored
+    /// (whole batches), the rest are not. Running the same import again
+    /// resumes: rows already stored are skipped as duplicates.
+    #[error(
+        "import stopped after {committed} rows were committed: {cause}; run it again to resume (rows already stored are skipped)"
+    )]
+    ImportInterrupted { committed: u64, cause: Box<Error> },
 }
 
 /// Result with the runtime's [`Error`].

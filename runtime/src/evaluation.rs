@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::numeric::{argmax, cross_entropy};
+
 /// Precision and recall of one label.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassMetrics {
@@ -88,37 +90,12 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
-pub(crate) fn argmax(row: &[f32]) -> (usize, f32) {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
-}
-
-/// In-place softmax of each row of `logits` divided by `temperature`.
-pub(crate) fn softmax_rows(logits: &mut [f32], classes: usize, temperature: f32) {
-    for row in logits.chunks_exact_mut(classes) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for value in row.iter_mut() {
-            *value = ((*value - max) / temperature).exp();
-            sum += *value;
-        }
-        row.iter_mut().for_each(|v| *v /= sum);
-    }
-}
-
 /// The temperature that minimises the log loss of `logits` on `truth`
 /// (golden-section search over log T in [1/20, 20]): temperature scaling.
 pub(crate) fn fit_temperature(logits: &[f32], truth: &[usize], classes: usize) -> f32 {
     let nll = |log_t: f64| -> f64 {
         let t = log_t.exp() as f32;
-        logits
-            .chunks_exact(classes)
-            .zip(truth)
-            .map(|(row, &y)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let log_sum: f64 = row.iter().map(|&z| f64::from((z - max) / t).exp()).sum::<f64>().ln();
-                log_sum - f64::from((row[y] - max) / t)
-            })
-            .sum()
+        logits.chunks_exact(classes).zip(truth).map(|(row, &y)| cross_entropy(row.iter().copied(), y, t)).sum()
     };
     let (mut low, mut high) = ((1.0f64 / 20.0).ln(), 20.0f64.ln());
     let golden = (5f64.sqrt() - 1.0) / 2.0;

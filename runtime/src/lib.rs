@@ -10,6 +10,7 @@ mod evaluation;
 mod heads;
 mod import;
 mod model;
+mod numeric;
 mod personalizer;
 mod store;
 mod training;
@@ -23,16 +24,25 @@ pub use heads::{Head, HeadKind, Prediction};
 pub use import::{Columns, ImportFormat, read_labelled, read_labelled_file};
 pub use model::{CatalogEntry, CompiledFile, InputNames, ModelCatalog, ModelManifest, Pooling};
 pub use personalizer::{
-    Personalizer, PersonalizerConfig, PredictionSource, SearchHit, TaskUpgrade, TrainOutcome, UpgradeOutcome,
-    VectorIndex,
+    ForgetReport, Personalizer, PersonalizerConfig, PredictionSource, Retrain, SearchHit, TaskUpgrade, TrainOutcome,
+    UpgradeOutcome,
 };
 pub use store::{
     AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, LabelCount,
-    NewDocument, NewExample, NewFeedback, NewHead, Retention, Signal, Store, StoreOptions, StoredHead, TaskId,
-    TaskInfo, VectorEncoding,
+    NewDocument, NewExample, NewFeedback, Retention, Signal, Store, StoreOptions, TaskId, TaskInfo, VectorEncoding,
 };
 pub use training::{
-    CandidateReport, EpochProgress, HeadChoice, OptimizerKind, PrivacyOptions, PrivacySpent, PrivateRun,
-    PromotionDecision, QuietTraining, TrainListener, TrainOptions, TrainReport, TrainingSet, decide_promotion,
-    noise_for_budget, privacy_spent, train, zero_shot_head,
+    CandidateHead, CandidateReport, EpochProgress, HeadChoice, OptimizerKind, PrivacyOptions, PrivacySpent, PrivateRun,
+    PromotionBasis, PromotionDecision, QuietTraining, TrainListener, TrainOptions, TrainReport, TrainingSet,
+    ValidationMethod, train, zero_shot_head,
 };
+
+/// Building blocks that the CLI's benchmarks and the tests reach for —
+/// the promotion rule on its own, the privacy accountant, the raw search
+/// index and stored-head records. Not part of the API apps build on: they
+/// may change with any release.
+pub mod internal {
+    pub use crate::personalizer::VectorIndex;
+    pub use crate::store::{HeadPrivacy, LedgerEntry, NewHead, StoredHead};
+    pub use crate::training::{ActiveHeadEvidence, decide_promotion, noise_for_budget, privacy_spent};
+}

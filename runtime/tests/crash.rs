@@ -3,8 +3,9 @@
 //! forgetting old batches — and is killed with SIGKILL at random moments, at
 //! least 200 times. After each kill the parent reopens the database and
 //! checks: `integrity_check` passes, every acknowledged write is there, no
-//! write is there in part, every acknowledged forget is complete, and the
-//! active head loads and predicts.
+//! write is there in part, every acknowledged forget is complete, the
+//! active head loads and predicts, and every private head's run is in the
+//! privacy ledger (one entry per private head: no ε is lost).
 
 mod support;
 
@@ -17,17 +18,19 @@ use std::time::{Duration, Instant};
 
 use attune::{
     EncoderOptions, Forget, HeadChoice, HeadKind, NewDocument, NewExample, NewFeedback, Personalizer,
-    PersonalizerConfig, PredictionSource, Signal, TrainOptions,
+    PersonalizerConfig, PredictionSource, PrivacyOptions, Signal, TrainOptions,
 };
 
 const TASK: &str = "crash";
+/// A task trained with differential privacy beside the first.
+const PRIVATE_TASK: &str = "crash-private";
 const ROWS_PER_BATCH: usize = 10;
 /// Batches older than this many are forgotten, which keeps the data small.
 const KEEP_BATCHES: usize = 6;
 const TRIALS: usize = 200;
 const CHILD_ENV: &str = "ATTUNE_CRASH_CHILD_DB";
 /// Writes that targeted kills aim at, and how far into them (ms) to kill.
-const TARGETS: [(&str, u64); 4] = [("add", 3), ("feedback", 0), ("train", 1), ("forget", 10)];
+const TARGETS: [(&str, u64); 5] = [("add", 3), ("feedback", 0), ("train", 1), ("forget", 10), ("private-train", 1)];
 
 fn open(path: &Path) -> Personalizer {
     let config = PersonalizerConfig {
@@ -66,6 +69,16 @@ fn crash_child() {
         weight_decay: Some(0.0),
         ..TrainOptions::default()
     };
+    // A budget no run exhausts: the point is that head and ledger entry
+    // are written together.
+    let private = TrainOptions {
+        privacy: Some(PrivacyOptions { epochs: 1, ..PrivacyOptions::with_budget(1e4) }),
+        ..TrainOptions::default()
+    };
+    let private_rows: Vec<_> = (0..2 * ROWS_PER_BATCH)
+        .map(|row| NewExample::new(format!("private row {row} topic {}", row % 2), format!("p{}", row % 2)))
+        .collect();
+    p.add_examples(PRIVATE_TASK, &private_rows).unwrap();
     for batch in next.. {
         println!("doing add");
         let rows: Vec<_> = (0..ROWS_PER_BATCH)
@@ -88,6 +101,11 @@ fn crash_child() {
             println!("doing train");
             let outcome = p.train(TASK, &train, &attune::QuietTraining).unwrap();
             println!("trained {}", outcome.version);
+        }
+        if batch % 3 == 2 {
+            println!("doing private-train");
+            let outcome = p.train(PRIVATE_TASK, &private, &attune::QuietTraining).unwrap();
+            println!("private-trained {}", outcome.version);
         }
         if batch >= KEEP_BATCHES {
             println!("doing forget {}", batch - KEEP_BATCHES);
@@ -195,7 +213,7 @@ fn crashes_lose_no_acknowledged_write() {
         acked.trained.len(),
         acked.forgot.len()
     );
-    for op in ["add", "feedback", "train", "forget"] {
+    for op in ["add", "feedback", "train", "forget", "private-train"] {
         assert!(killed_during.get(op).copied().unwrap_or(0) > 0, "no kill landed during {op}: {killed_during:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -239,6 +257,12 @@ fn check(path: &Path, acked: &Acknowledged, trial: usize) {
         let (predictions, source) = p.predict(TASK, &["batch 1 row 1 topic 1"], 1).unwrap();
         assert_eq!(source, PredictionSource::TrainedHead, "trial {trial}");
         assert_eq!(predictions.len(), 1);
+    }
+    if let Ok(private) = p.store().task_id(PRIVATE_TASK) {
+        let private_heads = p.heads(PRIVATE_TASK).unwrap();
+        assert!(private_heads.iter().all(|h| h.privacy.is_some()), "trial {trial}: a public head on a private task");
+        let ledger = p.store().private_runs(private).unwrap().len();
+        assert_eq!(private_heads.len(), ledger, "trial {trial}: private heads and ledger entries differ");
     }
 }
 

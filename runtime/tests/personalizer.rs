@@ -3,11 +3,13 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use attune::{
-    Encoder, EncoderOptions, Error, Forget, NewDocument, NewExample, NewFeedback, Personalizer, PersonalizerConfig,
-    PredictionSource, QuietTraining, Signal, TrainOptions,
+    Encoder, EncoderOptions, EpochProgress, Error, Forget, HeadChoice, HeadKind, NewDocument, NewExample, NewFeedback,
+    Personalizer, PersonalizerConfig, PredictionSource, QuietTraining, Retrain, Signal, TrainListener, TrainOptions,
 };
 use support::tiny_dir;
 
@@ -95,7 +97,8 @@ fn the_whole_lifecycle_persists_across_reopen() {
 
     // Forgetting a label retrains from what remains: it is never predicted again.
     let outcome = p.forget(Some("inbox"), &Forget::Label("family".into())).unwrap();
-    assert_eq!(outcome.examples, 4);
+    assert_eq!(outcome.forgotten.examples, 4);
+    assert!(matches!(outcome.retrain, Retrain::Retrained { private: false, .. }), "{:?}", outcome.retrain);
     let (predictions, source) = p.predict("inbox", &["call my mother", "dinner with my father"], 5).unwrap();
     assert_eq!(source, PredictionSource::TrainedHead, "retrained at once");
     assert!(predictions.iter().all(|p| p.top.iter().all(|(label, _)| label != "family")));
@@ -115,23 +118,62 @@ fn a_task_with_nothing_cannot_predict_and_evaluation_counts_unknown_labels() {
     assert!(metrics.accuracy <= 0.5, "the unknown label is an error");
 }
 
+/// Holds training at its first epoch until the readers have predicted
+/// while it runs, so the two really overlap.
+struct HoldTraining<'a> {
+    started: &'a Barrier,
+    predicted: &'a AtomicUsize,
+    needed: usize,
+}
+
+impl TrainListener for HoldTraining<'_> {
+    fn on_epoch(&self, progress: &EpochProgress) {
+        if progress.epoch != 1 || self.predicted.load(Ordering::SeqCst) >= self.needed {
+            return;
+        }
+        self.started.wait();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.predicted.load(Ordering::SeqCst) < self.needed && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 #[test]
 fn concurrent_predictions_while_training() {
+    const READERS: usize = 3;
     let p = Arc::new(Personalizer::open(&config("threads")).unwrap());
     p.add_examples("t", &MESSAGES.iter().map(|(t, l)| NewExample::new(*t, *l)).collect::<Vec<_>>()).unwrap();
+    let started = Barrier::new(READERS + 1);
+    let predicted = AtomicUsize::new(0);
+    let hold = HoldTraining { started: &started, predicted: &predicted, needed: READERS * 20 };
+    let during_training = AtomicUsize::new(0);
+    let training = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|scope| {
         let trainer = Arc::clone(&p);
-        scope.spawn(move || trainer.train("t", &TrainOptions::default(), &QuietTraining).unwrap());
-        for _ in 0..3 {
+        let (hold, training) = (&hold, &training);
+        scope.spawn(move || {
+            let linear = TrainOptions { head: HeadChoice::Only(HeadKind::Linear), ..TrainOptions::default() };
+            trainer.train("t", &linear, hold).unwrap();
+            training.store(false, Ordering::SeqCst);
+        });
+        for _ in 0..READERS {
             let reader = Arc::clone(&p);
+            let (started, predicted, during_training) = (&started, &predicted, &during_training);
             scope.spawn(move || {
+                started.wait();
                 for _ in 0..20 {
                     let (predictions, _) = reader.predict("t", &["pay the bill"], 1).unwrap();
                     assert_eq!(predictions.len(), 1);
+                    if training.load(Ordering::SeqCst) {
+                        during_training.fetch_add(1, Ordering::SeqCst);
+                    }
+                    predicted.fetch_add(1, Ordering::SeqCst);
                 }
             });
         }
     });
+    assert_eq!(during_training.load(Ordering::SeqCst), READERS * 20, "every prediction ran while training ran");
 }
 
 #[test]

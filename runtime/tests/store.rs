@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use attune::internal::NewHead;
 use attune::{
-    Error, Forget, NewDocument, NewExample, NewFeedback, NewHead, Retention, Signal, Store, StoreOptions, TaskId,
-    VectorEncoding,
+    Error, Forget, NewDocument, NewExample, NewFeedback, Retention, Signal, Store, StoreOptions, TaskId, VectorEncoding,
 };
 
 fn scratch(tag: &str) -> PathBuf {
@@ -39,6 +39,7 @@ fn head(labels: &[&str], trained_through: i64) -> NewHead {
         report: "{}".into(),
         metrics: r#"{"accuracy": 0.9}"#.into(),
         trained_through_example: trained_through,
+        privacy: None,
     }
 }
 

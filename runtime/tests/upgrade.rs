@@ -1,6 +1,7 @@
-//! Model upgrades: from the tiny model to the default one, with predictions
-//! running all the while, an interrupted first attempt that the second one
-//! resumes, and the old model's vectors gone at the end.
+//! Model upgrades: from the tiny model to a second tiny model (every run)
+//! and to the default one (when fetched), with predictions running all the
+//! while, an interrupted first attempt that the second one resumes, and the
+//! old model's vectors gone at the end.
 
 mod support;
 
@@ -37,11 +38,18 @@ impl EncodeListener for Progress {
 }
 
 #[test]
-fn upgrade_to_a_new_model_while_predictions_keep_running() {
+fn upgrade_to_another_tiny_model_while_predictions_keep_running() {
+    upgrade_while_predicting(&support::tiny_next_dir(), "upgrade-tiny");
+}
+
+#[test]
+fn upgrade_to_the_default_model_while_predictions_keep_running() {
     let Some(new_model) = support::default_model_dir() else { return };
-    let dir = std::env::temp_dir().join(format!("attune-upgrade-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    upgrade_while_predicting(&new_model, "upgrade-default");
+}
+
+fn upgrade_while_predicting(new_model: &std::path::Path, tag: &str) {
+    let dir = support::scratch_dir(tag);
     let options = EncoderOptions { threads: 1, ..EncoderOptions::default() };
     let config = PersonalizerConfig {
         database: dir.join("user.db"),
@@ -93,12 +101,12 @@ fn upgrade_to_a_new_model_while_predictions_keep_running() {
         })
     };
 
-    let interrupted = p.upgrade_model(&new_model, &options, &CancelAfterFirstStep(AtomicUsize::new(0)));
+    let interrupted = p.upgrade_model(new_model, &options, &CancelAfterFirstStep(AtomicUsize::new(0)));
     assert!(matches!(interrupted, Err(Error::Cancelled)), "{interrupted:?}");
     assert_eq!(p.encoder().fingerprint(), old, "a cancelled upgrade keeps the old model");
 
     let progress = Progress::default();
-    let outcome = p.upgrade_model(&new_model, &options, &progress).unwrap();
+    let outcome = p.upgrade_model(new_model, &options, &progress).unwrap();
     running.store(false, Ordering::SeqCst);
     predictor.join().unwrap();
     assert_eq!(*errors.lock().unwrap(), Vec::<String>::new(), "predictions failed or fell back during the upgrade");
@@ -124,8 +132,13 @@ fn upgrade_to_a_new_model_while_predictions_keep_running() {
     assert_eq!(active.fingerprint, p.encoder().fingerprint());
     assert!(heads.iter().any(|h| h.fingerprint == old && !h.active), "the old head is kept, inactive");
     assert!(outcome.tasks.iter().find(|t| t.task == "docs").unwrap().trained.is_none());
+    // The private task is retrained privately, charged to its ledger.
     let private = outcome.tasks.iter().find(|t| t.task == "private").unwrap();
-    assert!(private.trained.is_none() && private.skipped.as_deref().unwrap().contains("differential privacy"));
+    let retrained = private.trained.as_ref().expect("its budget affords a second run");
+    assert!(retrained.report.private_run.is_some());
+    let private_heads = p.heads("private").unwrap();
+    assert!(private_heads.iter().all(|h| h.privacy.is_some()));
+    assert!(private_heads.iter().any(|h| h.active && h.fingerprint == p.encoder().fingerprint()));
 
     let (predictions, source) =
         p.predict("intents", &["play the song number 1234", "set an alarm for hour 9"], 1).unwrap();

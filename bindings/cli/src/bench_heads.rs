@@ -146,11 +146,11 @@ pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
         let per_seed = |f: &dyn Fn(&attune::Metrics) -> f64| runs.iter().map(|(_, _, m)| f(m)).collect::<Vec<f64>>();
         let accuracy = per_seed(&|m| m.accuracy);
         results.push(serde_json::json!({
-            "head": head, "setting": "full", "chosen": first_report.chosen, "accuracy": mean(&accuracy),
+            "head": head, "setting": "full", "chosen": first_report.chosen.to_string(), "accuracy": mean(&accuracy),
             "accuracy_per_seed": accuracy, "macro_f1": mean(&per_seed(&|m| m.macro_f1)), "ece": first_metrics.ece,
             "train_ms": mean(&runs.iter().map(|(_, r, _)| r.train_ms as f64).collect::<Vec<_>>()),
-            "chosen_per_seed": runs.iter().map(|(_, r, _)| r.chosen.clone()).collect::<Vec<_>>(),
-            "validation": first_report.validation_method, "candidates": first_report.candidates, "out_of_scope": oos,
+            "chosen_per_seed": runs.iter().map(|(_, r, _)| r.chosen.to_string()).collect::<Vec<_>>(),
+            "validation": first_report.validation_method.to_string(), "candidates": first_report.candidates, "out_of_scope": oos,
         }));
         let shots: &[usize] = if args.full_only { &[] } else { &args.shots };
         for &k in shots {

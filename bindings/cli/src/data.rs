@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use attune::{
     Columns, EncryptionKey, EpochProgress, Error, Forget, HeadChoice, HeadKind, ImportFormat, NewDocument, NewExample,
-    NewFeedback, Personalizer, PersonalizerConfig, PrivacyOptions, Signal, TrainListener, TrainOptions,
+    NewFeedback, Personalizer, PersonalizerConfig, PrivacyOptions, Retrain, Signal, TrainListener, TrainOptions,
     read_labelled_file,
 };
 use clap::{Args, Subcommand};
@@ -146,12 +146,17 @@ pub fn import(cli: &Cli, file: &Path, columns: &FileColumns) -> Result<(), Error
     let p = open(cli)?;
     let total = rows.len();
     let examples = rows.into_iter().map(|(text, label)| Ok(NewExample::new(text, label)));
+    // On a terminal progress redraws one line; in a pipe or log each report is a line.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let outcome = p.import_examples(&cli.task, examples, &mut |so_far| {
-        if !cli.json {
-            eprint!("\rimported {} of {total}", so_far.inserted + so_far.duplicates);
+        let done = so_far.inserted + so_far.duplicates;
+        match (cli.json, terminal) {
+            (true, _) => {}
+            (false, true) => eprint!("\rimported {done} of {total}"),
+            (false, false) => eprintln!("imported {done} of {total}"),
         }
     })?;
-    if !cli.json {
+    if !cli.json && terminal {
         eprintln!();
     }
     // Embed now, in one place, so training and prediction find the cache warm.
@@ -230,7 +235,9 @@ pub fn train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
     for candidate in &report.candidates {
         println!(
             "  {:<24} accuracy {:.3}, log loss {:.3}",
-            candidate.name, candidate.validation_accuracy, candidate.validation_log_loss
+            candidate.candidate.to_string(),
+            candidate.validation_accuracy,
+            candidate.validation_log_loss
         );
     }
     println!("chose {} ({} epochs) in {} ms", report.chosen, report.epochs, report.train_ms);
@@ -363,15 +370,36 @@ pub fn forget(cli: &Cli, what: &ForgetWhat) -> Result<(), Error> {
         Forget::Everything
     };
     let task = (target != Forget::Everything).then_some(cli.task.as_str());
-    let outcome = open(cli)?.forget(task, &target)?;
+    let report = open(cli)?.forget(task, &target)?;
+    let outcome = &report.forgotten;
+    let (retrain, retrained_version, private, reason) = match &report.retrain {
+        Retrain::NotNeeded => ("not_needed", None, None, None),
+        Retrain::Retrained { version, private } => ("retrained", Some(*version), Some(*private), None),
+        Retrain::NoExamples => ("no_examples", None, None, None),
+        Retrain::PublicStart { reason } => ("public_start", None, None, Some(reason.as_str())),
+    };
     if cli.json {
         print_json(&serde_json::json!({"examples": outcome.examples, "documents": outcome.documents,
-            "feedback": outcome.feedback, "vectors": outcome.vectors, "heads_invalidated": outcome.heads_invalidated}));
+            "feedback": outcome.feedback, "vectors": outcome.vectors, "heads_invalidated": outcome.heads_invalidated,
+            "retrain": retrain, "retrained_version": retrained_version, "retrained_private": private,
+            "reason": reason}));
     } else {
         println!(
             "forgot {} example(s), {} document(s), {} feedback event(s), {} cached vector(s); {} head(s) erased; file compacted",
             outcome.examples, outcome.documents, outcome.feedback, outcome.vectors, outcome.heads_invalidated
         );
+        match &report.retrain {
+            Retrain::Retrained { version, private } => {
+                let how =
+                    if *private { "privately, charged to the task's privacy budget" } else { "from what remains" };
+                println!("retrained {how}: head version {version}");
+            }
+            Retrain::PublicStart { reason } => {
+                println!("no head now ({reason}): predictions come from label descriptions")
+            }
+            Retrain::NoExamples => println!("no examples left: no head"),
+            Retrain::NotNeeded => {}
+        }
     }
     Ok(())
 }
@@ -411,7 +439,8 @@ pub fn heads(cli: &Cli, rollback: Option<u32>) -> Result<(), Error> {
     for head in p.heads(&cli.task)? {
         if cli.json {
             print_json(&serde_json::json!({"version": head.version, "kind": head.kind, "active": head.active,
-                "stale": head.stale, "created_at_ms": head.created_at}));
+                "stale": head.stale, "created_at_ms": head.created_at, "private": head.privacy.is_some(),
+                "epsilon": head.privacy.map(|p| p.0), "delta": head.privacy.map(|p| p.1)}));
         } else {
             let state = if head.active {
                 "active"
@@ -420,7 +449,8 @@ pub fn heads(cli: &Cli, rollback: Option<u32>) -> Result<(), Error> {
             } else {
                 "candidate"
             };
-            println!("v{:<3} {:<10} {state}", head.version, head.kind);
+            let privacy = head.privacy.map(|(e, d)| format!(", private (ε = {e:.2}, δ = {d:.0e})")).unwrap_or_default();
+            println!("v{:<3} {:<10} {state}{privacy}", head.version, head.kind);
         }
     }
     Ok(())

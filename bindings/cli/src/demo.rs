@@ -235,7 +235,7 @@ fn walk(cli: &Cli, dir: &std::path::Path) -> Result<(), Error> {
     let forgotten = p.forget(Some(task), &Forget::Label("health".into()))?;
     println!(
         "   forgot {} examples and {} cached vectors; {} head(s) erased; retrained on what remains",
-        forgotten.examples, forgotten.vectors, forgotten.heads_invalidated
+        forgotten.forgotten.examples, forgotten.forgotten.vectors, forgotten.forgotten.heads_invalidated
     );
     let labels: Vec<String> = p.labels(task)?.into_iter().map(|l| l.label).collect();
     println!("   folders now: {}", labels.join(", "));

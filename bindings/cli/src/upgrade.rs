@@ -32,7 +32,7 @@ pub fn run(cli: &Cli, to: &Path) -> Result<(), Error> {
             let trained = t.trained.as_ref();
             serde_json::json!({
                 "task": t.task,
-                "head": trained.map(|o| o.report.head.clone()),
+                "head": trained.map(|o| o.report.head.name()),
                 "version": trained.map(|o| o.version),
                 "validation_accuracy": trained.and_then(|o| o.report.validation.as_ref().map(|v| v.accuracy)),
                 "skipped": t.skipped,
@@ -59,7 +59,7 @@ pub fn run(cli: &Cli, to: &Path) -> Result<(), Error> {
             Some(o) => println!(
                 "  {}: new {} head v{}{}",
                 task.task,
-                o.report.head,
+                o.report.head.name(),
                 o.version,
                 o.report
                     .validation

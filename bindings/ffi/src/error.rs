@@ -18,6 +18,15 @@ pub enum AttuneError {
     /// The database could not be read or written; nothing stored was lost.
     #[error("storage: {reason}")]
     Storage { reason: String },
+    /// The database file (or a head stored in it) is damaged or is not an
+    /// Attune database: the app may offer to reset it. It was left untouched.
+    #[error("corrupt database: {reason}")]
+    Corrupt { reason: String },
+    /// An import stopped partway: its first `committed` rows are stored, the
+    /// rest are not; importing the same file again resumes (stored rows are
+    /// skipped as duplicates).
+    #[error("import interrupted after {committed} rows: {reason}")]
+    ImportInterrupted { committed: u64, reason: String },
     /// The database was written by a newer Attune; it was left untouched.
     #[error("database too new: {reason}")]
     DatabaseTooNew { reason: String },
@@ -64,8 +73,10 @@ impl From<attune::Error> for AttuneError {
             E::UnknownTask(_) => Self::UnknownTask { reason },
             E::BudgetExceeded(_) => Self::BudgetExceeded { reason },
             E::Cancelled => Self::Cancelled { reason },
-            // Io, Storage, ReadOnly, DatabaseUnreadable, InvalidHead and any
-            // cause added later: the app's answer to all of them is the same.
+            E::DatabaseUnreadable(_) | E::InvalidHead(_) => Self::Corrupt { reason },
+            E::ImportInterrupted { committed, .. } => Self::ImportInterrupted { committed, reason },
+            // Io, Storage, ReadOnly and any cause added later: the app's
+            // answer to all of them is the same.
             _ => Self::Storage { reason },
         }
     }

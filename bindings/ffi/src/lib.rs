@@ -96,7 +96,7 @@ impl Personalizer {
         observer.finish(result).map(Into::into)
     }
 
-    /// Top-`top_k` labels with calibrated probabilities per text, and whether
+    /// Top-`top_k` (at least 1) labels with calibrated probabilities per text, and whether
     /// the head abstains ("none of these"). *Blocking*: embeds new texts.
     pub fn predict(&self, task: String, texts: Vec<String>, top_k: u32) -> Result<Vec<Prediction>, AttuneError> {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -111,7 +111,9 @@ impl Personalizer {
     }
 
     /// Forgets data for good: rows, cached vectors and heads trained on them;
-    /// the task's head is retrained from what remains. `task` is ignored for
+    /// the task's head is retrained from what remains (privately for a
+    /// private task, whose spent budget leaves it on its label
+    /// descriptions instead: `ForgetSummary.retrain` says which). `task` is ignored for
     /// `ForgetScope::Everything`. *Blocking*.
     pub fn forget(&self, task: Option<String>, scope: ForgetScope) -> Result<ForgetSummary, AttuneError> {
         Ok(self.inner.forget(task.as_deref(), &scope.into())?.into())
@@ -179,7 +181,8 @@ impl Personalizer {
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<UpgradeSummary, AttuneError> {
         let observer = progress::Observer::new(listener, cancel);
-        let options = attune::EncoderOptions { backend: self.inner.encoder().backend(), ..Default::default() };
+        // The new model runs as the current one does (backend, threads, batch).
+        let options = self.inner.encoder().options().clone();
         let result = self.inner.upgrade_model(Path::new(&model_dir), &options, &observer);
         observer.finish(result).map(Into::into)
     }

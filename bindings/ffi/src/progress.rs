@@ -93,7 +93,7 @@ impl Observer {
 impl attune::TrainListener for Observer {
     fn on_epoch(&self, progress: &attune::EpochProgress) {
         self.report(Progress::Epoch {
-            candidate: progress.candidate.clone(),
+            candidate: progress.candidate.to_string(),
             epoch: progress.epoch as u32,
             loss: progress.loss,
             validation_loss: progress.validation_loss,

@@ -257,7 +257,7 @@ impl From<attune::TrainOutcome> for TrainSummary {
     fn from(o: attune::TrainOutcome) -> Self {
         let report = o.report;
         Self {
-            head: report.head,
+            head: report.head.name().to_string(),
             examples: report.examples,
             classes: report.classes,
             epochs: report.epochs as u32,
@@ -357,16 +357,39 @@ pub struct ForgetSummary {
     pub feedback: u64,
     pub vectors: u64,
     pub heads_invalidated: u64,
+    /// What became of the task's head.
+    pub retrain: Retrain,
 }
 
-impl From<attune::ForgetOutcome> for ForgetSummary {
-    fn from(o: attune::ForgetOutcome) -> Self {
+/// Whether forgetting retrained the task's head.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Retrain {
+    /// The active head was not trained on forgotten data (or there was none).
+    NotNeeded,
+    /// Retrained from what remains (privately for a private task).
+    Retrained { version: u32, private: bool },
+    /// No examples are left to train on.
+    NoExamples,
+    /// A private task whose budget cannot pay for a private retrain: it has
+    /// no head now and predicts from its label descriptions.
+    PublicStart { reason: String },
+}
+
+impl From<attune::ForgetReport> for ForgetSummary {
+    fn from(report: attune::ForgetReport) -> Self {
+        let o = report.forgotten;
         Self {
             examples: o.examples,
             documents: o.documents,
             feedback: o.feedback,
             vectors: o.vectors,
             heads_invalidated: o.heads_invalidated,
+            retrain: match report.retrain {
+                attune::Retrain::NotNeeded => Retrain::NotNeeded,
+                attune::Retrain::Retrained { version, private } => Retrain::Retrained { version, private },
+                attune::Retrain::NoExamples => Retrain::NoExamples,
+                attune::Retrain::PublicStart { reason } => Retrain::PublicStart { reason },
+            },
         }
     }
 }
@@ -396,7 +419,7 @@ impl From<attune::TaskInfo> for TaskStats {
 }
 
 /// One stored head version.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct HeadVersion {
     pub version: u32,
     pub kind: String,
@@ -406,6 +429,11 @@ pub struct HeadVersion {
     pub stale: bool,
     pub active: bool,
     pub created_at_ms: i64,
+    /// Trained with differential privacy; then `epsilon` and `delta` are the
+    /// task's (ε, δ) spent up to and including this head.
+    pub private: bool,
+    pub epsilon: Option<f64>,
+    pub delta: Option<f64>,
 }
 
 impl From<attune::HeadInfo> for HeadVersion {
@@ -417,6 +445,9 @@ impl From<attune::HeadInfo> for HeadVersion {
             stale: h.stale,
             active: h.active,
             created_at_ms: h.created_at,
+            private: h.privacy.is_some(),
+            epsilon: h.privacy.map(|p| p.0),
+            delta: h.privacy.map(|p| p.1),
         }
     }
 }
@@ -497,6 +528,15 @@ pub struct UpgradeSummary {
     pub embedded_now: u64,
     /// Per task with examples: its new, now active, head.
     pub retrained: Vec<TaskHead>,
+    /// Tasks that got no new head, and why (no examples; a private task
+    /// whose budget is spent, now on its label descriptions).
+    pub skipped: Vec<SkippedTask>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SkippedTask {
+    pub task: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -514,8 +554,15 @@ impl From<attune::UpgradeOutcome> for UpgradeSummary {
             embedded_now: o.embedded_now,
             retrained: o
                 .tasks
+                .iter()
+                .filter_map(|t| {
+                    t.trained.clone().map(|trained| TaskHead { task: t.task.clone(), summary: trained.into() })
+                })
+                .collect(),
+            skipped: o
+                .tasks
                 .into_iter()
-                .filter_map(|t| t.trained.map(|trained| TaskHead { task: t.task, summary: trained.into() }))
+                .filter_map(|t| t.skipped.map(|reason| SkippedTask { task: t.task, reason }))
                 .collect(),
         }
     }

@@ -174,15 +174,14 @@ pub struct OnnxEncoder {
     manifest: ModelManifest,
     tokenizer: TextTokenizer,
     engine: Box<dyn Engine>,
-    max_batch: usize,
-    backend: Backend,
+    options: EncoderOptions,
 }
 
 impl fmt::Debug for OnnxEncoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnnxEncoder")
             .field("model", &self.manifest.id)
-            .field("backend", &self.backend)
+            .field("backend", &self.options.backend)
             .field("dim", &self.manifest.dim)
             .finish_non_exhaustive()
     }
@@ -220,7 +219,7 @@ impl OnnxEncoder {
                 });
             }
         };
-        let encoder = Self { manifest, tokenizer, engine, max_batch: options.max_batch, backend: options.backend };
+        let encoder = Self { manifest, tokenizer, engine, options: options.clone() };
         encoder.probe()?;
         Ok(encoder)
     }
@@ -230,7 +229,12 @@ impl OnnxEncoder {
     }
 
     pub fn backend(&self) -> Backend {
-        self.backend
+        self.options.backend
+    }
+
+    /// The options it was loaded with (a model upgrade loads the new model alike).
+    pub fn options(&self) -> &EncoderOptions {
+        &self.options
     }
 
     /// Runs the tokenizer's highest id through the model. A vocabulary larger
@@ -304,7 +308,7 @@ impl Encoder for OnnxEncoder {
         let mut values = vec![0.0f32; texts.len() * dim];
         let mut pooled = Vec::new();
         let mut done = 0;
-        for members in plan_batches(&lengths, self.max_batch) {
+        for members in plan_batches(&lengths, self.options.max_batch) {
             if listener.is_cancelled() {
                 return Err(Error::Cancelled);
             }

@@ -7,7 +7,7 @@ mod codec;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
-use crate::evaluation::{argmax, softmax_rows};
+use crate::numeric::{argmax, softmax_rows};
 
 /// Which family a head belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -221,12 +221,4 @@ pub(crate) fn class_sums(features: ArrayView2<'_, f32>, labels: &[usize], classe
         }
     }
     sums
-}
-
-pub(crate) fn unit(mut v: Array1<f32>) -> Array1<f32> {
-    let norm = v.dot(&v).sqrt();
-    if norm > 1e-12 {
-        v /= norm;
-    }
-    v
 }

@@ -3,15 +3,19 @@
 //!
 //! Prediction follows the task's lifecycle: the active trained head when
 //! there is one; otherwise prototypes of the examples so far; otherwise
-//! zero-shot from label descriptions; otherwise `Error::NotTrained`.
+//! zero-shot from label descriptions; otherwise `Error::NotTrained`. A task
+//! trained with differential privacy stays private: every head made for it
+//! afterwards is private too, or it falls back to its label descriptions.
 
+mod cache;
+mod privacy;
 mod ranker;
 mod search;
 mod upgrade;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 pub use search::{SearchHit, VectorIndex};
 pub use upgrade::{TaskUpgrade, UpgradeOutcome};
@@ -22,12 +26,12 @@ use crate::evaluation::{Metrics, evaluate};
 use crate::heads::{Head, HeadKind, Prediction};
 use crate::import::{Columns, ImportFormat, read_labelled_file};
 use crate::store::{
-    AddOutcome, EncryptionKey, Forget, ForgetOutcome, HeadInfo, LabelCount, LedgerEntry, NewDocument, NewExample,
-    NewFeedback, NewHead, Store, StoreOptions, TaskId, TaskInfo, VectorEncoding,
+    AddOutcome, EncryptionKey, Forget, ForgetOutcome, HeadInfo, LabelCount, NewDocument, NewExample, NewFeedback,
+    NewHead, Store, StoreOptions, StoredHead, TaskId, TaskInfo, VectorEncoding,
 };
 use crate::training::{
-    HeadChoice, PrivateRun, PromotionDecision, TrainListener, TrainOptions, TrainReport, TrainingSet, decide_promotion,
-    train, zero_shot_head,
+    ActiveHeadEvidence, HeadChoice, PromotionDecision, QuietTraining, TrainListener, TrainOptions, TrainReport,
+    TrainingSet, decide_promotion, train, zero_shot_head,
 };
 
 /// Where the user's data and the model are, and how to run the model.
@@ -56,17 +60,41 @@ pub enum PredictionSource {
     ZeroShot,
 }
 
+/// The head a task predicts with now, and where it comes from.
+#[derive(Debug)]
+pub(crate) struct ActiveHead {
+    pub head: Head,
+    pub source: PredictionSource,
+}
+
+/// What `forget` did: the rows it removed and what became of the task's head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForgetReport {
+    pub forgotten: ForgetOutcome,
+    pub retrain: Retrain,
+}
+
+/// Whether forgetting retrained the task's head.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Retrain {
+    /// The active head was not trained on forgotten data (or there was none).
+    NotNeeded,
+    /// Retrained from what remains; for a private task, privately (its
+    /// ledger charged).
+    Retrained { version: u32, private: bool },
+    /// The task has no examples left to train on.
+    NoExamples,
+    /// A private task whose budget cannot pay for a private retrain: it has
+    /// no head now, and predicts from its label descriptions.
+    PublicStart { reason: String },
+}
+
 /// On-device personalization for one app: `Send + Sync`, share it in an `Arc`.
 pub struct Personalizer {
     store: Store,
     /// Swapped as a whole by a model upgrade; every call works with one snapshot.
     encoder: RwLock<Arc<OnnxEncoder>>,
-    /// Decoded active heads per task, dropped whenever the task's data or
-    /// heads change.
-    heads: Mutex<HashMap<String, Arc<(Head, PredictionSource)>>>,
-    search: search::Indexes,
-    /// Learned ranking preferences per task, dropped on new feedback.
-    preferences: Mutex<HashMap<String, Arc<ranker::Preference>>>,
+    caches: cache::Caches,
 }
 
 impl std::fmt::Debug for Personalizer {
@@ -84,13 +112,7 @@ impl Personalizer {
         let encoder = Arc::new(OnnxEncoder::load(&config.model_dir, &config.encoder)?);
         let options = StoreOptions { encryption_key: config.encryption_key.clone(), ..StoreOptions::default() };
         let store = Store::open(&config.database, &options)?;
-        Ok(Self {
-            store,
-            encoder: RwLock::new(encoder),
-            heads: Mutex::new(HashMap::new()),
-            search: search::Indexes::default(),
-            preferences: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { store, encoder: RwLock::new(encoder), caches: cache::Caches::default() })
     }
 
     /// The underlying store, for export, statistics and maintenance.
@@ -109,7 +131,7 @@ impl Personalizer {
         let outcome = self.store.add_examples(id, examples)?;
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
         self.features(&texts)?;
-        self.invalidate(task);
+        self.caches.examples_changed(task);
         Ok(outcome)
     }
 
@@ -120,7 +142,7 @@ impl Personalizer {
     {
         let id = self.store.ensure_task(task)?;
         let outcome = self.store.import_examples(id, rows, 1_000, on_batch)?;
-        self.invalidate(task);
+        self.caches.examples_changed(task);
         Ok(outcome)
     }
 
@@ -178,56 +200,68 @@ impl Personalizer {
     pub fn describe_label(&self, task: &str, label: &str, description: &str) -> Result<()> {
         let id = self.store.ensure_task(task)?;
         self.store.set_label_description(id, label, description)?;
-        self.invalidate(task);
+        self.caches.examples_changed(task);
         Ok(())
     }
 
     /// Trains a head on the task's examples; it becomes active only if it is
-    /// not worse than the active one on the same validation examples.
+    /// not worse than the active one, judged on examples neither was trained
+    /// on (see [`decide_promotion`]). A task trained privately before is
+    /// trained privately again, within what is left of its budget.
     /// Blocks for up to seconds: call it off the main thread.
     pub fn train(&self, task: &str, options: &TrainOptions, listener: &dyn TrainListener) -> Result<TrainOutcome> {
         let id = self.store.task_id(task)?;
-        let encoder = self.encoder();
-        let data = self.training_data(id, &encoder)?;
-        let active = self.stored_active_head(id, &encoder)?;
-        let mut options = options.clone();
-        if let Some(privacy) = options.privacy.as_mut() {
-            privacy.previous = self
-                .store
-                .private_runs(id)?
-                .into_iter()
-                .map(|e| PrivateRun {
-                    sampling_rate: e.sampling_rate,
-                    noise_multiplier: e.noise_multiplier,
-                    steps: e.steps,
-                })
-                .collect();
-        }
+        let outcome = self.train_and_store(id, &self.encoder(), options, listener, Activation::IfPromoted)?;
+        self.caches.examples_changed(task);
+        Ok(outcome)
+    }
+
+    /// Trains on `encoder`'s vectors and stores the head (with its ledger
+    /// entry when private) in one transaction, activated as `activation` says.
+    fn train_and_store(
+        &self,
+        id: TaskId,
+        encoder: &OnnxEncoder,
+        options: &TrainOptions,
+        listener: &dyn TrainListener,
+        activation: Activation,
+    ) -> Result<TrainOutcome> {
+        let data = self.training_data(id, encoder)?;
+        let stored_active = self.stored_active_head(id, encoder)?;
+        let options = privacy::with_task_privacy(&self.store, id, options)?;
         let set = data.set(encoder.fingerprint());
-        let (head, report) = train(&set, active.as_ref(), &options, listener)?;
-        let promotion = decide_promotion(&report, active.as_ref(), &set)?;
-        let version =
-            self.store.save_head(id, &stored_head(&head, &report, data.trained_through)?, promotion.promote)?;
-        if let Some(run) = report.private_run {
-            let entry = LedgerEntry {
-                sampling_rate: run.sampling_rate,
-                noise_multiplier: run.noise_multiplier,
-                steps: run.steps,
-            };
-            self.store.record_private_run(id, entry)?;
-        }
-        self.invalidate(task);
+        let warm_start = stored_active.as_ref().map(|(head, _)| head);
+        let (head, report) = train(&set, warm_start, &options, listener)?;
+        let promotion = match activation {
+            Activation::IfPromoted => {
+                let unseen = stored_active.as_ref().map(|(_, info)| data.unseen_by(info));
+                let active = stored_active.as_ref().zip(unseen.as_deref()).map(|((head, info), unseen)| {
+                    ActiveHeadEvidence { head, unseen, validation_accuracy: validation_accuracy(info) }
+                });
+                decide_promotion(&report, active, &set)?
+            }
+            // Nothing to compare with (a new model's vectors): the decision
+            // records the new head's validation accuracy.
+            Activation::Never => decide_promotion(&report, None, &set)?,
+        };
+        let activate = activation == Activation::IfPromoted && promotion.promote;
+        let new_head = stored_head(&head, &report, data.trained_through, options.privacy.as_ref())?;
+        let version = self.store.save_head(id, &new_head, activate)?;
         Ok(TrainOutcome { report, promotion, version })
     }
 
-    /// Top-`k` labels with calibrated probabilities and an abstain flag, per text.
+    /// Top-`k` labels (`k` ≥ 1) with calibrated probabilities and an abstain flag, per text.
     pub fn predict(&self, task: &str, texts: &[&str], top_k: usize) -> Result<(Vec<Prediction>, PredictionSource)> {
+        if top_k == 0 {
+            return Err(Error::InvalidInput("top_k must be at least 1".into()));
+        }
         let encoder = self.encoder();
-        let head = self.current_head(task, &encoder)?;
-        let features = self.lookup_features(&encoder, texts, false)?;
+        let active = self.current_head(task, &encoder)?;
+        let features = self.transient_features(&encoder, texts)?;
         let dim = encoder.dim();
-        let predictions = features.chunks_exact(dim).map(|row| head.0.predict(row, top_k)).collect::<Result<_>>()?;
-        Ok((predictions, head.1))
+        let predictions =
+            features.chunks_exact(dim).map(|row| active.head.predict(row, top_k)).collect::<Result<_>>()?;
+        Ok((predictions, active.source))
     }
 
     /// Scores the task's current head on labelled texts; labels it does not
@@ -237,36 +271,53 @@ impl Personalizer {
             return Err(Error::InvalidInput("nothing to evaluate".into()));
         }
         let encoder = self.encoder();
-        let head = self.current_head(task, &encoder)?;
+        let active = self.current_head(task, &encoder)?;
+        let head = &active.head;
         let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
-        let probabilities = head.0.probabilities(&self.lookup_features(&encoder, &texts, false)?)?;
+        let probabilities = head.probabilities(&self.transient_features(&encoder, &texts)?)?;
         let truth: Vec<usize> = examples
             .iter()
-            .map(|(_, label)| head.0.labels().iter().position(|l| l == label).unwrap_or(usize::MAX))
+            .map(|(_, label)| head.labels().iter().position(|l| l == label).unwrap_or(usize::MAX))
             .collect();
-        Ok(evaluate(&probabilities, &truth, head.0.labels()))
+        Ok(evaluate(&probabilities, &truth, head.labels()))
     }
 
     /// Forgets data (see [`Forget`]) and compacts the file. A task whose
     /// active head was trained on forgotten data is retrained from what
-    /// remains, so nothing predicts from forgotten data. Blocking.
-    pub fn forget(&self, task: Option<&str>, what: &Forget) -> Result<ForgetOutcome> {
+    /// remains (privately for a private task, or left on its label
+    /// descriptions when its budget is spent), so nothing predicts from
+    /// forgotten data. Blocking.
+    pub fn forget(&self, task: Option<&str>, what: &Forget) -> Result<ForgetReport> {
         let had_active = match task {
             Some(name) if *what != Forget::Task => self.store.task(name)?.active_head_version.is_some(),
             _ => false,
         };
-        let outcome = self.store.forget(task, what)?;
-        self.heads.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        self.search.clear();
-        self.lock_preferences().clear();
-        if let (true, Some(name)) = (had_active, task) {
-            let id = self.store.task_id(name)?;
-            if self.store.active_head(id)?.is_none() && !self.store.examples(id)?.is_empty() {
-                self.train(name, &TrainOptions::default(), &crate::training::QuietTraining)?;
-            }
+        let forgotten = self.store.forget(task, what)?;
+        match task {
+            Some(name) => self.caches.task_changed(name),
+            None => self.caches.clear(),
         }
+        let retrain = match (had_active, task) {
+            (true, Some(name)) => self.retrain_after_forget(name)?,
+            _ => Retrain::NotNeeded,
+        };
         self.store.compact()?;
-        Ok(outcome)
+        Ok(ForgetReport { forgotten, retrain })
+    }
+
+    fn retrain_after_forget(&self, task: &str) -> Result<Retrain> {
+        let id = self.store.task_id(task)?;
+        if self.store.active_head(id)?.is_some() {
+            return Ok(Retrain::NotNeeded);
+        }
+        if self.store.examples(id)?.is_empty() {
+            return Ok(Retrain::NoExamples);
+        }
+        let outcome = match self.train(task, &TrainOptions::default(), &QuietTraining) {
+            Err(Error::BudgetExceeded(reason)) => return Ok(Retrain::PublicStart { reason }),
+            other => other?,
+        };
+        Ok(Retrain::Retrained { version: outcome.version, private: outcome.report.private_run.is_some() })
     }
 
     /// Writes everything stored about the user as JSON to `path` (the
@@ -289,7 +340,7 @@ impl Personalizer {
     /// Makes an earlier head version active again.
     pub fn rollback(&self, task: &str, version: u32) -> Result<()> {
         self.store.activate_head(self.store.task_id(task)?, version)?;
-        self.invalidate(task);
+        self.caches.examples_changed(task);
         Ok(())
     }
 
@@ -299,8 +350,7 @@ impl Personalizer {
         let changed = self.store.upsert_documents(id, documents)?;
         let texts: Vec<&str> = documents.iter().map(|d| d.text.as_str()).collect();
         self.features(&texts)?;
-        self.search.invalidate(task);
-        self.lock_preferences().remove(task);
+        self.caches.documents_changed(task);
         Ok(changed)
     }
 
@@ -309,9 +359,9 @@ impl Personalizer {
     /// feedback (with no feedback, plain semantic order).
     pub fn search(&self, task: &str, query: &str, k: usize) -> Result<Vec<SearchHit>> {
         let encoder = self.encoder();
-        let index = self.search.get_or_build(task, || self.build_index(task, &encoder))?;
-        let query = self.lookup_features(&encoder, &[query], false)?;
-        let preference = self.preference(task, &index, &encoder)?;
+        let index = self.caches.index(task, || self.build_index(task, &encoder))?;
+        let query = self.transient_features(&encoder, &[query])?;
+        let preference = self.caches.preference(task, || self.fit_preference(task, &index, &encoder))?;
         Ok(index.top_k(Some(&query), &preference, k))
     }
 
@@ -319,60 +369,58 @@ impl Personalizer {
     /// (without feedback: the oldest documents, in order).
     pub fn recommend(&self, task: &str, k: usize) -> Result<Vec<SearchHit>> {
         let encoder = self.encoder();
-        let index = self.search.get_or_build(task, || self.build_index(task, &encoder))?;
-        let preference = self.preference(task, &index, &encoder)?;
+        let index = self.caches.index(task, || self.build_index(task, &encoder))?;
+        let preference = self.caches.preference(task, || self.fit_preference(task, &index, &encoder))?;
         Ok(index.top_k(None, &preference, k))
     }
 
     /// Records what the user did with a search result or recommendation.
     pub fn record_feedback(&self, task: &str, feedback: &NewFeedback) -> Result<i64> {
         let id = self.store.record_feedback(self.store.task_id(task)?, feedback)?;
-        self.lock_preferences().remove(task);
+        self.caches.feedback_changed(task);
         Ok(id)
     }
 
-    fn preference(&self, task: &str, index: &search::Index, encoder: &OnnxEncoder) -> Result<Arc<ranker::Preference>> {
-        if let Some(preference) = self.lock_preferences().get(task) {
-            return Ok(Arc::clone(preference));
-        }
+    fn fit_preference(&self, task: &str, index: &search::Index, encoder: &OnnxEncoder) -> Result<ranker::Preference> {
         let events = self.store.feedback(self.store.task_id(task)?)?;
         let queries: Vec<&str> = events.iter().filter_map(|e| e.query.as_deref()).collect();
         let query_vectors: HashMap<&str, Vec<f32>> = if queries.is_empty() {
             HashMap::new()
         } else {
-            let vectors = self.lookup_features(encoder, &queries, true)?;
+            let vectors = self.stored_features(encoder, &queries)?;
             queries.iter().copied().zip(vectors.chunks_exact(encoder.dim()).map(<[f32]>::to_vec)).collect()
         };
-        let preference = Arc::new(ranker::fit(&events, encoder.dim(), &|key| index.vector(key), &|text| {
-            query_vectors.get(text).cloned()
-        }));
-        self.lock_preferences().insert(task.to_string(), Arc::clone(&preference));
-        Ok(preference)
-    }
-
-    fn lock_preferences(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ranker::Preference>>> {
-        self.preferences.lock().unwrap_or_else(PoisonError::into_inner)
+        Ok(ranker::fit(&events, encoder.dim(), &|key| index.vector(key), &|text| query_vectors.get(text).cloned()))
     }
 
     fn build_index(&self, task: &str, encoder: &OnnxEncoder) -> Result<search::Index> {
         let documents = self.store.documents(self.store.task_id(task)?)?;
         let texts: Vec<&str> = documents.iter().map(|d| d.text.as_str()).collect();
-        let vectors = if texts.is_empty() { Vec::new() } else { self.lookup_features(encoder, &texts, true)? };
+        let vectors = if texts.is_empty() { Vec::new() } else { self.stored_features(encoder, &texts)? };
         Ok(search::Index::new(documents, vectors, encoder.dim()))
     }
 
     /// Vectors for `texts` (`texts.len() × dim`) from the current model,
     /// from the cache or embedded now and cached.
     fn features(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        self.lookup_features(&self.encoder(), texts, true)
+        self.stored_features(&self.encoder(), texts)
     }
 
-    /// `encoder`'s vectors for `texts`, from the cache or embedded now. Only
-    /// texts a stored row holds (examples, documents, descriptions, feedback
-    /// queries) are cached (`keep`), so forgetting the row removes them;
-    /// texts the app only asks about (predictions, search queries) leave no
-    /// trace on disk.
-    fn lookup_features(&self, encoder: &OnnxEncoder, texts: &[&str], keep: bool) -> Result<Vec<f32>> {
+    /// `encoder`'s vectors for texts a stored row holds (examples,
+    /// documents, descriptions, feedback queries): from the cache, or
+    /// embedded now and cached, so forgetting the row removes them too.
+    fn stored_features(&self, encoder: &OnnxEncoder, texts: &[&str]) -> Result<Vec<f32>> {
+        self.features_with(encoder, texts, true)
+    }
+
+    /// `encoder`'s vectors for texts the app only asks about (predictions,
+    /// search queries): read from the cache when there, never written to it,
+    /// so they leave no trace on disk.
+    fn transient_features(&self, encoder: &OnnxEncoder, texts: &[&str]) -> Result<Vec<f32>> {
+        self.features_with(encoder, texts, false)
+    }
+
+    fn features_with(&self, encoder: &OnnxEncoder, texts: &[&str], cache_new: bool) -> Result<Vec<f32>> {
         let fingerprint = encoder.fingerprint();
         let cached = self.store.cached_features(fingerprint, texts)?;
         let missing: Vec<&str> = texts.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(t, _)| *t).collect();
@@ -380,7 +428,7 @@ impl Personalizer {
         if !missing.is_empty() {
             let embedded = encoder.embed(&missing)?;
             let entries: Vec<(&str, &[f32])> = missing.iter().copied().zip(embedded.rows()).collect();
-            if keep {
+            if cache_new {
                 self.store.cache_features(fingerprint, &entries, VectorEncoding::F32)?;
             }
             fresh.extend(entries.into_iter().map(|(t, v)| (t, v.to_vec())));
@@ -395,7 +443,7 @@ impl Personalizer {
         labels.sort();
         labels.dedup();
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-        let features = if texts.is_empty() { Vec::new() } else { self.lookup_features(encoder, &texts, true)? };
+        let features = if texts.is_empty() { Vec::new() } else { self.stored_features(encoder, &texts)? };
         let described: Vec<(usize, &str)> = labels
             .iter()
             .enumerate()
@@ -404,12 +452,13 @@ impl Personalizer {
         let mut priors = vec![None; labels.len()];
         if !described.is_empty() {
             let texts: Vec<&str> = described.iter().map(|(_, t)| *t).collect();
-            let vectors = self.lookup_features(encoder, &texts, true)?;
+            let vectors = self.stored_features(encoder, &texts)?;
             for ((i, _), row) in described.iter().zip(vectors.chunks_exact(encoder.dim())) {
                 priors[*i] = Some(row.to_vec());
             }
         }
         Ok(TrainingData {
+            example_ids: examples.iter().map(|e| e.id).collect(),
             label_index: examples.iter().map(|e| labels.binary_search(&e.label).unwrap_or(0)).collect(),
             weights: examples.iter().map(|e| e.weight as f32).collect(),
             trained_through: examples.iter().map(|e| e.id).max().unwrap_or(0),
@@ -420,12 +469,14 @@ impl Personalizer {
         })
     }
 
-    fn stored_active_head(&self, task: TaskId, encoder: &OnnxEncoder) -> Result<Option<Head>> {
+    /// The active head, decoded, with its stored record, when it belongs
+    /// to `encoder`'s backbone. (After a model upgrade a head for another
+    /// backbone cannot be used on this model's features: it is ignored
+    /// until retrained.)
+    fn stored_active_head(&self, task: TaskId, encoder: &OnnxEncoder) -> Result<Option<(Head, HeadInfo)>> {
         match self.store.active_head(task)? {
-            // A head for another backbone (after a model upgrade) cannot be
-            // used on this model's features: it is ignored until retrained.
-            Some(stored) if stored.info.fingerprint == encoder.fingerprint() => {
-                Ok(Some(Head::from_bytes(&stored.weights, encoder.fingerprint())?))
+            Some(StoredHead { info, weights, .. }) if info.fingerprint == encoder.fingerprint() => {
+                Ok(Some((Head::from_bytes(&weights, encoder.fingerprint())?, info)))
             }
             _ => Ok(None),
         }
@@ -433,46 +484,90 @@ impl Personalizer {
 
     /// The head predictions come from now, following the task's lifecycle,
     /// for `encoder`'s features.
-    fn current_head(&self, task: &str, encoder: &OnnxEncoder) -> Result<Arc<(Head, PredictionSource)>> {
-        if let Some(head) = self.heads.lock().unwrap_or_else(PoisonError::into_inner).get(task)
-            && head.0.fingerprint() == encoder.fingerprint()
-        {
-            return Ok(Arc::clone(head));
+    fn current_head(&self, task: &str, encoder: &OnnxEncoder) -> Result<Arc<ActiveHead>> {
+        if let Some(active) = self.caches.head(task, encoder.fingerprint()) {
+            return Ok(active);
         }
         let id = self.store.task_id(task)?;
-        let head = match self.stored_active_head(id, encoder)? {
-            Some(head) => (head, PredictionSource::TrainedHead),
+        let (head, source) = match self.stored_active_head(id, encoder)? {
+            Some((head, info)) if head.kind() == HeadKind::Prototype => {
+                (self.with_current_prototypes(id, encoder, head, &info)?, PredictionSource::TrainedHead)
+            }
+            Some((head, _)) => (head, PredictionSource::TrainedHead),
             None => self.untrained_head(task, id, encoder)?,
         };
-        let head = Arc::new(head);
-        self.heads.lock().unwrap_or_else(PoisonError::into_inner).insert(task.to_string(), Arc::clone(&head));
+        Ok(self.caches.keep_head(task, head, source))
+    }
+
+    /// A stored prototype head never freezes the prototypes: with examples
+    /// added after it, its centroids are rebuilt from all of them (its
+    /// calibration is kept).
+    fn with_current_prototypes(
+        &self,
+        id: TaskId,
+        encoder: &OnnxEncoder,
+        stored: Head,
+        info: &HeadInfo,
+    ) -> Result<Head> {
+        let data = self.training_data(id, encoder)?;
+        if data.trained_through <= info.trained_through_example || data.labels.is_empty() {
+            return Ok(stored);
+        }
+        let mut head = prototype_head(&data, encoder)?;
+        head.temperature = stored.temperature;
+        head.abstain_below = stored.abstain_below;
         Ok(head)
     }
 
     fn untrained_head(&self, task: &str, id: TaskId, encoder: &OnnxEncoder) -> Result<(Head, PredictionSource)> {
+        // A private task never predicts from prototypes of its raw examples:
+        // without a private head it is back at its public start.
+        let private = self.store.privacy_policy(id)?.is_some();
         let data = self.training_data(id, encoder)?;
-        if !data.labels.is_empty() {
-            let options = TrainOptions { head: HeadChoice::Only(HeadKind::Prototype), ..TrainOptions::default() };
-            let (head, _) = train(&data.set(encoder.fingerprint()), None, &options, &crate::training::QuietTraining)?;
-            return Ok((head, PredictionSource::Prototypes));
+        if !data.labels.is_empty() && !private {
+            return Ok((prototype_head(&data, encoder)?, PredictionSource::Prototypes));
         }
         let descriptions = self.store.label_descriptions(id)?;
         if descriptions.is_empty() {
             return Err(Error::NotTrained(task.to_string()));
         }
         let texts: Vec<&str> = descriptions.iter().map(|(_, d)| d.as_str()).collect();
-        let vectors = self.lookup_features(encoder, &texts, true)?;
+        let vectors = self.stored_features(encoder, &texts)?;
         let names = descriptions.into_iter().map(|(label, _)| label).collect();
         Ok((zero_shot_head(encoder.fingerprint(), names, &vectors, encoder.dim())?, PredictionSource::ZeroShot))
     }
-
-    fn invalidate(&self, task: &str) {
-        self.heads.lock().unwrap_or_else(PoisonError::into_inner).remove(task);
-    }
 }
 
-/// A trained head with its report, as the store keeps it.
-fn stored_head(head: &Head, report: &TrainReport, trained_through: i64) -> Result<NewHead> {
+/// How a trained head is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activation {
+    /// Active when promotion says so.
+    IfPromoted,
+    /// Inactive, whatever promotion says (a model upgrade activates later).
+    Never,
+}
+
+/// Prototypes of all of the task's examples (and label descriptions).
+fn prototype_head(data: &TrainingData, encoder: &OnnxEncoder) -> Result<Head> {
+    let options = TrainOptions { head: HeadChoice::Only(HeadKind::Prototype), ..TrainOptions::default() };
+    Ok(train(&data.set(encoder.fingerprint()), None, &options, &QuietTraining)?.0)
+}
+
+/// The accuracy a head's own training measured out of sample, from its
+/// stored metrics.
+fn validation_accuracy(info: &HeadInfo) -> Option<f64> {
+    let metrics: serde_json::Value = serde_json::from_str(&info.metrics).ok()?;
+    metrics.get("accuracy")?.as_f64()
+}
+
+/// A trained head with its report, as the store keeps it; a private head
+/// carries its ledger entry and the task's policy.
+fn stored_head(
+    head: &Head,
+    report: &TrainReport,
+    trained_through: i64,
+    privacy: Option<&crate::training::PrivacyOptions>,
+) -> Result<NewHead> {
     let to_json = |e: serde_json::Error| Error::Storage(format!("training report: {e}"));
     Ok(NewHead {
         kind: head.kind().name().to_string(),
@@ -483,11 +578,13 @@ fn stored_head(head: &Head, report: &TrainReport, trained_through: i64) -> Resul
         report: serde_json::to_string(report).map_err(to_json)?,
         metrics: serde_json::to_string(&report.validation).map_err(to_json)?,
         trained_through_example: trained_through,
+        privacy: privacy::head_privacy(report, privacy),
     })
 }
 
 /// A task's examples as the trainer wants them.
 struct TrainingData {
+    example_ids: Vec<i64>,
     features: Vec<f32>,
     label_index: Vec<usize>,
     weights: Vec<f32>,
@@ -498,6 +595,11 @@ struct TrainingData {
 }
 
 impl TrainingData {
+    /// Per example: true when `head` was trained before it was added.
+    fn unseen_by(&self, head: &HeadInfo) -> Vec<bool> {
+        self.example_ids.iter().map(|&id| id > head.trained_through_example).collect()
+    }
+
     fn set<'a>(&'a self, fingerprint: &'a str) -> TrainingSet<'a> {
         TrainingSet {
             features: &self.features,

@@ -3,10 +3,8 @@
 //! user's learned preference when there is feedback, and the best `k` kept.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use super::ranker::{Preference, dot};
-use crate::error::Result;
 use crate::store::Document;
 
 /// A ranked search result.
@@ -146,29 +144,6 @@ impl Index {
                 SearchHit { key: d.key.clone(), text: d.text.clone(), metadata: d.metadata.clone(), score }
             })
             .collect()
-    }
-}
-
-/// Built indexes per task, rebuilt after any change to the task's documents.
-#[derive(Default)]
-pub(crate) struct Indexes(Mutex<HashMap<String, Arc<Index>>>);
-
-impl Indexes {
-    pub fn get_or_build(&self, task: &str, build: impl FnOnce() -> Result<Index>) -> Result<Arc<Index>> {
-        if let Some(index) = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(task) {
-            return Ok(Arc::clone(index));
-        }
-        let index = Arc::new(build()?);
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(task.to_string(), Arc::clone(&index));
-        Ok(index)
-    }
-
-    pub fn invalidate(&self, task: &str) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(task);
-    }
-
-    pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 }
 

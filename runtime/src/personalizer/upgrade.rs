@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::sync::{Arc, PoisonError};
 
-use super::{Personalizer, TrainOutcome, stored_head};
+use super::{Activation, Personalizer, TrainOutcome};
 use crate::encoder::{EncodeListener, Encoder, EncoderOptions, OnnxEncoder};
 use crate::error::{Error, Result};
 use crate::store::TaskId;
-use crate::training::{QuietTraining, TrainOptions, decide_promotion, train};
+use crate::training::{QuietTraining, TrainOptions};
 
 /// Texts embedded per step: progress and cancellation happen between steps,
 /// and every step's vectors are committed, so an interrupted upgrade resumes
@@ -36,7 +36,7 @@ pub struct UpgradeOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskUpgrade {
     pub task: String,
-    /// The new head; `None` when `skipped` says why.
+    /// The new head (private for a private task); `None` when `skipped` says why.
     pub trained: Option<TrainOutcome>,
     pub skipped: Option<String>,
 }
@@ -70,7 +70,7 @@ impl Personalizer {
             if listener.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            self.lookup_features(&target, chunk, true)?;
+            self.stored_features(&target, chunk)?;
             listener.on_progress((step * STEP + chunk.len()).min(refs.len()), refs.len());
         }
 
@@ -83,21 +83,24 @@ impl Personalizer {
             if listener.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            let skipped = if info.examples == 0 {
-                Some("no examples: it keeps working from label descriptions".to_string())
-            } else if !self.store.private_runs(id)?.is_empty() {
-                // Retraining without privacy would undo the app's choice, and
-                // only the app knows the budget: it retrains this task itself.
-                Some("trained with differential privacy: retrain it with the app's privacy budget".to_string())
+            let (trained, skipped) = if info.examples == 0 {
+                (None, Some("no examples: it keeps working from label descriptions".to_string()))
             } else {
-                None
-            };
-            let trained = match skipped {
-                Some(_) => None,
-                None => {
-                    let outcome = self.train_inactive(id, &target)?;
-                    activate.push((id, outcome.version));
-                    Some(outcome)
+                // A private task is trained privately again, charged to its
+                // ledger; when its budget cannot pay, it is left on its
+                // label descriptions rather than given a non-private head.
+                match self.train_and_store(id, &target, &TrainOptions::default(), &QuietTraining, Activation::Never) {
+                    Ok(outcome) => {
+                        activate.push((id, outcome.version));
+                        (Some(outcome), None)
+                    }
+                    Err(Error::BudgetExceeded(reason)) => (
+                        None,
+                        Some(format!(
+                            "trained with differential privacy and {reason}: it predicts from its label descriptions"
+                        )),
+                    ),
+                    Err(other) => return Err(other),
                 }
             };
             tasks.push(TaskUpgrade { task: info.name, trained, skipped });
@@ -108,9 +111,7 @@ impl Personalizer {
                 self.store.activate_head(id, version)?;
             }
             *encoder = Arc::clone(&target);
-            self.heads.lock().unwrap_or_else(PoisonError::into_inner).clear();
-            self.search.clear();
-            self.lock_preferences().clear();
+            self.caches.clear();
         }
         let old_vectors_dropped = self.store.drop_features_except(target.fingerprint())?;
         Ok(UpgradeOutcome {
@@ -121,18 +122,6 @@ impl Personalizer {
             tasks,
             old_vectors_dropped,
         })
-    }
-
-    /// Trains a head on `encoder`'s vectors and stores it without activating it.
-    fn train_inactive(&self, id: TaskId, encoder: &OnnxEncoder) -> Result<TrainOutcome> {
-        let data = self.training_data(id, encoder)?;
-        let set = data.set(encoder.fingerprint());
-        let (head, report) = train(&set, None, &TrainOptions::default(), &QuietTraining)?;
-        // Nothing to compare with on the new model's vectors: the decision
-        // records the new head's validation accuracy.
-        let promotion = decide_promotion(&report, None, &set)?;
-        let version = self.store.save_head(id, &stored_head(&head, &report, data.trained_through)?, false)?;
-        Ok(TrainOutcome { report, promotion, version })
     }
 
     /// Every distinct text a stored row holds, in a stable order.

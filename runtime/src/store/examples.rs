@@ -82,8 +82,9 @@ impl Store {
 
     /// Streams `rows` into the task in transactions of `batch_size`: memory
     /// stays flat, and each committed batch survives a crash whole. A bad row
-    /// stops the import; earlier batches stay committed. `on_batch` hears the
-    /// running total after each commit.
+    /// or a failed write stops the import; earlier batches stay committed,
+    /// and once any has been the error is `Error::ImportInterrupted` with
+    /// their row count. `on_batch` hears the running total after each commit.
     pub fn import_examples<I>(
         &self,
         task: TaskId,
@@ -97,21 +98,26 @@ impl Store {
         let mut total = AddOutcome::default();
         let mut batch = Vec::with_capacity(batch_size.max(1));
         let mut rows = rows.into_iter();
+        let interrupted = |total: &AddOutcome, cause: Error| match total.inserted + total.duplicates {
+            0 => cause,
+            committed => Error::ImportInterrupted { committed, cause: Box::new(cause) },
+        };
         loop {
             batch.clear();
             for row in rows.by_ref().take(batch_size.max(1)) {
-                let row = row?;
-                row.validate()?;
+                let row = row.and_then(|row| row.validate().map(|()| row)).map_err(|e| interrupted(&total, e))?;
                 batch.push(row);
             }
             if batch.is_empty() {
                 return Ok(total);
             }
-            let outcome = self.write(|tx| {
-                let mut outcome = insert(tx, task, &batch)?;
-                outcome.evicted = rights::apply_retention(tx, task)?;
-                Ok(outcome)
-            })?;
+            let outcome = self
+                .write(|tx| {
+                    let mut outcome = insert(tx, task, &batch)?;
+                    outcome.evicted = rights::apply_retention(tx, task)?;
+                    Ok(outcome)
+                })
+                .map_err(|e| interrupted(&total, e))?;
             total.inserted += outcome.inserted;
             total.duplicates += outcome.duplicates;
             total.evicted += outcome.evicted;

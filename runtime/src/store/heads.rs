@@ -21,6 +21,21 @@ pub struct NewHead {
     /// Highest example id the training saw; forgetting any example at or
     /// below it makes the head stale.
     pub trained_through_example: i64,
+    /// For a head trained with differential privacy: its run, written to the
+    /// task's ledger in the same transaction as the head, so no private
+    /// head exists whose ε is not counted.
+    pub privacy: Option<HeadPrivacy>,
+}
+
+/// What a private head records: the run it cost, the (ε, δ) of the task's
+/// ledger with it, and the task's policy (from then on the task is private).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadPrivacy {
+    pub run: LedgerEntry,
+    pub epsilon: f64,
+    pub delta: f64,
+    /// The task's privacy policy as JSON (see `Store::privacy_policy`).
+    pub policy: String,
 }
 
 /// A stored head with everything needed to load it.
@@ -45,9 +60,15 @@ pub struct HeadInfo {
     pub stale: bool,
     pub active: bool,
     pub created_at: i64,
+    /// Highest example id it was trained on: examples above it are new to it.
+    pub trained_through_example: i64,
+    /// For a head trained with differential privacy, the (ε, δ) of its
+    /// task's ledger when it was trained; `None` for a non-private head.
+    pub privacy: Option<(f64, f64)>,
 }
 
 const COLUMNS: &str = "h.version, h.kind, h.fingerprint, h.metrics, h.stale, h.id = t.active_head, h.created_at,
+     h.trained_through_example, h.private_epsilon, h.private_delta,
      h.format_version, h.label_map, h.weights, h.report";
 
 fn stored_head(row: &Row<'_>) -> rusqlite::Result<(HeadInfo, u32, String, Vec<u8>, String)> {
@@ -60,11 +81,16 @@ fn stored_head(row: &Row<'_>) -> rusqlite::Result<(HeadInfo, u32, String, Vec<u8
             stale: row.get(4)?,
             active: row.get::<_, Option<bool>>(5)?.unwrap_or(false),
             created_at: row.get(6)?,
+            trained_through_example: row.get(7)?,
+            privacy: match (row.get::<_, Option<f64>>(8)?, row.get::<_, Option<f64>>(9)?) {
+                (Some(epsilon), Some(delta)) => Some((epsilon, delta)),
+                _ => None,
+            },
         },
-        row.get(7)?,
-        row.get(8)?,
-        row.get(9)?,
         row.get(10)?,
+        row.get(11)?,
+        row.get(12)?,
+        row.get(13)?,
     ))
 }
 
@@ -87,8 +113,9 @@ impl Store {
                 })?;
             tx.execute(
                 "INSERT INTO heads (task_id, version, kind, format_version, fingerprint, label_map, weights,
-                                    report, metrics, trained_through_example, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                    report, metrics, trained_through_example, created_at,
+                                    private_epsilon, private_delta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 rusqlite::params![
                     task.0,
                     version,
@@ -100,9 +127,15 @@ impl Store {
                     head.report,
                     head.metrics,
                     head.trained_through_example,
-                    now_ms()
+                    now_ms(),
+                    head.privacy.as_ref().map(|p| p.epsilon),
+                    head.privacy.as_ref().map(|p| p.delta),
                 ],
             )?;
+            if let Some(privacy) = &head.privacy {
+                insert_ledger_entry(tx, task, privacy.run)?;
+                tx.execute("UPDATE tasks SET privacy = ?1 WHERE id = ?2", (&privacy.policy, task.0))?;
+            }
             if activate {
                 make_active(tx, task, version)?;
             }
@@ -158,6 +191,15 @@ fn into_stored(
     Ok(StoredHead { info, format_version, labels, weights, report })
 }
 
+fn insert_ledger_entry(tx: &Transaction<'_>, task: TaskId, entry: LedgerEntry) -> Result<()> {
+    tx.execute(
+        "INSERT INTO privacy_ledger (task_id, sampling_rate, noise_multiplier, steps, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        (task.0, entry.sampling_rate, entry.noise_multiplier, entry.steps as i64, now_ms()),
+    )?;
+    Ok(())
+}
+
 fn make_active(tx: &Transaction<'_>, task: TaskId, version: u32) -> Result<()> {
     let head: Option<(i64, bool)> = tx
         .query_row("SELECT id, stale FROM heads WHERE task_id = ?1 AND version = ?2", (task.0, version), |row| {
@@ -183,16 +225,10 @@ pub struct LedgerEntry {
 }
 
 impl Store {
-    /// Adds a private training run to the task's privacy ledger.
-    pub fn record_private_run(&self, task: TaskId, entry: LedgerEntry) -> Result<()> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO privacy_ledger (task_id, sampling_rate, noise_multiplier, steps, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                (task.0, entry.sampling_rate, entry.noise_multiplier, entry.steps as i64, now_ms()),
-            )?;
-            Ok(())
-        })
+    /// The privacy policy (JSON) of a task trained with differential
+    /// privacy; `None` for a public task.
+    pub fn privacy_policy(&self, task: TaskId) -> Result<Option<String>> {
+        self.read(|tx| Ok(tx.query_row("SELECT privacy FROM tasks WHERE id = ?1", [task.0], |row| row.get(0))?))
     }
 
     /// Every private run of the task: the privacy it has spent composes over them.

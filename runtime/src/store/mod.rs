@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 
 pub use examples::{AddOutcome, Example, LabelCount, NewExample};
 pub use features::VectorEncoding;
-pub use heads::{HeadInfo, LedgerEntry, NewHead, StoredHead};
+pub use heads::{HeadInfo, HeadPrivacy, LedgerEntry, NewHead, StoredHead};
 pub use items::{Document, FeedbackEvent, NewDocument, NewFeedback, Signal};
 pub use rights::{Forget, ForgetOutcome, Retention};
 

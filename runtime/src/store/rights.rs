@@ -162,6 +162,8 @@ impl Store {
                 heads.push(serde_json::json!({
                     "version": info.version, "kind": info.kind, "fingerprint": info.fingerprint,
                     "active": info.active, "stale": info.stale, "created_at_ms": info.created_at,
+                    "private": info.privacy.is_some(),
+                    "epsilon": info.privacy.map(|p| p.0), "delta": info.privacy.map(|p| p.1),
                     "labels": stored.as_ref().map(|s| s.labels.clone()),
                     "metrics": serde_json::from_str::<serde_json::Value>(&info.metrics).ok(),
                     "weights_base64": stored.map(|s| base64(&s.weights)),

@@ -7,12 +7,15 @@ use rusqlite::{Connection, Transaction};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes.
-pub(crate) const VERSION: i64 = 1;
+pub(crate) const VERSION: i64 = 2;
 
 /// The current schema, for a new file. Every table hangs off `tasks`, so
 /// forgetting a task cascades; `features` is shared across tasks and keyed by
 /// (text hash, model fingerprint), so a text is embedded once per model.
 /// Unique keys lead with the text hash so they also serve lookups by text.
+/// `tasks.privacy` is the differential-privacy policy of a task trained
+/// privately (JSON; it then stays private), `heads.private_*` the (ε, δ) of
+/// a private head's task ledger when it was trained.
 /// `features` keeps a rowid: a 1.5 KB vector overflows a WITHOUT ROWID row
 /// (~1 KB local payload) into its own page, tripling the file.
 const CREATE: &str = "
@@ -22,7 +25,8 @@ CREATE TABLE tasks (
     created_at INTEGER NOT NULL,
     retention_max_examples INTEGER,
     retention_max_age_ms INTEGER,
-    active_head INTEGER REFERENCES heads(id) ON DELETE SET NULL
+    active_head INTEGER REFERENCES heads(id) ON DELETE SET NULL,
+    privacy TEXT
 );
 
 CREATE TABLE examples (
@@ -96,6 +100,8 @@ CREATE TABLE heads (
     trained_through_example INTEGER NOT NULL,
     stale INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
+    private_epsilon REAL,
+    private_delta REAL,
     UNIQUE (task_id, version)
 );
 
@@ -133,9 +139,24 @@ pub(crate) fn prepare(connection: &mut Connection) -> Result<()> {
 /// One arm per released version: each brings a version-`from` schema one
 /// step closer to `VERSION`. Add an arm, and a frozen copy of the old schema
 /// to `schema_history/`, with every change to `CREATE`.
-fn upgrade_from(_transaction: &Transaction<'_>, from: i64) -> Result<()> {
-    // Version 1 is the first: no arms yet. The next schema change adds
-    // `1 => { ...; Ok(()) }` here.
+fn upgrade_from(transaction: &Transaction<'_>, from: i64) -> Result<()> {
+    if from == 1 {
+        // Version 2: privacy is recorded with tasks and heads. Heads trained
+        // privately before carry their (ε, δ) in their report; a task with
+        // private runs keeps a policy whose budget is what it has spent.
+        transaction.execute_batch(
+            "ALTER TABLE tasks ADD COLUMN privacy TEXT;
+             ALTER TABLE heads ADD COLUMN private_epsilon REAL;
+             ALTER TABLE heads ADD COLUMN private_delta REAL;
+             UPDATE heads SET private_epsilon = json_extract(report, '$.privacy.epsilon'),
+                              private_delta = json_extract(report, '$.privacy.delta')
+              WHERE json_valid(report);
+             UPDATE tasks SET privacy = json_object('epsilon',
+                    (SELECT coalesce(max(private_epsilon), 0) FROM heads WHERE heads.task_id = tasks.id))
+              WHERE id IN (SELECT task_id FROM privacy_ledger);",
+        )?;
+        return Ok(());
+    }
     Err(Error::Storage(format!("no upgrade path from schema version {from}")))
 }
 
@@ -143,10 +164,16 @@ fn upgrade_from(_transaction: &Transaction<'_>, from: i64) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Every table and index with its SQL, layout ignored: an added column
+    /// lands beside the one before it, not on a line of its own.
     fn schema_of(connection: &Connection) -> Vec<(String, String)> {
         let mut statement =
             connection.prepare("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name").unwrap();
-        statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().map(Result::unwrap).collect()
+        let collapse = |sql: String| {
+            let spaced = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+            spaced.replace(" ,", ",").replace("( ", "(").replace(" )", ")")
+        };
+        statement.query_map([], |row| Ok((row.get(0)?, collapse(row.get(1)?)))).unwrap().map(Result::unwrap).collect()
     }
 
     /// Every frozen earlier schema upgrades to exactly what a new file gets.
@@ -154,7 +181,7 @@ mod tests {
     fn every_frozen_schema_upgrades_to_the_fresh_one() {
         let mut fresh = Connection::open_in_memory().unwrap();
         prepare(&mut fresh).unwrap();
-        let history = [(1, include_str!("schema_history/v1.sql"))];
+        let history = [(1, include_str!("schema_history/v1.sql")), (2, include_str!("schema_history/v2.sql"))];
         assert_eq!(history.last().unwrap().0, VERSION, "freeze the current schema in schema_history/");
         for (version, sql) in history {
             let mut old = Connection::open_in_memory().unwrap();

@@ -4,12 +4,15 @@
 
 use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis, Ix1, Ix2};
 
-use super::optimizer::{Optimizer, learning_rate};
+use super::data::Data;
+use super::optimizer::{Optimizer, OptimizerKind, learning_rate};
 use super::parallel::in_parallel;
+use super::plan::Budget;
 use super::rng::SplitMix;
-use super::{Budget, Data, TrainListener};
+use super::{CandidateHead, EpochProgress, TrainListener};
 use crate::error::{Error, Result};
 use crate::heads::Params;
+use crate::numeric::{argmax, cross_entropy, softmax_view};
 
 const CLIP_NORM: f32 = 5.0;
 const PATIENCE: usize = 3;
@@ -24,7 +27,7 @@ pub(crate) struct FitSettings {
     pub learning_rate: f32,
     pub weight_decay: f32,
     pub label_smoothing: f32,
-    pub optimizer: super::OptimizerKind,
+    pub optimizer: OptimizerKind,
     pub seed: u64,
     /// Stop when validation loss has not improved for a few epochs.
     pub early_stopping: bool,
@@ -39,10 +42,10 @@ pub(crate) struct Fitted {
 }
 
 /// Parameters as flat tensors, so one optimiser loop serves both heads.
-struct Tensors {
-    values: Vec<ArrayD<f32>>,
+pub(super) struct Tensors {
+    pub values: Vec<ArrayD<f32>>,
     /// Decay towards these (the warm start) instead of zero, per tensor.
-    anchors: Vec<Option<ArrayD<f32>>>,
+    pub anchors: Vec<Option<ArrayD<f32>>>,
     /// Biases are not decayed.
     decays: Vec<bool>,
 }
@@ -59,7 +62,7 @@ pub(crate) fn fit(
     settings: &FitSettings,
     budget: &Budget,
     listener: &dyn TrainListener,
-    candidate: &str,
+    candidate: CandidateHead,
 ) -> Result<Fitted> {
     let mean = train.features.mean_axis(Axis(0)).expect("training data is not empty");
     let centred = |data: &Data| Data {
@@ -109,8 +112,8 @@ pub(crate) fn fit(
             Some(v) => evaluate_loss(&tensors.values, initial, v),
             None => (train_loss, None),
         };
-        listener.on_epoch(&super::EpochProgress {
-            candidate: candidate.to_string(),
+        listener.on_epoch(&EpochProgress {
+            candidate,
             epoch: epoch + 1,
             loss: train_loss,
             validation_loss: validation.map(|_| monitored),
@@ -149,7 +152,7 @@ fn with_input_shift(params: &Params, shift: &Array1<f32>, sign: f32) -> Params {
     }
 }
 
-fn tensors_of(params: &Params, anchor: bool) -> Tensors {
+pub(super) fn tensors_of(params: &Params, anchor: bool) -> Tensors {
     let (values, decays): (Vec<ArrayD<f32>>, Vec<bool>) = match params {
         Params::Linear { weights, bias } => {
             (vec![weights.clone().into_dyn(), bias.clone().into_dyn()], vec![true, false])
@@ -168,7 +171,7 @@ fn tensors_of(params: &Params, anchor: bool) -> Tensors {
     Tensors { values, anchors, decays }
 }
 
-fn params_of(shape: &Params, values: Vec<ArrayD<f32>>) -> Params {
+pub(super) fn params_of(shape: &Params, values: Vec<ArrayD<f32>>) -> Params {
     let two = |t: &ArrayD<f32>| t.clone().into_dimensionality::<Ix2>().expect("2-d parameter");
     let one = |t: &ArrayD<f32>| t.clone().into_dimensionality::<Ix1>().expect("1-d parameter");
     match shape {
@@ -185,7 +188,11 @@ fn params_of(shape: &Params, values: Vec<ArrayD<f32>>) -> Params {
 }
 
 /// Forward pass: logits and, for the MLP, the hidden activations.
-fn forward(values: &[ArrayD<f32>], shape: &Params, x: ArrayView2<'_, f32>) -> (Array2<f32>, Option<Array2<f32>>) {
+pub(super) fn forward(
+    values: &[ArrayD<f32>],
+    shape: &Params,
+    x: ArrayView2<'_, f32>,
+) -> (Array2<f32>, Option<Array2<f32>>) {
     match shape {
         Params::Linear { .. } => (x.dot(&view2(&values[0]).t()) + view1(&values[1]), None),
         Params::Mlp { .. } => {
@@ -247,10 +254,7 @@ fn chunk_loss_and_gradients(
     let mut probabilities = logits;
     let mut loss = 0.0f64;
     for (mut row, &i) in probabilities.axis_iter_mut(Axis(0)).zip(rows) {
-        let max = row.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
-        row.mapv_inplace(|z| (z - max).exp());
-        let sum = row.sum();
-        row /= sum;
+        softmax_view(row.view_mut());
         let w = data.weights[i] / weight_sum;
         let y = data.labels[i];
         let off = smoothing / classes as f32;
@@ -299,12 +303,9 @@ fn evaluate_loss(values: &[ArrayD<f32>], shape: &Params, data: &Data) -> (f64, O
     let (logits, _) = forward(values, shape, data.features.view());
     let mut loss = 0.0;
     let mut correct = 0usize;
-    for (row, &y) in logits.axis_iter(Axis(0)).zip(data.labels.iter()) {
-        let max = row.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
-        let log_sum = row.iter().map(|&z| f64::from(z - max).exp()).sum::<f64>().ln();
-        loss += log_sum - f64::from(row[y] - max);
-        let predicted =
-            row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &z)| if z > b.1 { (i, z) } else { b }).0;
+    for (row, &y) in logits.rows().into_iter().zip(data.labels.iter()) {
+        loss += cross_entropy(row.iter().copied(), y, 1.0);
+        let predicted = argmax(row.as_slice().expect("standard layout")).0;
         correct += usize::from(predicted == y);
     }
     (loss / data.len() as f64, Some(correct as f64 / data.len() as f64))
@@ -327,90 +328,6 @@ pub(crate) fn mlp_around(weights: Array2<f32>, bias: Array1<f32>, hidden: usize,
         b2: bias,
         skip: Some(weights),
     }
-}
-
-/// DP-SGD settings for one run.
-pub(crate) struct PrivateSettings {
-    pub steps: usize,
-    pub sampling_rate: f64,
-    pub noise_multiplier: f64,
-    pub clip_norm: f32,
-    pub learning_rate: f32,
-    pub weight_decay: f32,
-    pub seed: u64,
-}
-
-/// DP-SGD for the linear head: each step takes a Poisson sample, clips each
-/// example's gradient to `clip_norm`, adds Gaussian noise of standard
-/// deviation `noise_multiplier · clip_norm` to the sum, and divides by the
-/// expected batch size. Example weights are ignored: they would change the
-/// sensitivity the noise is calibrated to.
-pub(crate) fn fit_private(
-    initial: &Params,
-    train: &Data,
-    settings: &PrivateSettings,
-    listener: &dyn TrainListener,
-) -> Result<Params> {
-    let mut tensors = tensors_of(initial, true);
-    let shapes: Vec<Vec<usize>> = tensors.values.iter().map(|t| t.shape().to_vec()).collect();
-    let shape_refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
-    let mut optimizer = Optimizer::new(super::OptimizerKind::AdamW, &shape_refs);
-    let mut rng = SplitMix::new(settings.seed);
-    let expected_batch = (settings.sampling_rate * train.len() as f64).max(1.0) as f32;
-    let noise = settings.noise_multiplier as f32 * settings.clip_norm;
-    let steps_per_epoch = (1.0 / settings.sampling_rate).round().max(1.0) as usize;
-    let warmup = (settings.steps / 20).max(1);
-    let mut epoch_loss = 0.0;
-    for step in 0..settings.steps {
-        if step % steps_per_epoch == 0 && listener.is_cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let batch: Vec<usize> =
-            (0..train.len()).filter(|_| f64::from(rng.uniform()) < settings.sampling_rate).collect();
-        let shape = tensors.values[0].shape();
-        let (mut grad_w, mut grad_b) =
-            (Array2::<f32>::zeros((shape[0], shape[1])), Array1::<f32>::zeros(tensors.values[1].len()));
-        if !batch.is_empty() {
-            let x = train.features.select(Axis(0), &batch);
-            let (logits, _) = forward(&tensors.values, initial, x.view());
-            let mut g = logits;
-            for (mut row, &i) in g.axis_iter_mut(Axis(0)).zip(&batch) {
-                let max = row.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
-                row.mapv_inplace(|z| (z - max).exp());
-                let sum = row.sum();
-                row /= sum;
-                epoch_loss -= f64::from(row[train.labels[i]].max(1e-12).ln());
-                row[train.labels[i]] -= 1.0;
-                // This example's gradient norm over weights and bias.
-                let x_norm = train.features.row(i).dot(&train.features.row(i));
-                let norm = row.dot(&row).sqrt() * (x_norm + 1.0).sqrt();
-                row *= (settings.clip_norm / norm.max(1e-12)).min(1.0);
-            }
-            grad_w = g.t().dot(&x);
-            grad_b = g.sum_axis(Axis(0));
-        }
-        grad_w.mapv_inplace(|v| v + noise * rng.normal());
-        grad_b.mapv_inplace(|v| v + noise * rng.normal());
-        grad_w /= expected_batch;
-        grad_b /= expected_batch;
-        let lr = learning_rate(settings.learning_rate, step, warmup, settings.steps);
-        let anchors: Vec<_> = tensors.anchors.iter().map(|a| a.as_ref().map(|a| a.view())).collect();
-        let grads = [grad_w.into_dyn(), grad_b.into_dyn()];
-        let grad_views: Vec<_> = grads.iter().map(|g| g.view()).collect();
-        let mut params: Vec<&mut ArrayD<f32>> = tensors.values.iter_mut().collect();
-        optimizer.step(&mut params, &grad_views, &anchors, lr, &[settings.weight_decay, 0.0]);
-        if (step + 1) % steps_per_epoch == 0 {
-            listener.on_epoch(&super::EpochProgress {
-                candidate: "linear (differentially private)".into(),
-                epoch: (step + 1) / steps_per_epoch,
-                loss: epoch_loss / train.len() as f64,
-                validation_loss: None,
-                validation_accuracy: None,
-            });
-            epoch_loss = 0.0;
-        }
-    }
-    Ok(params_of(initial, tensors.values))
 }
 
 #[cfg(test)]

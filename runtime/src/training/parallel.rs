@@ -120,7 +120,7 @@ mod tests {
         let recorder = Recorder { threads: Default::default(), cancel: AtomicBool::new(false) };
         let listener = CallerThreadListener::new(&recorder);
         let progress = EpochProgress {
-            candidate: "c".into(),
+            candidate: crate::training::CandidateHead::Prototype,
             epoch: 1,
             loss: 0.0,
             validation_loss: None,

@@ -13,6 +13,12 @@ pub fn tiny_dir() -> PathBuf {
     repo().join("models/tiny")
 }
 
+/// A second tiny model (another width and other weights): the backbone an
+/// upgrade moves to in tests that must not depend on the default model.
+pub fn tiny_next_dir() -> PathBuf {
+    repo().join("models/tiny-next")
+}
+
 /// The fetched default model, or `None` when it is not in the cache. The test
 /// runner sets `ATTUNE_REQUIRE_DEFAULT_MODEL=1` so a missing model fails there
 /// instead of silently skipping.
@@ -69,5 +75,47 @@ pub fn tracked_copy(tag: &str) -> PathBuf {
     for file in ["manifest.json", "model.onnx", "tokenizer.json"] {
         std::fs::copy(tiny_dir().join(file), dir.join(file)).unwrap();
     }
+    dir
+}
+
+/// `tests/data/intents.json`: intents with a description, three training
+/// messages and held-out messages, written for the project.
+#[derive(Deserialize)]
+pub struct Intents {
+    pub intents: Vec<Intent>,
+}
+
+#[derive(Deserialize)]
+pub struct Intent {
+    pub label: String,
+    pub description: String,
+    pub train: Vec<String>,
+    pub held_out: Vec<String>,
+}
+
+impl Intents {
+    pub fn read() -> Self {
+        serde_json::from_str(include_str!("../../../tests/data/intents.json")).unwrap()
+    }
+
+    /// Every held-out message with its label.
+    pub fn held_out(&self) -> Vec<(String, String)> {
+        self.intents.iter().flat_map(|i| i.held_out.iter().map(|t| (t.clone(), i.label.clone()))).collect()
+    }
+
+    /// The training messages `range` of every intent.
+    pub fn examples(&self, range: std::ops::Range<usize>) -> Vec<attune::NewExample> {
+        self.intents
+            .iter()
+            .flat_map(|i| i.train[range.clone()].iter().map(|t| attune::NewExample::new(t.as_str(), i.label.as_str())))
+            .collect()
+    }
+}
+
+/// A fresh, empty directory for one test's database.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("attune-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     dir
 }

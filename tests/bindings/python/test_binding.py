@@ -258,3 +258,60 @@ def test_model_upgrade_from_the_tiny_to_the_default_model(tmp_path, model_dir, t
     assert p.dimension() == 384
     top = p.predict("intents", ["is it sunny tomorrow"], 1)[0]
     assert top.source == attune.PredictionSource.TRAINED_HEAD and top.labels[0].label == "weather"
+
+
+def intents():
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "data/intents.json"
+    return json.loads(path.read_text())["intents"]
+
+
+def examples(data, start, end):
+    return [attune.LabelledText(text=t, label=i["label"]) for i in data for t in i["train"][start:end]]
+
+
+def one_then_three(path, model):
+    """Held-out accuracy after one, then three examples per intent."""
+    data = intents()
+    held_out = [attune.LabelledText(text=t, label=i["label"]) for i in data for t in i["held_out"]]
+    p = open_personalizer(path, model)
+    for intent in data:
+        p.describe_label("support", intent["label"], intent["description"])
+    p.add_examples("support", examples(data, 0, 1))
+    assert p.train("support", attune.TrainSettings(), None, None).promoted
+    after_one = p.evaluate("support", held_out).accuracy
+    p.add_examples("support", examples(data, 1, 3))
+    second = p.train("support", attune.TrainSettings(), None, None)
+    assert second.promoted, second.promotion_reason
+    return after_one, p.evaluate("support", held_out).accuracy
+
+
+@pytest.mark.parametrize("which", ["tiny", "default"])
+def test_more_examples_are_promoted_and_help(tmp_path, which, request):
+    model = request.getfixturevalue("tiny_model_dir" if which == "tiny" else "model_dir")
+    after_one, after_three = one_then_three(tmp_path / "loop.db", model)
+    assert after_three > after_one, (after_one, after_three)
+
+
+def test_private_heads_are_visible_and_errors_are_typed(tmp_path, tiny_model_dir):
+    data = intents()
+    p = open_personalizer(tmp_path / "dp.db", tiny_model_dir)
+    for intent in data:
+        p.describe_label("support", intent["label"], intent["description"])
+    p.add_examples("support", examples(data, 0, 3))
+    p.train("support", attune.TrainSettings(dp_epsilon=8.0), None, None)
+    head = p.heads("support")[0]
+    assert head.private and 0 < head.epsilon <= 8.0 and head.delta > 0
+    # Forgetting retrains privately, charged to the same budget.
+    forgotten = p.forget("support", attune.ForgetScope.TEXT(text=data[0]["train"][0]))
+    assert isinstance(forgotten.retrain, attune.Retrain.RETRAINED) and forgotten.retrain.private
+    assert all(h.private for h in p.heads("support"))
+    with pytest.raises(attune.AttuneError.InvalidInput):
+        p.predict("support", ["play a song"], 0)
+
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"this is not a database at all, " * 200)
+    with pytest.raises(attune.AttuneError.Corrupt):
+        open_personalizer(damaged, tiny_model_dir)

@@ -1,18 +1,60 @@
-//! The differentially private training path (opt-in): DP-SGD on the
-//! linear head within the task's privacy budget.
+//! Differential privacy in one place: the private training path (opt-in;
+//! DP-SGD on the linear head within the task's privacy budget, `sgd`) and
+//! the accountant that says what a task's runs have spent (`accountant`).
+
+mod accountant;
+mod sgd;
 
 use std::time::Instant;
 
 use ndarray::{Array1, Array2};
 
-use super::fit;
-use super::privacy::{PrivateRun, noise_for_budget, privacy_spent};
+pub use accountant::{PrivacySpent, PrivateRun, noise_for_budget, privacy_spent};
+
+use super::data::{Data, count_labels, examples_per_class};
 use super::{
-    Data, HeadChoice, MAX_USEFUL_NOISE, PROTOTYPE_SCALE, PrivacyOptions, TrainListener, TrainOptions, TrainReport,
-    TrainingSet, count_labels, examples_per_class,
+    CandidateHead, HeadChoice, PROTOTYPE_SCALE, TrainListener, TrainOptions, TrainReport, TrainingSet, ValidationMethod,
 };
 use crate::error::{Error, Result};
-use crate::heads::{Head, HeadKind, Params, unit};
+use crate::heads::{Head, HeadKind, Params};
+use crate::numeric::unit;
+
+/// Noise multipliers above this leave nothing to learn: a private run that
+/// would need more is refused as over budget.
+const MAX_USEFUL_NOISE: f64 = 10.0;
+
+/// Differential privacy for one training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivacyOptions {
+    /// The task's total budget: this run plus `previous` must stay within it.
+    pub epsilon: f64,
+    /// Default: min(1e-5, 0.1 / examples).
+    pub delta: Option<f64>,
+    /// Per-example gradient norm bound.
+    pub clip_norm: f32,
+    /// Default: an expected batch of 64 examples.
+    pub sampling_rate: Option<f64>,
+    pub epochs: usize,
+    /// The share of what is left of the budget one run may spend (default
+    /// ½: the first run spends half of ε, and retrains stay affordable).
+    pub run_share: f64,
+    /// The task's earlier private runs (its ledger).
+    pub previous: Vec<PrivateRun>,
+}
+
+impl PrivacyOptions {
+    pub fn with_budget(epsilon: f64) -> Self {
+        Self {
+            epsilon,
+            delta: None,
+            clip_norm: 1.0,
+            sampling_rate: None,
+            epochs: 15,
+            run_share: 0.5,
+            previous: Vec::new(),
+        }
+    }
+}
 
 /// DP-SGD on the linear head. Only public information shapes the run: the
 /// start is the label descriptions (never class centroids), hyper-parameters
@@ -37,13 +79,22 @@ pub(super) fn train_private(
     {
         return Err(Error::InvalidInput("privacy needs ε > 0, 0 < δ < 1, a sampling rate in (0, 1], clip > 0".into()));
     }
+    if !(privacy.run_share > 0.0 && privacy.run_share <= 1.0) {
+        return Err(Error::InvalidInput("a run's share of the privacy budget must be in (0, 1]".into()));
+    }
     let steps = (privacy.epochs as f64 / sampling_rate).ceil() as u64;
-    let noise_multiplier = noise_for_budget(&privacy.previous, sampling_rate, steps, privacy.epsilon, delta)
+    // This run may take `run_share` of what is left, so later retrains
+    // (after a forget, after a model upgrade) can still be afforded.
+    let spent = if privacy.previous.is_empty() { 0.0 } else { privacy_spent(&privacy.previous, delta).epsilon };
+    let target = spent + privacy.run_share * (privacy.epsilon - spent);
+    let noise_multiplier = (target > spent)
+        .then(|| noise_for_budget(&privacy.previous, sampling_rate, steps, target, delta))
+        .flatten()
         .filter(|&sigma| sigma <= MAX_USEFUL_NOISE)
         .ok_or_else(|| {
-            let spent = privacy_spent(&privacy.previous, delta).epsilon;
             Error::BudgetExceeded(format!(
-                "the task's privacy budget ε = {} is spent (ε = {spent:.2} used; what is left would need noise over {MAX_USEFUL_NOISE})",
+                "the task's privacy budget ε = {} cannot afford another run (ε = {spent:.2} used; \
+                 this run would need noise over {MAX_USEFUL_NOISE})",
                 privacy.epsilon
             ))
         })?;
@@ -57,7 +108,7 @@ pub(super) fn train_private(
     let initial = Params::Linear { weights, bias: Array1::zeros(classes) };
     let private_data = Data { weights: vec![1.0; n], ..data.clone() };
     let learning_rate = options.learning_rate.unwrap_or(0.05);
-    let settings = fit::PrivateSettings {
+    let settings = sgd::PrivateSettings {
         steps: steps as usize,
         sampling_rate,
         noise_multiplier,
@@ -66,19 +117,19 @@ pub(super) fn train_private(
         weight_decay: options.weight_decay.unwrap_or(0.0),
         seed: options.seed,
     };
-    let params = fit::fit_private(&initial, &private_data, &settings, listener)?;
+    let params = sgd::fit_private(&initial, &private_data, &settings, listener)?;
     let run = PrivateRun { sampling_rate, noise_multiplier, steps };
     let mut ledger = privacy.previous.clone();
     ledger.push(run);
     let counts = count_labels(&data.labels, classes);
     let report = TrainReport {
-        head: HeadKind::Linear.name().to_string(),
+        head: HeadKind::Linear,
         examples: n as u64,
         classes: counts.iter().filter(|&&c| c > 0).count() as u64,
         examples_per_class: examples_per_class(set.label_names, &counts),
-        validation_method: "none (differential privacy)".into(),
+        validation_method: ValidationMethod::DifferentialPrivacy,
         candidates: Vec::new(),
-        chosen: format!("linear (DP-SGD, noise {noise_multiplier:.3}, clip {})", privacy.clip_norm),
+        chosen: CandidateHead::PrivateLinear { noise_multiplier, clip_norm: privacy.clip_norm },
         epochs: privacy.epochs,
         learning_rate,
         weight_decay: settings.weight_decay,
@@ -87,6 +138,7 @@ pub(super) fn train_private(
         abstain_threshold: 0.0,
         validation: None,
         validation_rows: Vec::new(),
+        validation_predictions: Vec::new(),
         train_ms: started.elapsed().as_millis() as u64,
         budget_exhausted: false,
         private_run: Some(run),
