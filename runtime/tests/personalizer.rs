@@ -221,3 +221,20 @@ fn feedback_personalises_search_and_recommendations() {
     let recommended = p.recommend("docs", 1).unwrap();
     assert_eq!(recommended[0].key, last);
 }
+
+#[test]
+fn a_stored_prototype_head_counts_examples_added_after_it() {
+    let p = Personalizer::open(&config("fresh-prototypes")).unwrap();
+    let examples: Vec<NewExample> = MESSAGES.iter().map(|(t, l)| NewExample::new(*t, *l)).collect();
+    p.add_examples("inbox", &examples).unwrap();
+    let prototypes = TrainOptions { head: HeadChoice::Only(HeadKind::Prototype), ..TrainOptions::default() };
+    assert!(p.train("inbox", &prototypes, &QuietTraining).unwrap().promotion.promote);
+    // A label the stored head has never seen, taught by its examples alone.
+    let weather = ["rain and cold weather", "the weather is hot and sun", "cold rain this morning"];
+    let added: Vec<NewExample> = weather.iter().map(|t| NewExample::new(*t, "weather")).collect();
+    p.add_examples("inbox", &added).unwrap();
+    let (predictions, source) = p.predict("inbox", &["rain and cold weather today"], 4).unwrap();
+    assert_eq!(source, PredictionSource::TrainedHead);
+    assert_eq!(predictions[0].top[0].0, "weather", "{predictions:?}");
+    assert_eq!(predictions[0].top.len(), 4, "all four labels, the new one included");
+}

@@ -18,10 +18,8 @@ pub struct SearchHit {
     pub score: f32,
 }
 
-/// Dense vectors for exact top-k search. (An int8 copy scanned for a
-/// shortlist and rescored in f32 was measured at recall 1.0 but 2.4 times
-/// slower on this x86-64 baseline, whose widening i8 multiply does not
-/// vectorise well: the f32 scan stays.)
+/// Dense vectors for exact top-k search, scanned in f32 (the README's
+/// search section says why not an int8 copy).
 #[derive(Debug, Clone)]
 pub struct VectorIndex {
     vectors: Vec<f32>,

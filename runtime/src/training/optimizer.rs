@@ -45,7 +45,7 @@ impl Optimizer {
         let (bias1, bias2) = (1.0 - BETA1.powi(self.step), 1.0 - BETA2.powi(self.step));
         for (i, param) in params.iter_mut().enumerate() {
             // Plain slices: the compiler vectorises these loops, which an
-            // `IxDyn` zip does not (the step was 18% of an MLP fit).
+            // `IxDyn` zip does not.
             let param = param.as_slice_mut().expect("parameters are contiguous");
             let grad = grads[i].as_slice().expect("gradients are contiguous");
             let first = self.first[i].as_slice_mut().expect("optimiser state is contiguous");
