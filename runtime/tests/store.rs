@@ -424,3 +424,25 @@ fn a_key_without_encryption_support_is_a_typed_error() {
     let error = Store::open(&scratch("no-crypto").join("user.db"), &options).unwrap_err();
     assert!(matches!(error, Error::EncryptionKey(_)), "{error}");
 }
+
+#[test]
+fn an_import_that_stops_midway_says_what_it_committed_and_resumes() {
+    let dir = scratch("import-midway");
+    let store = open(&dir.join("user.db"));
+    let task = store.ensure_task("bulk").unwrap();
+    let row = |i: usize| NewExample::new(format!("imported message number {i}"), format!("l{}", i % 3));
+    // Row 250 is empty: the import stops there, after two committed batches of 100.
+    let rows = (0..400).map(|i| if i == 250 { Ok(NewExample::new("  ", "l0")) } else { Ok(row(i)) });
+    let error = store.import_examples(task, rows, 100, &mut |_| {}).unwrap_err();
+    let Error::ImportInterrupted { committed, cause } = &error else { panic!("{error}") };
+    assert_eq!(*committed, 200);
+    assert!(matches!(**cause, Error::InvalidInput(_)), "{cause}");
+    assert!(error.to_string().contains("200 rows") && error.to_string().contains("again"), "{error}");
+    assert_eq!(store.examples(task).unwrap().len(), 200);
+    // Fixed and run again: what was stored is skipped, the rest is added.
+    let outcome = store.import_examples(task, (0..400).map(|i| Ok(row(i))), 100, &mut |_| {}).unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (200, 200));
+    // A failure before any batch committed is the failure itself.
+    let first_bad = std::iter::once(Ok(NewExample::new("", "l0")));
+    assert!(matches!(store.import_examples(task, first_bad, 100, &mut |_| {}), Err(Error::InvalidInput(_))));
+}
