@@ -10,6 +10,7 @@
 mod cache;
 mod privacy;
 mod ranker;
+mod scan;
 mod search;
 mod upgrade;
 

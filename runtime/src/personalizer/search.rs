@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::ranker::{Preference, dot};
+use super::scan::best_rows;
 use crate::store::Document;
 
 /// A ranked search result.
@@ -24,10 +25,13 @@ pub struct SearchHit {
 pub struct VectorIndex {
     vectors: Vec<f32>,
     dim: usize,
+    /// The CPU's SIMD, detected once.
+    arch: pulp::Arch,
 }
 
-/// Below this many rows a scan is faster on one thread than split.
-const PARALLEL_SCAN_ROWS: usize = 20_000;
+/// Below this many rows a scan is faster on one thread than split (a
+/// thread costs about as much as scanning a thousand rows).
+const PARALLEL_SCAN_ROWS: usize = 2_000;
 const MAX_SCAN_THREADS: usize = 4;
 /// Semantic results that remembered choices may lift into the top k.
 const RECALL_POOL: usize = 50;
@@ -35,7 +39,7 @@ const RECALL_POOL: usize = 50;
 impl VectorIndex {
     /// `vectors` is `n × dim`, row-major.
     pub fn new(vectors: Vec<f32>, dim: usize) -> Self {
-        Self { vectors, dim: dim.max(1) }
+        Self { vectors, dim: dim.max(1), arch: pulp::Arch::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -60,14 +64,19 @@ impl VectorIndex {
             return self.scan(0, rows, query, k);
         }
         let per_thread = rows.div_ceil(threads);
+        let slice = |t: usize| (t * per_thread, ((t + 1) * per_thread).min(rows));
         let mut merged: Vec<(usize, f32)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
+            // The calling thread scans the first slice itself: one spawn fewer.
+            let handles: Vec<_> = (1..threads)
                 .map(|t| {
-                    let (start, end) = (t * per_thread, ((t + 1) * per_thread).min(rows));
+                    let (start, end) = slice(t);
                     scope.spawn(move || self.scan(start, end, query, k))
                 })
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+            let (start, end) = slice(0);
+            let mut merged = self.scan(start, end, query, k);
+            merged.extend(handles.into_iter().flat_map(|h| h.join().unwrap_or_default()));
+            merged
         });
         rank(&mut merged, k);
         merged
@@ -75,11 +84,7 @@ impl VectorIndex {
 
     /// The top `k` of rows `start..end`.
     fn scan(&self, start: usize, end: usize, query: &[f32], k: usize) -> Vec<(usize, f32)> {
-        let slice = &self.vectors[start * self.dim..end * self.dim];
-        let mut scored: Vec<(usize, f32)> =
-            slice.chunks_exact(self.dim).enumerate().map(|(i, row)| (start + i, dot(row, query))).collect();
-        rank(&mut scored, k);
-        scored
+        best_rows(self.arch, &self.vectors[start * self.dim..end * self.dim], self.dim, start, query, k)
     }
 }
 
