@@ -117,3 +117,24 @@ fn a_model_upgrade_retrains_a_private_task_privately_or_says_why_not() {
     assert_eq!(ledger_len(&spent), 1);
     assert!(spent.heads("support").unwrap().iter().all(|h| h.privacy.is_some()));
 }
+
+#[test]
+fn a_private_task_never_rolls_back_to_a_public_head() {
+    let (p, _) = open("dp-rollback");
+    let data = Intents::read();
+    for intent in &data.intents {
+        p.describe_label("support", &intent.label, &intent.description).unwrap();
+    }
+    p.add_examples("support", &data.examples(0..3)).unwrap();
+    let public = p.train("support", &TrainOptions::default(), &QuietTraining).unwrap();
+    let privacy = PrivacyOptions { epochs: 2, ..PrivacyOptions::with_budget(8.0) };
+    let private = TrainOptions { privacy: Some(privacy), ..TrainOptions::default() };
+    let first_private = p.train("support", &private, &QuietTraining).unwrap();
+    assert!(first_private.promotion.promote, "the private head replaces the public one: {:?}", first_private.promotion);
+    p.train("support", &TrainOptions::default(), &QuietTraining).unwrap();
+    let refused = p.rollback("support", public.version);
+    assert!(matches!(refused, Err(attune::Error::InvalidInput(_))), "{refused:?}");
+    p.rollback("support", first_private.version).unwrap();
+    let active = p.heads("support").unwrap().into_iter().find(|h| h.active).unwrap();
+    assert_eq!(active.version, first_private.version);
+}

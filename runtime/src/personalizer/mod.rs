@@ -233,7 +233,10 @@ impl Personalizer {
         let set = data.set(encoder.fingerprint());
         let warm_start = stored_active.as_ref().map(|(head, _)| head);
         let (head, report) = train(&set, warm_start, &options, listener)?;
+        let replaces_public =
+            report.private_run.is_some() && stored_active.as_ref().is_some_and(|(_, info)| info.privacy.is_none());
         let promotion = match activation {
+            Activation::IfPromoted if replaces_public => PromotionDecision::private_replaces_public(),
             Activation::IfPromoted => {
                 let unseen = stored_active.as_ref().map(|(_, info)| data.unseen_by(info));
                 let active = stored_active.as_ref().zip(unseen.as_deref()).map(|((head, info), unseen)| {
@@ -339,8 +342,18 @@ impl Personalizer {
     }
 
     /// Makes an earlier head version active again.
+    /// A private task only goes back to a private head.
     pub fn rollback(&self, task: &str, version: u32) -> Result<()> {
-        self.store.activate_head(self.store.task_id(task)?, version)?;
+        let id = self.store.task_id(task)?;
+        if self.store.privacy_policy(id)?.is_some()
+            && let Some(head) = self.store.heads(id)?.into_iter().find(|h| h.version == version)
+            && head.privacy.is_none()
+        {
+            return Err(Error::InvalidInput(format!(
+                "the task is trained with differential privacy: head version {version} is not private"
+            )));
+        }
+        self.store.activate_head(id, version)?;
         self.caches.examples_changed(task);
         Ok(())
     }

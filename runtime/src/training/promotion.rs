@@ -69,6 +69,16 @@ pub struct PromotionDecision {
 }
 
 impl PromotionDecision {
+    /// The first private head of a task replaces its public one whatever
+    /// either scores: the app chose privacy for the task.
+    pub fn private_replaces_public() -> Self {
+        Self::new(
+            true,
+            PromotionBasis::NothingToCompare,
+            "the task is trained with differential privacy now: its public head is replaced",
+        )
+    }
+
     fn new(promote: bool, basis: PromotionBasis, reason: impl Into<String>) -> Self {
         Self {
             promote,
