@@ -4,7 +4,7 @@
 use super::candidates::example_prototypes;
 use super::data::Data;
 use super::validation::{ScoredCandidate, Validation};
-use crate::evaluation::{Metrics, abstain_threshold, evaluate, fit_temperature};
+use crate::evaluation::{Metrics, abstain_threshold, evaluate};
 use crate::heads::Head;
 use crate::numeric::{argmax, softmax_rows};
 
@@ -27,7 +27,7 @@ pub(crate) fn calibrate(
 ) -> Calibrated {
     let classes = head.labels.len();
     let logits = chosen.logits.as_slice().expect("standard layout");
-    head.temperature = fit_temperature(logits, &validation.truth, classes);
+    head.temperature = chosen.temperature;
     let mut probabilities = logits.to_vec();
     softmax_rows(&mut probabilities, classes, head.temperature);
     // With a novelty check too, each check gets half the abstain budget.

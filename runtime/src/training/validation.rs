@@ -18,7 +18,9 @@ pub(crate) struct ScoredCandidate {
     /// `validation rows × classes`, from fits that did not see those rows.
     pub logits: Array2<f32>,
     pub epochs: usize,
-    /// After temperature scaling, as the head would be used.
+    /// The temperature fitted on these predictions, and the accuracy and
+    /// log loss after it, as the head would be used.
+    pub temperature: f32,
     pub accuracy: f64,
     pub log_loss: f64,
 }
@@ -27,11 +29,12 @@ impl ScoredCandidate {
     fn new(candidate: CandidateHead, logits: Array2<f32>, truth: &[usize], epochs: usize) -> Self {
         let classes = logits.ncols();
         let raw = logits.as_slice().expect("standard layout");
+        let temperature = fit_temperature(raw, truth, classes);
         let mut probabilities = raw.to_vec();
-        softmax_rows(&mut probabilities, classes, fit_temperature(raw, truth, classes));
+        softmax_rows(&mut probabilities, classes, temperature);
         let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
         let metrics = evaluate(&probabilities, truth, &names);
-        Self { candidate, logits, epochs, accuracy: metrics.accuracy, log_loss: metrics.log_loss }
+        Self { candidate, logits, epochs, temperature, accuracy: metrics.accuracy, log_loss: metrics.log_loss }
     }
 
     pub fn report(&self) -> CandidateReport {
