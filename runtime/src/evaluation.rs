@@ -1,12 +1,12 @@
 //! How good a head is: accuracy, macro-F1, per-class precision and recall,
 //! log loss and expected calibration error; and calibration itself.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::numeric::{argmax, cross_entropy};
 
 /// Precision and recall of one label.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassMetrics {
     pub label: String,
     pub precision: f64,
@@ -17,7 +17,7 @@ pub struct ClassMetrics {
 }
 
 /// Metrics over a labelled set.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub n: u64,
     pub accuracy: f64,
@@ -26,6 +26,14 @@ pub struct Metrics {
     /// Expected calibration error over 15 equal-width confidence bins.
     pub ece: f64,
     pub per_class: Vec<ClassMetrics>,
+}
+
+impl Metrics {
+    /// Reads metrics as heads store them (JSON, `null` when a head had no
+    /// validation); `None` for `null` or for JSON that is not metrics.
+    pub fn from_stored_json(json: &str) -> Option<Self> {
+        serde_json::from_str::<Option<Self>>(json).ok().flatten()
+    }
 }
 
 const ECE_BINS: usize = 15;

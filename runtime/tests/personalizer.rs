@@ -238,3 +238,43 @@ fn a_stored_prototype_head_counts_examples_added_after_it() {
     assert_eq!(predictions[0].top[0].0, "weather", "{predictions:?}");
     assert_eq!(predictions[0].top.len(), 4, "all four labels, the new one included");
 }
+
+/// Stops a call at its first progress report.
+struct CancelAtFirstReport(AtomicUsize);
+
+impl attune::EncodeListener for CancelAtFirstReport {
+    fn on_progress(&self, _done: usize, _total: usize) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+#[test]
+fn a_cancelled_import_leaves_the_database_as_before() {
+    let config = config("cancelled-import");
+    let p = Personalizer::open(&config).unwrap();
+    let examples: Vec<NewExample> = MESSAGES.iter().map(|(t, l)| NewExample::new(*t, *l)).collect();
+    p.add_examples("inbox", &examples).unwrap();
+    let before = (p.stats("inbox").unwrap(), p.labels("inbox").unwrap(), p.store().feature_fingerprints().unwrap());
+
+    let file = config.database.with_file_name("history.csv");
+    let rows: Vec<String> = (0..3_000).map(|i| format!("imported message number {i},bills")).collect();
+    std::fs::write(&file, format!("text,label\n{}\n", rows.join("\n"))).unwrap();
+    let listener = CancelAtFirstReport(AtomicUsize::new(0));
+    let result = p.import_file("inbox", &file, None, &attune::Columns::default(), &listener);
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+    assert!(matches!(
+        p.import_file("other", &file, None, &attune::Columns::default(), &listener),
+        Err(Error::Cancelled)
+    ));
+
+    let after = (p.stats("inbox").unwrap(), p.labels("inbox").unwrap(), p.store().feature_fingerprints().unwrap());
+    assert_eq!(before, after);
+    assert!(matches!(p.stats("other"), Err(Error::UnknownTask(_))), "a cancelled import creates no task");
+
+    let outcome = p.import_file("inbox", &file, None, &attune::Columns::default(), &attune::SILENT).unwrap();
+    assert_eq!(outcome.inserted, 3_000);
+    assert_eq!(p.stats("inbox").unwrap().examples, 3_000 + MESSAGES.len() as u64);
+}

@@ -8,6 +8,7 @@
 //! afterwards is private too, or it falls back to its label descriptions.
 
 mod cache;
+mod import;
 mod privacy;
 mod ranker;
 mod scan;
@@ -25,7 +26,6 @@ use crate::encoder::{Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEn
 use crate::error::{Error, Result};
 use crate::evaluation::{Metrics, evaluate};
 use crate::heads::{Head, HeadKind, Prediction};
-use crate::import::{Columns, ImportFormat, read_labelled_file};
 use crate::store::{
     AddOutcome, EncryptionKey, Forget, ForgetOutcome, HeadInfo, LabelCount, NewDocument, NewExample, NewFeedback,
     NewHead, Store, StoreOptions, StoredHead, TaskId, TaskInfo, VectorEncoding,
@@ -144,25 +144,6 @@ impl Personalizer {
         let id = self.store.ensure_task(task)?;
         let outcome = self.store.import_examples(id, rows, 1_000, on_batch)?;
         self.caches.examples_changed(task);
-        Ok(outcome)
-    }
-
-    /// Reads a CSV or JSON Lines file of labelled texts (see
-    /// [`read_labelled_file`]) into `task`, then embeds what is new with
-    /// progress. A file with bad lines is refused whole. Blocking.
-    pub fn import_file(
-        &self,
-        task: &str,
-        path: &Path,
-        format: Option<ImportFormat>,
-        columns: &Columns,
-        listener: &dyn EncodeListener,
-    ) -> Result<AddOutcome> {
-        let rows = read_labelled_file(path, format, columns)?;
-        let texts: Vec<&str> = rows.iter().map(|(text, _)| text.as_str()).collect();
-        let examples = rows.iter().map(|(text, label)| Ok(NewExample::new(text.as_str(), label.as_str())));
-        let outcome = self.import_examples(task, examples, &mut |_| {})?;
-        self.prepare_features_with(&texts, listener)?;
         Ok(outcome)
     }
 
