@@ -45,7 +45,16 @@ pub enum AttuneError {
     /// A time, epoch or privacy budget would be exceeded.
     #[error("budget exceeded: {reason}")]
     BudgetExceeded { reason: String },
-    /// The app cancelled the call.
+    /// The personalizer was closed (`close()`; `shutdown()` in Kotlin) before
+    /// or during the call.
+    #[error("closed: {reason}")]
+    Closed { reason: String },
+    /// The device could not start the work (no thread available); retry later.
+    #[error("busy: {reason}")]
+    Busy { reason: String },
+    /// The call was cancelled (`interrupt()`, or `close()` while it ran).
+    /// A cancelled coroutine or task sees its runtime's own cancellation
+    /// instead.
     #[error("cancelled: {reason}")]
     Cancelled { reason: String },
     /// The app's progress listener threw; the call was stopped.

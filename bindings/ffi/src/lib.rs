@@ -1,195 +1,258 @@
 //! Attune for apps: the runtime's `Personalizer` exported through uniffi to
 //! Kotlin (Android), Swift (iOS) and Python.
 //!
-//! Every exported object holds a runtime object as `inner` and every method
-//! is a short delegate; the only code here converts values at the boundary.
+//! Every exported object holds a runtime object and every method is a short
+//! delegate; the only code here converts values at the boundary and runs
+//! long calls off the app's threads.
 //!
-//! Threading: every object is `Send + Sync` and every method may be called
-//! from any thread at once. Calls marked *blocking* run the model or train
-//! and can take from milliseconds to seconds: never call them on a UI thread.
+//! Calls that run the model, train or rewrite the database are `async`: a
+//! Kotlin `suspend fun`, a Swift `async throws` function, a Python
+//! coroutine. Each runs on a thread of its own, so the caller's thread
+//! (UI thread, event loop) is never blocked; cancelling the coroutine or
+//! task stops the work at its next check, with nothing half-written. The
+//! remaining calls read a few rows and return at once. Every object is
+//! `Send + Sync`: any thread may call any method at any time.
 
+mod background;
 mod error;
 mod progress;
 mod records;
+mod session;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 pub use error::AttuneError;
-pub use progress::{CancelToken, Progress, ProgressListener};
+pub use progress::{Progress, ProgressListener};
 pub use records::*;
+use session::Session;
 
 uniffi::setup_scaffolding!();
 
-/// On-device personalization for one app: one per database, shared by all threads.
+/// On-device personalization for one app: one per database, shared by all
+/// threads. Close it when done (`close()`; `shutdown()` in Kotlin, where
+/// `close()` is `AutoCloseable`'s).
 #[derive(Debug, uniffi::Object)]
 pub struct Personalizer {
-    inner: attune::Personalizer,
+    session: Arc<Session>,
 }
 
 #[uniffi::export]
 impl Personalizer {
-    /// Opens (or creates) the database and loads the model once. *Blocking*
-    /// (the model loads in under a second).
+    /// Opens (or creates) the database and loads the model once (under a
+    /// second for the default model).
     #[uniffi::constructor]
-    pub fn open(config: Config) -> Result<Arc<Self>, AttuneError> {
-        Ok(Arc::new(Self { inner: attune::Personalizer::open(&config.try_into()?)? }))
+    pub async fn open(config: Config) -> Result<Arc<Self>, AttuneError> {
+        let config: attune::PersonalizerConfig = config.try_into()?;
+        // Loading cannot stop midway; a cancelled open drops the result.
+        let unused_stop = Arc::new(AtomicBool::new(false));
+        let runtime = background::spawn(unused_stop, move || attune::Personalizer::open(&config))?.await?;
+        Ok(Arc::new(Self { session: Session::new(runtime) }))
     }
 
     /// Width of the sentence vectors of the loaded model.
-    pub fn dimension(&self) -> u32 {
+    pub fn dimension(&self) -> Result<u32, AttuneError> {
         use attune::Encoder;
-        self.inner.encoder().dim() as u32
+        self.session.now(|p| Ok(p.encoder().dim() as u32))
     }
 
     /// Identity of the loaded model; heads and cached vectors are bound to it.
-    pub fn model_fingerprint(&self) -> String {
+    pub fn model_fingerprint(&self) -> Result<String, AttuneError> {
         use attune::Encoder;
-        self.inner.encoder().fingerprint().to_string()
+        self.session.now(|p| Ok(p.encoder().fingerprint().to_string()))
     }
 
-    /// Adds labelled examples to `task` (created if needed). *Blocking*: embeds them.
-    pub fn add_examples(&self, task: String, examples: Vec<LabelledText>) -> Result<AddResult, AttuneError> {
+    /// Adds labelled examples to `task` (created if needed) and embeds them.
+    pub async fn add_examples(&self, task: String, examples: Vec<LabelledText>) -> Result<AddResult, AttuneError> {
         let examples: Vec<attune::NewExample> = examples.into_iter().map(Into::into).collect();
-        Ok(self.inner.add_examples(&task, &examples)?.into())
+        self.session.background(None, move |p, _| p.add_examples(&task, &examples).map(Into::into)).await
     }
 
     /// Imports a CSV (header with `text` and `label`) or JSON Lines file into
-    /// `task`; a file with bad lines is refused whole. *Blocking*.
-    pub fn import_file(
+    /// `task`; a file with bad lines is refused whole. Cancelled before it
+    /// writes (files of up to 8,192 rows are written at the end), the
+    /// database is as before; otherwise `ImportInterrupted` says what is
+    /// stored, and importing again resumes.
+    #[uniffi::method(default(listener = None))]
+    pub async fn import_file(
         &self,
         task: String,
         path: String,
         listener: Option<Arc<dyn ProgressListener>>,
-        cancel: Option<Arc<CancelToken>>,
     ) -> Result<AddResult, AttuneError> {
-        let observer = progress::Observer::new(listener, cancel);
-        let columns = attune::Columns::default();
-        let result = self.inner.import_file(&task, Path::new(&path), None, &columns, &observer);
-        observer.finish(result).map(Into::into)
+        self.session
+            .background(listener, move |p, observer| {
+                let columns = attune::Columns::default();
+                p.import_file(&task, Path::new(&path), None, &columns, observer).map(Into::into)
+            })
+            .await
     }
 
     /// Labels of `task` with their example counts.
     pub fn labels(&self, task: String) -> Result<Vec<LabelCount>, AttuneError> {
-        Ok(self.inner.labels(&task)?.into_iter().map(Into::into).collect())
+        self.session.now(|p| Ok(p.labels(&task)?.into_iter().map(Into::into).collect()))
     }
 
     /// Describes a label in words: zero-shot predictions before any example.
-    /// *Blocking*: embeds the description.
-    pub fn describe_label(&self, task: String, label: String, description: String) -> Result<(), AttuneError> {
-        Ok(self.inner.describe_label(&task, &label, &description)?)
+    pub async fn describe_label(&self, task: String, label: String, description: String) -> Result<(), AttuneError> {
+        self.session.background(None, move |p, _| p.describe_label(&task, &label, &description)).await
     }
 
     /// Trains a head; it becomes active only if it is not worse than the
-    /// active one. *Blocking* (up to seconds): progress goes to `listener`
-    /// on the calling thread; `cancel` stops it between epochs.
-    pub fn train(
+    /// active one. `settings` default to the automatic choice; progress goes
+    /// to `listener`; a cancelled call stores nothing.
+    #[uniffi::method(default(listener = None, settings))]
+    pub async fn train(
         &self,
         task: String,
         settings: TrainSettings,
         listener: Option<Arc<dyn ProgressListener>>,
-        cancel: Option<Arc<CancelToken>>,
     ) -> Result<TrainSummary, AttuneError> {
-        let observer = progress::Observer::new(listener, cancel);
         let options = settings.into();
-        let result = self.inner.train(&task, &options, &observer);
-        observer.finish(result).map(Into::into)
+        self.session.background(listener, move |p, observer| p.train(&task, &options, observer).map(Into::into)).await
     }
 
-    /// Top-`top_k` (at least 1) labels with calibrated probabilities per text, and whether
-    /// the head abstains ("none of these"). *Blocking*: embeds new texts.
-    pub fn predict(&self, task: String, texts: Vec<String>, top_k: u32) -> Result<Vec<Prediction>, AttuneError> {
-        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let (predictions, source) = self.inner.predict(&task, &texts, top_k as usize)?;
-        Ok(predictions.into_iter().map(|p| Prediction::new(p, source)).collect())
+    /// Top-`top_k` (at least 1) labels with calibrated probabilities per
+    /// text, and whether the head abstains ("none of these").
+    #[uniffi::method(default(top_k = 3))]
+    pub async fn predict(&self, task: String, texts: Vec<String>, top_k: u32) -> Result<Vec<Prediction>, AttuneError> {
+        self.session
+            .background(None, move |p, _| {
+                let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let (predictions, source) = p.predict(&task, &texts, top_k as usize)?;
+                Ok(predictions.into_iter().map(|prediction| Prediction::new(prediction, source)).collect())
+            })
+            .await
     }
 
-    /// Scores the task's current head on labelled texts. *Blocking*.
-    pub fn evaluate(&self, task: String, examples: Vec<LabelledText>) -> Result<Metrics, AttuneError> {
+    /// `predict` for one text.
+    #[uniffi::method(default(top_k = 3))]
+    pub async fn predict_one(&self, task: String, text: String, top_k: u32) -> Result<Prediction, AttuneError> {
+        self.session
+            .background(None, move |p, _| {
+                let (mut predictions, source) = p.predict(&task, &[text.as_str()], top_k as usize)?;
+                let prediction = predictions.pop().ok_or_else(|| attune::Error::Inference("no prediction".into()))?;
+                Ok(Prediction::new(prediction, source))
+            })
+            .await
+    }
+
+    /// Scores the task's current head on labelled texts.
+    pub async fn evaluate(&self, task: String, examples: Vec<LabelledText>) -> Result<Metrics, AttuneError> {
         let examples: Vec<(String, String)> = examples.into_iter().map(|e| (e.text, e.label)).collect();
-        Ok(self.inner.evaluate(&task, &examples)?.into())
+        self.session.background(None, move |p, _| p.evaluate(&task, &examples).map(Into::into)).await
     }
 
     /// Forgets data for good: rows, cached vectors and heads trained on them;
     /// the task's head is retrained from what remains (privately for a
     /// private task, whose spent budget leaves it on its label
-    /// descriptions instead: `ForgetSummary.retrain` says which). `task` is ignored for
-    /// `ForgetScope::Everything`. *Blocking*.
-    pub fn forget(&self, task: Option<String>, scope: ForgetScope) -> Result<ForgetSummary, AttuneError> {
-        Ok(self.inner.forget(task.as_deref(), &scope.into())?.into())
+    /// descriptions instead: `ForgetSummary.retrain` says which). `task` is
+    /// ignored for `ForgetScope::Everything`.
+    pub async fn forget(&self, task: Option<String>, scope: ForgetScope) -> Result<ForgetSummary, AttuneError> {
+        let scope = scope.into();
+        self.session.background(None, move |p, _| p.forget(task.as_deref(), &scope).map(Into::into)).await
     }
 
     /// What `task` holds.
     pub fn stats(&self, task: String) -> Result<TaskStats, AttuneError> {
-        Ok(self.inner.stats(&task)?.into())
+        self.session.now(|p| Ok(p.stats(&task)?.into()))
     }
 
     /// Every stored head version of `task`, oldest first.
     pub fn heads(&self, task: String) -> Result<Vec<HeadVersion>, AttuneError> {
-        Ok(self.inner.heads(&task)?.into_iter().map(Into::into).collect())
+        self.session.now(|p| p.heads(&task)?.into_iter().map(TryInto::try_into).collect())
     }
 
     /// Makes an earlier head version active again.
     pub fn rollback(&self, task: String, version: u32) -> Result<(), AttuneError> {
-        Ok(self.inner.rollback(&task, version)?)
+        self.session.now(|p| Ok(p.rollback(&task, version)?))
     }
 
-    /// Adds or replaces documents for search (by key). *Blocking*: embeds them.
-    pub fn add_documents(&self, task: String, documents: Vec<Document>) -> Result<u64, AttuneError> {
+    /// Adds or replaces documents for search (by key) and embeds them;
+    /// returns how many were stored.
+    pub async fn add_documents(&self, task: String, documents: Vec<Document>) -> Result<u64, AttuneError> {
         let documents: Vec<attune::NewDocument> = documents.into_iter().map(Into::into).collect();
-        Ok(self.inner.add_documents(&task, &documents)?)
+        self.session.background(None, move |p, _| p.add_documents(&task, &documents)).await
     }
 
     /// The `k` best documents for `query`, re-ranked by the user's feedback.
-    /// *Blocking*: embeds the query.
-    pub fn search(&self, task: String, query: String, k: u32) -> Result<Vec<SearchResult>, AttuneError> {
-        Ok(self.inner.search(&task, &query, k as usize)?.into_iter().map(Into::into).collect())
+    #[uniffi::method(default(k = 10))]
+    pub async fn search(&self, task: String, query: String, k: u32) -> Result<Vec<SearchResult>, AttuneError> {
+        self.session
+            .background(None, move |p, _| {
+                Ok(p.search(&task, &query, k as usize)?.into_iter().map(Into::into).collect())
+            })
+            .await
     }
 
     /// The `k` documents the user most likely wants, from feedback alone.
-    pub fn recommend(&self, task: String, k: u32) -> Result<Vec<SearchResult>, AttuneError> {
-        Ok(self.inner.recommend(&task, k as usize)?.into_iter().map(Into::into).collect())
+    #[uniffi::method(default(k = 10))]
+    pub async fn recommend(&self, task: String, k: u32) -> Result<Vec<SearchResult>, AttuneError> {
+        self.session
+            .background(None, move |p, _| Ok(p.recommend(&task, k as usize)?.into_iter().map(Into::into).collect()))
+            .await
     }
 
-    /// Records what the user did with a result; returns the event's id.
-    pub fn record_feedback(&self, task: String, feedback: Feedback) -> Result<i64, AttuneError> {
-        Ok(self.inner.record_feedback(&task, &feedback.into())?)
+    /// Records what the user did with a result (embedding its query);
+    /// returns the event's id.
+    pub async fn record_feedback(&self, task: String, feedback: Feedback) -> Result<i64, AttuneError> {
+        let feedback = feedback.into();
+        self.session.background(None, move |p, _| p.record_feedback(&task, &feedback)).await
     }
 
-    /// Sentence vectors for a model of the app's own; nothing is stored. *Blocking*.
-    pub fn embed(
+    /// Sentence vectors for a model of the app's own, one per text; nothing
+    /// is stored.
+    #[uniffi::method(default(listener = None))]
+    pub async fn embed(
         &self,
         texts: Vec<String>,
         listener: Option<Arc<dyn ProgressListener>>,
-        cancel: Option<Arc<CancelToken>>,
     ) -> Result<Vec<Vec<f32>>, AttuneError> {
-        let observer = progress::Observer::new(listener, cancel);
-        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let result = self.inner.embed(&texts, &observer);
-        observer.finish(result).map(attune::Embeddings::into_vecs)
+        self.session
+            .background(listener, move |p, observer| {
+                let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                p.embed(&texts, observer).map(attune::Embeddings::into_vecs)
+            })
+            .await
     }
 
     /// Moves the database to the model in `model_dir` (an app update that
     /// ships a new backbone): re-embeds every stored text and retrains each
-    /// task's head while the current model keeps answering other threads,
-    /// then switches. Cancelled or interrupted, the next call resumes.
-    /// *Blocking* (minutes on large stores): run it in the background.
-    pub fn upgrade_model(
+    /// task's head while the current model keeps answering other calls,
+    /// then switches. Cancelled or interrupted, the next call resumes. The
+    /// new model runs as the current one does (backend, threads, batch).
+    #[uniffi::method(default(listener = None))]
+    pub async fn upgrade_model(
         &self,
         model_dir: String,
         listener: Option<Arc<dyn ProgressListener>>,
-        cancel: Option<Arc<CancelToken>>,
     ) -> Result<UpgradeSummary, AttuneError> {
-        let observer = progress::Observer::new(listener, cancel);
-        // The new model runs as the current one does (backend, threads, batch).
-        let options = self.inner.encoder().options().clone();
-        let result = self.inner.upgrade_model(Path::new(&model_dir), &options, &observer);
-        observer.finish(result).map(Into::into)
+        self.session
+            .background(listener, move |p, observer| {
+                let options = p.encoder().options().clone();
+                p.upgrade_model(Path::new(&model_dir), &options, observer).map(Into::into)
+            })
+            .await
     }
 
     /// Writes everything the database holds about the user as JSON to `path`
-    /// (the user's right to a copy). *Blocking*.
-    pub fn export_json(&self, path: String) -> Result<(), AttuneError> {
-        Ok(self.inner.export_json_file(Path::new(&path))?)
+    /// (the user's right to a copy).
+    pub async fn export_json(&self, path: String) -> Result<(), AttuneError> {
+        self.session.background(None, move |p, _| p.export_json_file(Path::new(&path))).await
+    }
+
+    /// Stops every call in flight at its next check (each fails with
+    /// `Cancelled`, storing nothing half-done); the personalizer stays open.
+    pub fn interrupt(&self) {
+        self.session.interrupt();
+    }
+
+    /// Stops the calls in flight, waits for them (until their next check),
+    /// and closes the database; every later call fails with `Closed`.
+    /// Closing twice is harmless. Called from a progress listener, it does
+    /// not wait: the database closes when that call ends.
+    pub fn close(&self) {
+        self.session.close();
     }
 }

@@ -1,23 +1,32 @@
-//! Progress callbacks from the app and cancellation, adapted to the
+//! Progress callbacks from the app and the call's stop flag, adapted to the
 //! runtime's listener traits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::AttuneError;
+use crate::records::CandidateHead;
 
 /// A step of a long call.
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
 pub enum Progress {
     /// `done` of `total` texts are embedded.
     Embedding { done: u64, total: u64 },
-    /// One epoch of one candidate head finished.
-    Epoch { candidate: String, epoch: u32, loss: f64, validation_loss: Option<f64>, validation_accuracy: Option<f64> },
+    /// One epoch of one candidate head finished: its training loss, and
+    /// its loss and accuracy on held-out examples when there are any.
+    Epoch {
+        candidate: CandidateHead,
+        epoch: u32,
+        loss: f64,
+        validation_loss: Option<f64>,
+        validation_accuracy: Option<f64>,
+    },
 }
 
 /// Implemented by the app to follow a long call. Methods are called on the
-/// thread that made the call; throwing from one stops the call, which then
-/// fails with `AttuneError.ListenerFailed`.
+/// call's own worker thread (not the app's UI thread or event loop: hop
+/// back to it to update a view); throwing from one stops the call, which
+/// then fails with `AttuneError.ListenerFailed`.
 #[uniffi::export(foreign)]
 pub trait ProgressListener: Send + Sync {
     fn on_progress(&self, progress: Progress) -> Result<(), AttuneError>;
@@ -25,40 +34,18 @@ pub trait ProgressListener: Send + Sync {
     fn on_finished(&self, succeeded: bool) -> Result<(), AttuneError>;
 }
 
-/// Cancels a long call from any thread; the call stops at its next batch or
-/// epoch with `AttuneError.Cancelled`.
-#[derive(Debug, Default, uniffi::Object)]
-pub struct CancelToken {
-    inner: AtomicBool,
-}
-
-#[uniffi::export]
-impl CancelToken {
-    #[uniffi::constructor]
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    pub fn cancel(&self) {
-        self.inner.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.inner.load(Ordering::SeqCst)
-    }
-}
-
-/// One call's listener and token, seen by the runtime as its listener.
+/// One call's listener and stop flag, seen by the runtime as its listener.
 pub(crate) struct Observer {
     listener: Option<Arc<dyn ProgressListener>>,
-    cancel: Option<Arc<CancelToken>>,
+    /// Raised when the app cancels the call (drops its future) or interrupts.
+    stop: Arc<AtomicBool>,
     /// The first error the listener threw; it stops the call.
     failure: Mutex<Option<AttuneError>>,
 }
 
 impl Observer {
-    pub(crate) fn new(listener: Option<Arc<dyn ProgressListener>>, cancel: Option<Arc<CancelToken>>) -> Self {
-        Self { listener, cancel, failure: Mutex::new(None) }
+    pub(crate) fn new(listener: Option<Arc<dyn ProgressListener>>, stop: Arc<AtomicBool>) -> Self {
+        Self { listener, stop, failure: Mutex::new(None) }
     }
 
     fn report(&self, progress: Progress) {
@@ -70,8 +57,7 @@ impl Observer {
     }
 
     fn stopped(&self) -> bool {
-        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
-            || self.failure.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+        self.stop.load(Ordering::SeqCst) || self.failure.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     /// Tells the listener the call is over and, when the listener's own
@@ -93,7 +79,7 @@ impl Observer {
 impl attune::TrainListener for Observer {
     fn on_epoch(&self, progress: &attune::EpochProgress) {
         self.report(Progress::Epoch {
-            candidate: progress.candidate.to_string(),
+            candidate: progress.candidate.into(),
             epoch: progress.epoch as u32,
             loss: progress.loss,
             validation_loss: progress.validation_loss,

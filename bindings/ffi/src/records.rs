@@ -128,6 +128,7 @@ impl From<attune::AddOutcome> for AddResult {
     }
 }
 
+/// A label and how many examples it has.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct LabelCount {
     pub label: String,
@@ -188,22 +189,26 @@ impl From<TrainSettings> for attune::TrainOptions {
     }
 }
 
+/// Precision and recall of one label.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct ClassMetrics {
     pub label: String,
     pub precision: f64,
     pub recall: f64,
     pub f1: f64,
+    /// Examples of this label in the evaluated set.
     pub support: u64,
 }
 
 /// Quality on a labelled set; probabilities are calibrated.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct Metrics {
+    /// Examples scored.
     pub examples: u64,
     pub accuracy: f64,
     pub macro_f1: f64,
     pub log_loss: f64,
+    /// Over 15 equal-width confidence bins.
     pub expected_calibration_error: f64,
     pub per_class: Vec<ClassMetrics>,
 }
@@ -231,11 +236,103 @@ impl From<attune::Metrics> for Metrics {
     }
 }
 
+/// The kind of a trained head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum HeadKind {
+    /// Class centroids scored by cosine (also zero-shot from descriptions).
+    Prototype,
+    /// Multinomial logistic regression.
+    Linear,
+    /// One hidden ReLU layer.
+    Mlp,
+}
+
+impl From<attune::HeadKind> for HeadKind {
+    fn from(kind: attune::HeadKind) -> Self {
+        match kind {
+            attune::HeadKind::Prototype => HeadKind::Prototype,
+            attune::HeadKind::Linear => HeadKind::Linear,
+            attune::HeadKind::Mlp => HeadKind::Mlp,
+        }
+    }
+}
+
+/// One head a training run tried, with the setting that distinguishes it.
+#[derive(Debug, Clone, Copy, PartialEq, uniffi::Enum)]
+pub enum CandidateHead {
+    Prototype,
+    /// A linear head pulled towards its warm start by `pull` per step.
+    Linear {
+        pull: f32,
+    },
+    /// The MLP head, its hidden layer decayed by `decay` per step.
+    Mlp {
+        decay: f32,
+    },
+    /// The linear head trained with differentially private SGD.
+    PrivateLinear {
+        noise_multiplier: f64,
+        clip_norm: f32,
+    },
+}
+
+impl From<attune::CandidateHead> for CandidateHead {
+    fn from(candidate: attune::CandidateHead) -> Self {
+        match candidate {
+            attune::CandidateHead::Prototype => CandidateHead::Prototype,
+            attune::CandidateHead::Linear { pull } => CandidateHead::Linear { pull },
+            attune::CandidateHead::Mlp { decay } => CandidateHead::Mlp { decay },
+            attune::CandidateHead::PrivateLinear { noise_multiplier, clip_norm } => {
+                CandidateHead::PrivateLinear { noise_multiplier, clip_norm }
+            }
+        }
+    }
+}
+
+/// How a training run validated its candidates.
+#[derive(Debug, Clone, Copy, PartialEq, uniffi::Enum)]
+pub enum ValidationMethod {
+    /// Labels had too few examples to hold any out.
+    None,
+    /// A stratified holdout of this share of each label's examples.
+    Holdout { fraction: f32 },
+    /// Out-of-fold predictions of `k` stratified folds.
+    KFold { k: u32 },
+    /// A private run: nothing is validated on the private examples.
+    DifferentialPrivacy,
+}
+
+impl From<attune::ValidationMethod> for ValidationMethod {
+    fn from(method: attune::ValidationMethod) -> Self {
+        match method {
+            attune::ValidationMethod::None => ValidationMethod::None,
+            attune::ValidationMethod::Holdout { fraction } => ValidationMethod::Holdout { fraction },
+            attune::ValidationMethod::KFold { k } => ValidationMethod::KFold { k: k as u32 },
+            attune::ValidationMethod::DifferentialPrivacy => ValidationMethod::DifferentialPrivacy,
+        }
+    }
+}
+
+/// How one candidate did on validation (calibrated, as it would be used).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct CandidateScore {
+    pub candidate: CandidateHead,
+    pub validation_accuracy: f64,
+    pub validation_log_loss: f64,
+    pub epochs: u32,
+}
+
 /// What a training call did.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct TrainSummary {
-    /// The kind of head trained (`prototype`, `linear`, `mlp`).
-    pub head: String,
+    /// The kind of head trained.
+    pub head: HeadKind,
+    /// The candidate that won validation, with its setting.
+    pub chosen: CandidateHead,
+    /// Every candidate tried and its validation score.
+    pub candidates: Vec<CandidateScore>,
+    pub validation_method: ValidationMethod,
+    /// Examples and labels trained on.
     pub examples: u64,
     pub classes: u64,
     pub epochs: u32,
@@ -247,6 +344,7 @@ pub struct TrainSummary {
     pub version: u32,
     /// Metrics on held-out (or out-of-fold) examples, when there were enough.
     pub validation: Option<Metrics>,
+    /// The time budget ran out; the best head found within it was kept.
     pub budget_exhausted: bool,
     /// For private training: the task's total (ε, δ) so far.
     pub privacy_epsilon: Option<f64>,
@@ -257,7 +355,19 @@ impl From<attune::TrainOutcome> for TrainSummary {
     fn from(o: attune::TrainOutcome) -> Self {
         let report = o.report;
         Self {
-            head: report.head.name().to_string(),
+            head: report.head.into(),
+            chosen: report.chosen.into(),
+            candidates: report
+                .candidates
+                .iter()
+                .map(|c| CandidateScore {
+                    candidate: c.candidate.into(),
+                    validation_accuracy: c.validation_accuracy,
+                    validation_log_loss: c.validation_log_loss,
+                    epochs: c.epochs as u32,
+                })
+                .collect(),
+            validation_method: report.validation_method.into(),
             examples: report.examples,
             classes: report.classes,
             epochs: report.epochs as u32,
@@ -276,6 +386,7 @@ impl From<attune::TrainOutcome> for TrainSummary {
 /// Where a task's predictions come from right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum PredictionSource {
+    /// The task's active trained head.
     TrainedHead,
     /// Class centroids of the examples so far (no trained head yet).
     Prototypes,
@@ -283,6 +394,7 @@ pub enum PredictionSource {
     ZeroShot,
 }
 
+/// A label and how likely it is.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct ScoredLabel {
     pub label: String,
@@ -422,9 +534,9 @@ impl From<attune::TaskInfo> for TaskStats {
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct HeadVersion {
     pub version: u32,
-    pub kind: String,
-    /// Validation metrics as JSON.
-    pub metrics_json: String,
+    pub kind: HeadKind,
+    /// Calibrated metrics on the examples it was validated on, if any.
+    pub validation: Option<Metrics>,
     /// Trained on since-forgotten data: erased, cannot be activated.
     pub stale: bool,
     pub active: bool,
@@ -436,19 +548,22 @@ pub struct HeadVersion {
     pub delta: Option<f64>,
 }
 
-impl From<attune::HeadInfo> for HeadVersion {
-    fn from(h: attune::HeadInfo) -> Self {
-        Self {
+impl TryFrom<attune::HeadInfo> for HeadVersion {
+    type Error = AttuneError;
+    fn try_from(h: attune::HeadInfo) -> Result<Self, AttuneError> {
+        let kind = attune::HeadKind::from_name(&h.kind)
+            .map_err(|_| AttuneError::Corrupt { reason: format!("head {} has an unknown kind", h.version) })?;
+        Ok(Self {
             version: h.version,
-            kind: h.kind,
-            metrics_json: h.metrics,
+            kind: kind.into(),
+            validation: attune::Metrics::from_stored_json(&h.metrics).map(Into::into),
             stale: h.stale,
             active: h.active,
             created_at_ms: h.created_at,
             private: h.privacy.is_some(),
             epsilon: h.privacy.map(|p| p.0),
             delta: h.privacy.map(|p| p.1),
-        }
+        })
     }
 }
 
@@ -468,6 +583,7 @@ impl From<Document> for attune::NewDocument {
     }
 }
 
+/// One search or recommendation result.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct SearchResult {
     pub key: String,
@@ -533,12 +649,14 @@ pub struct UpgradeSummary {
     pub skipped: Vec<SkippedTask>,
 }
 
+/// A task a model upgrade gave no new head, and why.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct SkippedTask {
     pub task: String,
     pub reason: String,
 }
 
+/// A task's new head after a model upgrade.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct TaskHead {
     pub task: String,
