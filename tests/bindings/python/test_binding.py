@@ -1,5 +1,9 @@
-"""The Python binding, end to end, through the real library, model and SQLite."""
+"""The Python binding at its boundary: coroutines off the event loop,
+cancellation, close, typed errors, listeners, many callers at once, and
+what Python code expects (repr, context managers, NumPy). Ranking quality
+is the shared scenario's job (test_scenario.py)."""
 
+import asyncio
 import threading
 
 import pytest
@@ -23,23 +27,11 @@ EXAMPLES = {
         "play the latest album by my favourite band",
         "shuffle my liked songs",
     ],
-    "alarm": [
-        "wake me up at seven",
-        "set an alarm for 6 am",
-        "cancel my morning alarm",
-        "snooze the alarm for ten minutes",
-        "remind me to get up at half past six",
-        "change tomorrow's alarm to eight",
-    ],
 }
 
-REPLIES = [
-    ("on-my-way", "I'm on my way, see you soon"),
-    ("running-late", "Sorry, running ten minutes late"),
-    ("call-later", "Can't talk now, I'll call you later"),
-    ("thanks", "Thank you so much!"),
-    ("sounds-good", "Sounds good to me"),
-]
+
+def run(coroutine):
+    return asyncio.run(coroutine)
 
 
 def labelled():
@@ -47,18 +39,24 @@ def labelled():
 
 
 class Recorder(attune.ProgressListener):
-    """Collects progress; may throw or cancel on the first event."""
+    """Collects progress; may throw on the first event, or hold the call
+    there until `release` is set (so a test can cancel it at a known point)."""
 
-    def __init__(self, throw=False, cancel=None):
+    def __init__(self, throw=False, hold=False):
         self.events = []
         self.finished = []
+        self.threads = set()
         self.throw = throw
-        self.cancel = cancel
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
 
     def on_progress(self, progress):
         self.events.append(progress)
-        if self.cancel is not None:
-            self.cancel.cancel()
+        self.threads.add(threading.current_thread().name)
+        self.reached.set()
+        assert self.release.wait(60), "the test never released the call"
         if self.throw:
             raise ValueError("the app's listener broke")
 
@@ -66,198 +64,268 @@ class Recorder(attune.ProgressListener):
         self.finished.append(succeeded)
 
 
-def feedback(query, key, signal):
-    return attune.Feedback(query=query, document_key=key, signal=signal, created_at_ms=None)
+def config(path, model_dir, key=None):
+    return attune.Config(database_path=str(path), model_dir=model_dir, encryption_key=key)
 
 
 def open_personalizer(path, model_dir, key=None):
-    return attune.Personalizer.open(
-        attune.Config(database_path=str(path), model_dir=model_dir, encryption_key=key)
-    )
+    return run(attune.Personalizer.open(config(path, model_dir, key)))
 
 
-def test_end_to_end_scenario_persists_across_reopen(tmp_path, model_dir):
-    db = tmp_path / "user.db"
-    p = open_personalizer(db, model_dir)
-    assert p.dimension() == 384
-
-    added = p.add_examples("intents", labelled())
-    assert (added.inserted, added.duplicates) == (18, 0)
-    assert {c.label: c.examples for c in p.labels("intents")} == {"weather": 6, "music": 6, "alarm": 6}
-
-    recorder = Recorder()
-    summary = p.train("intents", attune.TrainSettings(seed=7), recorder, None)
-    assert summary.promoted and summary.examples == 18 and summary.classes == 3
-    epochs = [e for e in recorder.events if isinstance(e, attune.Progress.EPOCH)]
-    assert epochs and all(e.loss >= 0 for e in epochs)
-    assert recorder.finished == [True]
-
-    predictions = p.predict("intents", ["is it sunny tomorrow", "play something relaxing"], 3)
-    assert [pr.labels[0].label for pr in predictions] == ["weather", "music"]
-    assert all(pr.source == attune.PredictionSource.TRAINED_HEAD for pr in predictions)
-    for pr in predictions:
-        probabilities = [s.probability for s in pr.labels]
-        assert probabilities == sorted(probabilities, reverse=True)
-        assert abs(sum(probabilities) - 1.0) < 1e-4
-
-    # Chat replies: the incoming message is the query, the chosen reply the feedback.
-    docs = [attune.Document(key=k, text=t, metadata=None) for k, t in REPLIES]
-    assert p.add_documents("replies", docs) == len(REPLIES)
-    plain = p.search("replies", "where are you?", 5)
-    assert len(plain) == 5
-    assert [h.score for h in plain] == sorted((h.score for h in plain), reverse=True)
-    assert plain[0].key != "running-late"
-    for _ in range(5):  # the user is shown the replies and picks "running late" each time
-        for hit in plain:
-            p.record_feedback("replies", feedback("where are you?", hit.key, attune.Signal.IMPRESSION()))
-        p.record_feedback("replies", feedback("where are you?", "running-late", attune.Signal.CLICK()))
-    personal = p.search("replies", "where are you?", 5)
-    assert personal[0].key == "running-late"
-
-    forgotten = p.forget("intents", attune.ForgetScope.LABEL(label="alarm"))
-    assert forgotten.examples == 6
-    assert "alarm" not in {c.label for c in p.labels("intents")}
-    after = p.predict("intents", ["wake me up at seven"], 3)[0]
-    assert "alarm" not in {s.label for s in after.labels}
-
-    export = tmp_path / "export.json"
-    p.export_json(str(export))
-    assert "play some jazz" in export.read_text() and "wake me up at seven" not in export.read_text()
-    del p
-
-    reopened = open_personalizer(db, model_dir)
-    stats = reopened.stats("intents")
-    assert (stats.examples, stats.labels) == (12, 2)
-    assert stats.active_head_version is not None
-    assert reopened.predict("intents", ["put on some music"], 1)[0].labels[0].label == "music"
-    assert reopened.stats("replies").feedback == 30
+async def cancel_at_first_progress(start_call):
+    """Starts a call, cancels its task at its first progress report, and
+    lets the call go on only once the task is cancelled."""
+    recorder = Recorder(hold=True)
+    task = asyncio.ensure_future(start_call(recorder))
+    assert await asyncio.to_thread(recorder.reached.wait, 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    recorder.release.set()
+    return recorder
 
 
-def test_zero_shot_then_prototypes_lifecycle(tmp_path, model_dir):
-    p = open_personalizer(tmp_path / "z.db", model_dir)
-    with pytest.raises(attune.AttuneError.UnknownTask):
-        p.predict("new", ["hello"], 1)
-    p.describe_label("new", "weather", "a question about the weather forecast")
-    p.describe_label("new", "music", "a request to play music")
-    zero = p.predict("new", ["will it snow"], 2)[0]
-    assert zero.source == attune.PredictionSource.ZERO_SHOT and zero.labels[0].label == "weather"
-    p.add_examples("new", [attune.LabelledText(text="play jazz", label="music")])
-    assert p.predict("new", ["play rock"], 1)[0].source == attune.PredictionSource.PROTOTYPES
+def test_a_cancelled_import_or_training_leaves_the_database_as_before(tmp_path, tiny_model_dir):
+    db = tmp_path / "cancel.db"
+    texts = [f"message number {i} about the weather and music" for i in range(3000)]
+    history = tmp_path / "history.csv"
+    history.write_text("text,label\n" + "\n".join(f"{t},{'ab'[i % 2]}" for i, t in enumerate(texts)) + "\n")
+
+    async def scenario():
+        p = await attune.Personalizer.open(config(db, tiny_model_dir))
+        await p.add_examples("t", labelled())
+        before = (p.stats("t"), p.labels("t"), p.heads("t"))
+        recorder = await cancel_at_first_progress(lambda r: p.import_file("t", str(history), r))
+        recorder = await cancel_at_first_progress(
+            lambda r: p.train("t", attune.TrainSettings(head=attune.HeadType.MLP, epochs=50), r)
+        )
+        p.close()  # waits for the cancelled calls to stop
+        assert recorder.finished == [False]
+        p = await attune.Personalizer.open(config(db, tiny_model_dir))
+        assert (p.stats("t"), p.labels("t"), p.heads("t")) == before
+        assert (await p.import_file("t", str(history))).inserted == 3000
+        p.close()
+
+    run(scenario())
 
 
-def test_typed_errors(tmp_path, model_dir, tiny_model_dir):
-    with pytest.raises(attune.AttuneError.Model) as bad_model:
-        open_personalizer(tmp_path / "a.db", str(tmp_path / "no-model-here"))
-    assert "manifest" in str(bad_model.value)
+def test_the_event_loop_keeps_running_during_a_long_call(tmp_path, model_dir):
+    async def scenario():
+        async with await attune.Personalizer.open(config(tmp_path / "loop.db", model_dir)) as p:
+            ticks = 0
+            stop = asyncio.Event()
 
-    p = open_personalizer(tmp_path / "b.db", tiny_model_dir)
-    p.add_examples("empty", [attune.LabelledText(text="x", label="a")])
-    p.forget("empty", attune.ForgetScope.LABEL(label="a"))
-    with pytest.raises(attune.AttuneError.NotTrained):
-        p.predict("empty", ["hi"], 1)
-    p.add_examples("t", [attune.LabelledText(text="x", label="a")])
-    with pytest.raises(attune.AttuneError.InvalidInput):
-        p.add_examples("t", [attune.LabelledText(text="   ", label="a")])
-    with pytest.raises(attune.AttuneError.InvalidInput):
-        p.add_examples("t", [attune.LabelledText(text="x" * ((1 << 20) + 1), label="a")])
-    assert p.stats("t").examples == 1  # nothing stored was lost
+            async def ticker():
+                nonlocal ticks
+                while not stop.is_set():
+                    ticks += 1
+                    await asyncio.sleep(0.01)
 
-    key = attune.EncryptionKey.PASSPHRASE(secret="correct horse battery staple")
-    encrypted = open_personalizer(tmp_path / "secret.db", tiny_model_dir, key)
-    encrypted.add_examples("t", [attune.LabelledText(text="private words", label="a")])
-    del encrypted
-    with pytest.raises(attune.AttuneError.EncryptionKey):
-        open_personalizer(tmp_path / "secret.db", tiny_model_dir, attune.EncryptionKey.PASSPHRASE(secret="wrong"))
-    with pytest.raises(attune.AttuneError.EncryptionKey):
-        open_personalizer(tmp_path / "secret.db", tiny_model_dir)
-    with pytest.raises(attune.AttuneError.EncryptionKey):
-        open_personalizer(tmp_path / "b.db", tiny_model_dir, attune.EncryptionKey.RAW(bytes=bytes(range(32))))
-    with pytest.raises(attune.AttuneError.EncryptionKey):
-        open_personalizer(tmp_path / "c.db", tiny_model_dir, attune.EncryptionKey.RAW(bytes=b"short"))
-    reopened = open_personalizer(tmp_path / "secret.db", tiny_model_dir,
-                                 attune.EncryptionKey.PASSPHRASE(secret="correct horse battery staple"))
-    assert reopened.stats("t").examples == 1
+            counting = asyncio.ensure_future(ticker())
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await p.embed([f"sentence {i} about the weather" for i in range(400)])
+            elapsed = loop.time() - started
+            stop.set()
+            await counting
+            # A blocked loop would tick once; a free one about every 10 ms.
+            assert elapsed > 0.2 and ticks >= elapsed / 0.01 * 0.3, (ticks, elapsed)
+
+    run(scenario())
 
 
-def test_cancellation_and_a_throwing_listener(tmp_path, tiny_model_dir):
-    p = open_personalizer(tmp_path / "c.db", tiny_model_dir)
-    texts = [f"sentence number {i} about things" for i in range(300)]
+def test_calls_after_close_are_typed_errors(tmp_path, tiny_model_dir):
+    async def scenario():
+        p = await attune.Personalizer.open(config(tmp_path / "closed.db", tiny_model_dir))
+        await p.add_examples("t", labelled())
+        p.close()
+        p.close()  # twice is harmless
+        with pytest.raises(attune.AttuneError.Closed):
+            p.stats("t")
+        with pytest.raises(attune.AttuneError.Closed):
+            await p.predict_one("t", "play jazz")
+        with pytest.raises(attune.AttuneError.Closed):
+            await p.train("t")
+        assert repr(p) == "Personalizer(closed)"
+        # The file is released: another personalizer opens it at once.
+        async with await attune.Personalizer.open(config(tmp_path / "closed.db", tiny_model_dir)) as again:
+            assert again.stats("t").examples == 12
 
-    token = attune.CancelToken()
-    cancelling = Recorder(cancel=token)
-    with pytest.raises(attune.AttuneError.Cancelled):
-        p.embed(texts, cancelling, token)
-    assert token.is_cancelled() and cancelling.finished == [False]
-
-    throwing = Recorder(throw=True)
-    with pytest.raises(attune.AttuneError.ListenerFailed) as failed:
-        p.embed(texts, throwing, None)
-    assert "listener broke" in str(failed.value)
-    assert len(throwing.events) == 1
-
-    progress = Recorder()
-    vectors = p.embed(texts, progress, None)
-    assert len(vectors) == 300 and len(vectors[0]) == p.dimension()
-    done = [e.done for e in progress.events]
-    assert done == sorted(done) and done[-1] == 300
-
-    p.add_examples("t", [attune.LabelledText(text=t, label=str(i % 3)) for i, t in enumerate(texts[:60])])
-    train_token = attune.CancelToken()
-    train_token.cancel()
-    with pytest.raises(attune.AttuneError.Cancelled):
-        p.train("t", attune.TrainSettings(head=attune.HeadType.LINEAR), None, train_token)
-    assert p.heads("t") == []
+    run(scenario())
 
 
-def test_many_python_threads_at_once(tmp_path, model_dir):
-    p = open_personalizer(tmp_path / "threads.db", model_dir)
-    p.add_examples("intents", labelled())
-    p.train("intents", attune.TrainSettings(), None, None)
-    p.add_documents("docs", [attune.Document(key=k, text=t, metadata=None) for k, t in REPLIES])
+def test_interrupt_stops_calls_in_flight_and_the_personalizer_stays_open(tmp_path, tiny_model_dir):
+    async def scenario():
+        async with await attune.Personalizer.open(config(tmp_path / "i.db", tiny_model_dir)) as p:
+            recorder = Recorder(hold=True)
+            call = asyncio.ensure_future(p.embed([f"text {i}" for i in range(2000)], recorder))
+            assert await asyncio.to_thread(recorder.reached.wait, 60)
+            p.interrupt()
+            recorder.release.set()
+            with pytest.raises(attune.AttuneError.Cancelled):
+                await call
+            assert len(await p.embed(["still open"])) == 1
+
+    run(scenario())
+
+
+def test_sixteen_coroutines_at_once(tmp_path, model_dir):
+    async def scenario():
+        async with await attune.Personalizer.open(config(tmp_path / "gather.db", model_dir)) as p:
+            await p.add_examples("intents", labelled())
+            await p.train("intents")
+
+            async def predict(n):
+                prediction = await p.predict_one("intents", f"is it raining in city {n}")
+                return prediction.labels[0].label
+
+            async def add(n):
+                await p.add_examples("intents", [attune.LabelledText(text=f"play track {n}", label="music")])
+                return "added"
+
+            results = await asyncio.gather(*[predict(n) for n in range(12)], *[add(n) for n in range(4)])
+            assert results == ["weather"] * 12 + ["added"] * 4
+            assert p.stats("intents").examples == 16
+
+    run(scenario())
+
+
+def test_python_conveniences(tmp_path, tiny_model_dir):
+    async def scenario():
+        with await attune.Personalizer.open(config(tmp_path / "c.db", tiny_model_dir)) as p:
+            vectors = await p.embed(["one text", "another text"])
+            np = pytest.importorskip("numpy")
+            assert isinstance(vectors, np.ndarray) and vectors.dtype == np.float32
+            assert vectors.shape == (2, p.dimension())
+            assert repr(p).startswith("Personalizer(model=")
+            await p.add_examples("t", labelled())
+            summary = await p.train("t")  # settings and listener default
+            assert isinstance(summary.head, attune.HeadKind) and isinstance(summary.chosen, attune.CandidateHead)
+            assert "TrainSummary(head=HeadKind." in repr(summary)
+            head = p.heads("t")[0]
+            assert head.kind == summary.head and head.active
+            assert head.validation is None or 0.0 <= head.validation.accuracy <= 1.0
+            assert repr(attune.LabelledText(text="hi", label="a")) == "LabelledText(text=hi, label=a)"
+        with pytest.raises(attune.AttuneError.Closed):
+            p.stats("t")
+
+    run(scenario())
+
+
+def test_typed_errors(tmp_path, tiny_model_dir):
+    async def scenario():
+        with pytest.raises(attune.AttuneError.Model) as bad_model:
+            await attune.Personalizer.open(config(tmp_path / "a.db", str(tmp_path / "no-model-here")))
+        assert "manifest" in str(bad_model.value)
+
+        p = await attune.Personalizer.open(config(tmp_path / "b.db", tiny_model_dir))
+        with pytest.raises(attune.AttuneError.UnknownTask):
+            await p.predict_one("never", "hi")
+        await p.add_examples("empty", [attune.LabelledText(text="x", label="a")])
+        await p.forget("empty", attune.ForgetScope.LABEL(label="a"))
+        with pytest.raises(attune.AttuneError.NotTrained):
+            await p.predict("empty", ["hi"], 1)
+        await p.add_examples("t", [attune.LabelledText(text="x", label="a")])
+        with pytest.raises(attune.AttuneError.InvalidInput):
+            await p.add_examples("t", [attune.LabelledText(text="   ", label="a")])
+        with pytest.raises(attune.AttuneError.InvalidInput):
+            await p.add_examples("t", [attune.LabelledText(text="x" * ((1 << 20) + 1), label="a")])
+        with pytest.raises(attune.AttuneError.InvalidInput):
+            await p.predict_one("t", "x", 0)
+        assert p.stats("t").examples == 1  # nothing stored was lost
+        p.close()
+
+        secret = attune.EncryptionKey.PASSPHRASE(secret="correct horse battery staple")
+        async with await attune.Personalizer.open(config(tmp_path / "secret.db", tiny_model_dir, secret)) as e:
+            await e.add_examples("t", [attune.LabelledText(text="private words", label="a")])
+        wrong = [
+            ("secret.db", attune.EncryptionKey.PASSPHRASE(secret="wrong")),
+            ("secret.db", None),
+            ("b.db", attune.EncryptionKey.RAW(bytes=bytes(range(32)))),
+            ("c.db", attune.EncryptionKey.RAW(bytes=b"short")),
+        ]
+        for name, key in wrong:
+            with pytest.raises(attune.AttuneError.EncryptionKey):
+                await attune.Personalizer.open(config(tmp_path / name, tiny_model_dir, key))
+        async with await attune.Personalizer.open(config(tmp_path / "secret.db", tiny_model_dir, secret)) as e:
+            assert e.stats("t").examples == 1
+
+        damaged = tmp_path / "damaged.db"
+        damaged.write_bytes(b"this is not a database at all, " * 200)
+        with pytest.raises(attune.AttuneError.Corrupt):
+            await attune.Personalizer.open(config(damaged, tiny_model_dir))
+
+    run(scenario())
+
+
+def test_listeners_run_on_the_call_thread_and_a_throwing_one_stops_the_call(tmp_path, tiny_model_dir):
+    async def scenario():
+        async with await attune.Personalizer.open(config(tmp_path / "l.db", tiny_model_dir)) as p:
+            texts = [f"sentence number {i} about things" for i in range(300)]
+            throwing = Recorder(throw=True)
+            with pytest.raises(attune.AttuneError.ListenerFailed) as failed:
+                await p.embed(texts, throwing)
+            assert "listener broke" in str(failed.value)
+            assert len(throwing.events) == 1 and throwing.finished == [False]
+
+            progress = Recorder()
+            vectors = await p.embed(texts, progress)
+            assert len(vectors) == 300 and len(vectors[0]) == p.dimension()
+            done = [e.done for e in progress.events]
+            assert done == sorted(done) and done[-1] == 300
+            # On the call's own thread, not the event loop's (this test's main thread).
+            assert progress.threads and threading.main_thread().name not in progress.threads
+            assert progress.finished == [True]
+
+            epochs = Recorder()
+            await p.add_examples("t", labelled())
+            await p.train("t", attune.TrainSettings(head=attune.HeadType.LINEAR), epochs)
+            assert epochs.events and all(isinstance(e, attune.Progress.EPOCH) for e in epochs.events)
+            assert all(isinstance(e.candidate, attune.CandidateHead.LINEAR) for e in epochs.events)
+
+    run(scenario())
+
+
+def test_blocking_python_threads_each_with_their_own_loop(tmp_path, tiny_model_dir):
+    p = open_personalizer(tmp_path / "threads.db", tiny_model_dir)
+    run(p.add_examples("intents", labelled()))
     errors = []
-    added = []
 
-    def predictor(n):
+    def worker(n):
         try:
-            for i in range(15):
-                top = p.predict("intents", [f"is it raining in city {n} {i}"], 1)[0].labels[0].label
-                assert top == "weather"
-                assert len(p.search("docs", f"late for meeting {n} {i}", 3)) == 3
+            for i in range(10):
+                run(p.add_examples("intents", [attune.LabelledText(text=f"play track {n} {i}", label="music")]))
+                assert run(p.predict_one("intents", "play some jazz")).labels
         except Exception as error:  # noqa: BLE001 - collected and asserted below
             errors.append(error)
 
-    def writer():
-        try:
-            for i in range(20):
-                p.add_examples("intents", [attune.LabelledText(text=f"play track {i}", label="music")])
-                added.append(i)
-            p.train("intents", attune.TrainSettings(), None, None)
-        except Exception as error:  # noqa: BLE001
-            errors.append(error)
-
-    threads = [threading.Thread(target=predictor, args=(n,)) for n in range(4)] + [threading.Thread(target=writer)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == []
-    assert p.stats("intents").examples == 18 + len(added) == 38
+    assert p.stats("intents").examples == 12 + 40
+    p.close()
 
 
 def test_model_upgrade_from_the_tiny_to_the_default_model(tmp_path, model_dir, tiny_model_dir):
-    p = open_personalizer(tmp_path / "up.db", tiny_model_dir)
-    p.add_examples("intents", labelled())
-    p.train("intents", attune.TrainSettings(), None, None)
-    old = p.model_fingerprint()
-    progress = Recorder()
-    summary = p.upgrade_model(model_dir, progress, None)
-    assert (summary.from_fingerprint, summary.to_fingerprint) == (old, p.model_fingerprint())
-    assert summary.texts == summary.embedded_now == 18
-    assert [e.done for e in progress.events][-1] == 18 and progress.finished == [True]
-    assert [t.task for t in summary.retrained] == ["intents"]
-    assert p.dimension() == 384
-    top = p.predict("intents", ["is it sunny tomorrow"], 1)[0]
-    assert top.source == attune.PredictionSource.TRAINED_HEAD and top.labels[0].label == "weather"
+    async def scenario():
+        async with await attune.Personalizer.open(config(tmp_path / "up.db", tiny_model_dir)) as p:
+            await p.add_examples("intents", labelled())
+            await p.train("intents")
+            old = p.model_fingerprint()
+            progress = Recorder()
+            summary = await p.upgrade_model(model_dir, progress)
+            assert (summary.from_fingerprint, summary.to_fingerprint) == (old, p.model_fingerprint())
+            assert summary.texts == summary.embedded_now == 12
+            assert [e.done for e in progress.events][-1] == 12 and progress.finished == [True]
+            assert [t.task for t in summary.retrained] == ["intents"]
+            assert p.dimension() == 384
+            top = await p.predict_one("intents", "is it sunny tomorrow")
+            assert top.source == attune.PredictionSource.TRAINED_HEAD and top.labels[0].label == "weather"
+
+    run(scenario())
 
 
 def intents():
@@ -272,46 +340,44 @@ def examples(data, start, end):
     return [attune.LabelledText(text=t, label=i["label"]) for i in data for t in i["train"][start:end]]
 
 
-def one_then_three(path, model):
+async def one_then_three(path, model):
     """Held-out accuracy after one, then three examples per intent."""
     data = intents()
     held_out = [attune.LabelledText(text=t, label=i["label"]) for i in data for t in i["held_out"]]
-    p = open_personalizer(path, model)
-    for intent in data:
-        p.describe_label("support", intent["label"], intent["description"])
-    p.add_examples("support", examples(data, 0, 1))
-    assert p.train("support", attune.TrainSettings(), None, None).promoted
-    after_one = p.evaluate("support", held_out).accuracy
-    p.add_examples("support", examples(data, 1, 3))
-    second = p.train("support", attune.TrainSettings(), None, None)
-    assert second.promoted, second.promotion_reason
-    return after_one, p.evaluate("support", held_out).accuracy
+    async with await attune.Personalizer.open(config(path, model)) as p:
+        for intent in data:
+            await p.describe_label("support", intent["label"], intent["description"])
+        await p.add_examples("support", examples(data, 0, 1))
+        assert (await p.train("support")).promoted
+        after_one = (await p.evaluate("support", held_out)).accuracy
+        await p.add_examples("support", examples(data, 1, 3))
+        second = await p.train("support")
+        assert second.promoted, second.promotion_reason
+        return after_one, (await p.evaluate("support", held_out)).accuracy
 
 
 @pytest.mark.parametrize("which", ["tiny", "default"])
 def test_more_examples_are_promoted_and_help(tmp_path, which, request):
     model = request.getfixturevalue("tiny_model_dir" if which == "tiny" else "model_dir")
-    after_one, after_three = one_then_three(tmp_path / "loop.db", model)
+    after_one, after_three = run(one_then_three(tmp_path / "loop.db", model))
     assert after_three > after_one, (after_one, after_three)
 
 
-def test_private_heads_are_visible_and_errors_are_typed(tmp_path, tiny_model_dir):
-    data = intents()
-    p = open_personalizer(tmp_path / "dp.db", tiny_model_dir)
-    for intent in data:
-        p.describe_label("support", intent["label"], intent["description"])
-    p.add_examples("support", examples(data, 0, 3))
-    p.train("support", attune.TrainSettings(dp_epsilon=8.0), None, None)
-    head = p.heads("support")[0]
-    assert head.private and 0 < head.epsilon <= 8.0 and head.delta > 0
-    # Forgetting retrains privately, charged to the same budget.
-    forgotten = p.forget("support", attune.ForgetScope.TEXT(text=data[0]["train"][0]))
-    assert isinstance(forgotten.retrain, attune.Retrain.RETRAINED) and forgotten.retrain.private
-    assert all(h.private for h in p.heads("support"))
-    with pytest.raises(attune.AttuneError.InvalidInput):
-        p.predict("support", ["play a song"], 0)
+def test_private_heads_are_visible(tmp_path, tiny_model_dir):
+    async def scenario():
+        data = intents()
+        async with await attune.Personalizer.open(config(tmp_path / "dp.db", tiny_model_dir)) as p:
+            for intent in data:
+                await p.describe_label("support", intent["label"], intent["description"])
+            await p.add_examples("support", examples(data, 0, 3))
+            summary = await p.train("support", attune.TrainSettings(dp_epsilon=8.0))
+            assert summary.validation_method == attune.ValidationMethod.DIFFERENTIAL_PRIVACY()
+            assert isinstance(summary.chosen, attune.CandidateHead.PRIVATE_LINEAR)
+            head = p.heads("support")[0]
+            assert head.private and 0 < head.epsilon <= 8.0 and head.delta > 0
+            # Forgetting retrains privately, charged to the same budget.
+            forgotten = await p.forget("support", attune.ForgetScope.TEXT(text=data[0]["train"][0]))
+            assert isinstance(forgotten.retrain, attune.Retrain.RETRAINED) and forgotten.retrain.private
+            assert all(h.private for h in p.heads("support"))
 
-    damaged = tmp_path / "damaged.db"
-    damaged.write_bytes(b"this is not a database at all, " * 200)
-    with pytest.raises(attune.AttuneError.Corrupt):
-        open_personalizer(damaged, tiny_model_dir)
+    run(scenario())

@@ -1,0 +1,28 @@
+"""The Python code samples of the README and of the package docstring run
+as they are written, so they cannot drift from the API."""
+
+import doctest
+import os
+import pathlib
+import re
+
+import attune
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+
+
+def test_the_package_docstring_example(tmp_path, model_dir):
+    globs = {"DATABASE_PATH": str(tmp_path / "doc.db"), "MODEL_DIR": model_dir}
+    failures, tried = doctest.testmod(attune, extraglobs=globs, report=True)
+    assert tried > 0 and failures == 0
+
+
+def test_the_readme_python_sample(tmp_path, model_dir, monkeypatch):
+    samples = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert samples, "the README has no Python sample"
+    # The samples name the model where models/fetch puts it, relative to the repository.
+    (tmp_path / "models/cache").mkdir(parents=True)
+    os.symlink(model_dir, tmp_path / "models/cache/all-minilm-l6-v2")
+    monkeypatch.chdir(tmp_path)
+    for sample in samples:
+        exec(compile(sample, "README.md", "exec"), {"__name__": "__main__"})
