@@ -30,4 +30,6 @@ dependencies {
     // The binding calls the native library through JNA; the AAR carries
     // JNA's own native dispatch library for every ABI.
     implementation("net.java.dev.jna:jna:5.19.1@aar")
+    // Every long call is a suspend function awaiting a Rust future.
+    implementation("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.11.0")
 }

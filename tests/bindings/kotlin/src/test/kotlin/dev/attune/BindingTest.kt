@@ -1,21 +1,31 @@
 package dev.attune
 
+import dev.attune.samples.routeMessage
 import java.io.File
 import java.nio.file.Files
-import java.util.concurrent.Callable
 import java.util.concurrent.CopyOnWriteArrayList
-import java.util.concurrent.Executors
+import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
+import kotlinx.coroutines.CoroutineStart
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.async
+import kotlinx.coroutines.awaitAll
+import kotlinx.coroutines.delay
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withContext
 import kotlin.test.AfterTest
 import kotlin.test.Test
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
 import kotlin.test.assertFalse
-import kotlin.test.assertNotEquals
-import kotlin.test.assertNotNull
 import kotlin.test.assertTrue
 
-/** The Kotlin binding Android apps use, end to end on the JVM, over the real library, model and SQLite. */
+/**
+ * The Kotlin binding Android apps use, at its boundary, on the JVM over the real library, model and SQLite:
+ * suspend calls off the caller's thread, cancellation, shutdown, typed errors, listeners, many coroutines.
+ * Ranking quality is the shared scenario's job (ScenarioTest).
+ */
 class BindingTest {
     private val repo = File(System.getProperty("attune.repo"))
     private val model = File(repo, "models/cache/all-minilm-l6-v2").also {
@@ -29,158 +39,157 @@ class BindingTest {
         dir.deleteRecursively()
     }
 
-    private fun open(name: String, modelDir: String = model, key: EncryptionKey? = null) =
-        Personalizer.open(Config(databasePath = File(dir, name).path, modelDir = modelDir, encryptionKey = key))
+    private fun config(name: String, modelDir: String = tinyModel, key: EncryptionKey? = null) =
+        Config(databasePath = File(dir, name).path, modelDir = modelDir, encryptionKey = key)
 
-    private val examples = mapOf(
-        "weather" to listOf(
-            "will it rain tomorrow", "how hot is it outside today", "is there snow in the forecast",
-            "do I need an umbrella this afternoon", "what's the temperature this weekend", "is it going to be windy tonight",
-        ),
-        "music" to listOf(
-            "play some jazz", "put on my running playlist", "skip this song",
-            "turn the volume up on the music", "play the latest album by my favourite band", "shuffle my liked songs",
-        ),
-        "alarm" to listOf(
-            "wake me up at seven", "set an alarm for 6 am", "cancel my morning alarm",
-            "snooze the alarm for ten minutes", "remind me to get up at half past six", "change tomorrow's alarm to eight",
-        ),
-    ).flatMap { (label, texts) -> texts.map { LabelledText(text = it, label = label) } }
+    private suspend fun open(name: String, modelDir: String = tinyModel, key: EncryptionKey? = null) =
+        Personalizer.open(config(name, modelDir, key))
 
-    private val replies = listOf(
-        "on-my-way" to "I'm on my way, see you soon",
-        "running-late" to "Sorry, running ten minutes late",
-        "call-later" to "Can't talk now, I'll call you later",
-        "thanks" to "Thank you so much!",
-        "sounds-good" to "Sounds good to me",
-    ).map { (key, text) -> Document(key = key, text = text) }
+    private val examples = listOf(
+        "will it rain tomorrow" to "weather", "how hot is it outside today" to "weather",
+        "is there snow in the forecast" to "weather", "do I need an umbrella this afternoon" to "weather",
+        "play some jazz" to "music", "put on my running playlist" to "music",
+        "skip this song" to "music", "turn the volume up on the music" to "music",
+    ).map { (text, label) -> LabelledText(text, label) }
 
-    /** Records progress events and the threads they arrive on. */
-    private class Recorder(val cancelOnFirst: CancelToken? = null) : ProgressListener {
+    /** Records progress and its threads; may hold the call at its first event until released. */
+    private class Recorder(hold: Boolean = false) : ProgressListener {
         val events = CopyOnWriteArrayList<Progress>()
-        val threads = CopyOnWriteArrayList<String>()
+        val threads = CopyOnWriteArrayList<Thread>()
         val finished = CopyOnWriteArrayList<Boolean>()
+        val reached = CountDownLatch(1)
+        val release = CountDownLatch(if (hold) 1 else 0)
         override fun onProgress(progress: Progress) {
             events.add(progress)
-            threads.add(Thread.currentThread().name)
-            cancelOnFirst?.cancel()
+            threads.add(Thread.currentThread())
+            reached.countDown()
+            check(release.await(60, TimeUnit.SECONDS)) { "the test never released the call" }
         }
         override fun onFinished(succeeded: Boolean) {
             finished.add(succeeded)
         }
     }
 
+    /** Starts a call, cancels its coroutine at the call's first progress event, then lets the call go on. */
+    private suspend fun cancelAtFirstProgress(call: suspend (Recorder) -> Unit): Recorder = coroutineScopeOf {
+        val recorder = Recorder(hold = true)
+        val job = launch(start = CoroutineStart.UNDISPATCHED) { call(recorder) }
+        withContext(Dispatchers.IO) { check(recorder.reached.await(60, TimeUnit.SECONDS)) }
+        job.cancel()
+        job.join()
+        assertTrue(job.isCancelled)
+        recorder.release.countDown()
+        recorder
+    }
+
+    private suspend fun <T> coroutineScopeOf(block: suspend kotlinx.coroutines.CoroutineScope.() -> T): T =
+        kotlinx.coroutines.coroutineScope(block)
+
     @Test
-    fun endToEndScenarioWithProgressFromABackgroundThread() {
-        val p = open("user.db")
-        assertEquals(384u, p.dimension())
-        val added = p.addExamples("intents", examples)
-        assertEquals(18uL, added.inserted)
-        assertEquals(mapOf("weather" to 6uL, "music" to 6uL, "alarm" to 6uL),
-            p.labels("intents").associate { it.label to it.examples })
-
-        // Training runs off the main thread, as an app must run it.
-        val recorder = Recorder()
-        val worker = Executors.newSingleThreadExecutor { Thread(it, "attune-training") }
-        val summary = worker.submit(Callable { p.train("intents", TrainSettings(seed = 7uL), recorder, null) })
-            .get(120, TimeUnit.SECONDS)
-        worker.shutdown()
-        assertTrue(summary.promoted, summary.promotionReason)
-        assertEquals(3uL, summary.classes)
-        assertTrue(recorder.events.any { it is Progress.Epoch })
-        assertEquals(setOf("attune-training"), recorder.threads.toSet())
-        assertEquals(listOf(true), recorder.finished.toList())
-
-        val predictions = p.predict("intents", listOf("is it sunny tomorrow", "play something relaxing"), 3u)
-        assertEquals(listOf("weather", "music"), predictions.map { it.labels.first().label })
-        predictions.forEach { prediction ->
-            assertEquals(PredictionSource.TRAINED_HEAD, prediction.source)
-            assertEquals(1.0, prediction.labels.sumOf { it.probability.toDouble() }, 1e-4)
-        }
-
-        // Reply suggestions: the chosen reply is the feedback.
-        p.addDocuments("replies", replies)
-        val plain = p.search("replies", "where are you?", 5u)
-        assertNotEquals("running-late", plain.first().key)
-        repeat(5) {
-            plain.forEach { hit -> p.recordFeedback("replies", Feedback("where are you?", hit.key, Signal.Impression)) }
-            p.recordFeedback("replies", Feedback("where are you?", "running-late", Signal.Click))
-        }
-        assertEquals("running-late", p.search("replies", "where are you?", 5u).first().key)
-
-        val forgotten = p.forget("intents", ForgetScope.Label("alarm"))
-        assertEquals(6uL, forgotten.examples)
-        val after = p.predict("intents", listOf("wake me up at seven"), 3u).single()
-        assertFalse(after.labels.any { it.label == "alarm" })
-        p.close()
-
-        val reopened = open("user.db")
-        val stats = reopened.stats("intents")
-        assertEquals(12uL, stats.examples)
-        assertNotNull(stats.activeHeadVersion)
-        assertEquals("music", reopened.predict("intents", listOf("put on some music"), 1u).single().labels.first().label)
-        assertEquals(30uL, reopened.stats("replies").feedback)
-        reopened.close()
+    fun theReadmeSampleRuns() = runBlocking {
+        assertEquals("music", routeMessage(File(dir, "readme.db").path, model, "put on a song"))
     }
 
     @Test
-    fun typedErrors() {
+    fun cancellingACoroutineLeavesTheDatabaseAsBefore() = runBlocking {
+        val history = File(dir, "history.csv")
+        history.writeText("text,label\n" + (0 until 3000).joinToString("\n") { "message number $it about things,${"ab"[it % 2]}" } + "\n")
+        val p = open("cancel.db")
+        p.addExamples("t", examples)
+        val before = Triple(p.stats("t"), p.labels("t"), p.heads("t"))
+        cancelAtFirstProgress { p.importFile("t", history.path, it) }
+        val training = cancelAtFirstProgress { p.train("t", TrainSettings(head = HeadType.MLP, epochs = 50u), it) }
+        p.shutdown() // waits for the cancelled calls to stop
+        assertEquals(listOf(false), training.finished.toList())
+        open("cancel.db").use { reopened ->
+            assertEquals(before, Triple(reopened.stats("t"), reopened.labels("t"), reopened.heads("t")))
+            assertEquals(3000uL, reopened.importFile("t", history.path).inserted)
+        }
+    }
+
+    @Test
+    fun sixteenCoroutinesOnOneThread() = runBlocking {
+        // runBlocking's single thread runs all of them: a call that blocked it would serialise them.
+        open("gather.db", modelDir = model).use { p ->
+            p.addExamples("intents", examples)
+            p.train("intents")
+            val predictions = (0 until 12).map { n -> async { p.predictOne("intents", "is it raining in city $n").labels.first().label } }
+            val additions = (0 until 4).map { n -> async { p.addExamples("intents", listOf(LabelledText("play track $n", "music"))).inserted } }
+            assertEquals(List(12) { "weather" }, predictions.awaitAll())
+            assertEquals(List(4) { 1uL }, additions.awaitAll())
+            assertEquals(examples.size.toULong() + 4u, p.stats("intents").examples)
+        }
+    }
+
+    @Test
+    fun theCallersThreadKeepsRunningDuringALongCall() = runBlocking {
+        open("ticks.db", modelDir = model).use { p ->
+            var ticks = 0
+            val ticker = launch { while (true) { ticks++; delay(10) } }
+            val started = System.nanoTime()
+            val recorder = Recorder()
+            p.embed((0 until 400).map { "sentence $it about the weather" }, recorder)
+            val seconds = (System.nanoTime() - started) / 1e9
+            ticker.cancel()
+            assertTrue(seconds > 0.2 && ticks >= seconds / 0.01 * 0.3, "ticks $ticks in $seconds s")
+            assertFalse(recorder.threads.any { it == Thread.currentThread() }, "listeners run on the call's thread")
+            assertEquals(listOf(true), recorder.finished.toList())
+        }
+    }
+
+    @Test
+    fun shutdownAndInterrupt() = runBlocking {
+        val p = open("closed.db")
+        p.addExamples("t", examples)
+        val recorder = Recorder(hold = true)
+        val embedding = async { runCatching { p.embed((0 until 2000).map { "text $it" }, recorder) } }
+        withContext(Dispatchers.IO) { check(recorder.reached.await(60, TimeUnit.SECONDS)) }
+        p.interrupt()
+        recorder.release.countDown()
+        assertTrue(embedding.await().exceptionOrNull() is AttuneException.Cancelled)
+        assertEquals(1, p.embed(listOf("still open")).size)
+
+        p.shutdown()
+        p.shutdown() // twice is harmless
+        assertFailsWith<AttuneException.Closed> { p.stats("t") }
+        assertFailsWith<AttuneException.Closed> { p.predictOne("t", "play jazz") }
+        p.close()
+        open("closed.db").use { assertEquals(examples.size.toULong(), it.stats("t").examples) }
+    }
+
+    @Test
+    fun typedErrors() = runBlocking {
         val badModel = assertFailsWith<AttuneException.Model> { open("a.db", modelDir = File(dir, "nothing").path) }
         assertTrue(badModel.message!!.contains("manifest"))
 
-        val p = open("b.db", modelDir = tinyModel)
-        assertFailsWith<AttuneException.UnknownTask> { p.predict("never", listOf("hi"), 1u) }
-        p.addExamples("empty", listOf(LabelledText("x", "a")))
-        p.forget("empty", ForgetScope.Label("a"))
-        assertFailsWith<AttuneException.NotTrained> { p.predict("empty", listOf("hi"), 1u) }
-        p.addExamples("t", listOf(LabelledText("x", "a")))
-        assertFailsWith<AttuneException.InvalidInput> { p.addExamples("t", listOf(LabelledText("  ", "a"))) }
-        assertEquals(1uL, p.stats("t").examples)
-        p.close()
+        open("b.db").use { p ->
+            assertFailsWith<AttuneException.UnknownTask> { p.predictOne("never", "hi") }
+            p.addExamples("empty", listOf(LabelledText("x", "a")))
+            p.forget("empty", ForgetScope.Label("a"))
+            assertFailsWith<AttuneException.NotTrained> { p.predictOne("empty", "hi") }
+            p.addExamples("t", listOf(LabelledText("x", "a")))
+            assertFailsWith<AttuneException.InvalidInput> { p.addExamples("t", listOf(LabelledText("  ", "a"))) }
+            assertFailsWith<AttuneException.InvalidInput> { p.predictOne("t", "x", topK = 0u) }
+            assertEquals(1uL, p.stats("t").examples)
+        }
 
         val secret = EncryptionKey.Passphrase("correct horse battery staple")
-        open("secret.db", tinyModel, secret).use { it.addExamples("t", listOf(LabelledText("private words", "a"))) }
-        assertFailsWith<AttuneException.EncryptionKey> { open("secret.db", tinyModel, EncryptionKey.Passphrase("wrong")) }
-        assertFailsWith<AttuneException.EncryptionKey> { open("secret.db", tinyModel) }
-        assertFailsWith<AttuneException.EncryptionKey> { open("b.db", tinyModel, EncryptionKey.Raw(ByteArray(32) { it.toByte() })) }
-        open("secret.db", tinyModel, secret).use { assertEquals(1uL, it.stats("t").examples) }
+        open("secret.db", key = secret).use { it.addExamples("t", listOf(LabelledText("private words", "a"))) }
+        assertFailsWith<AttuneException.EncryptionKey> { open("secret.db", key = EncryptionKey.Passphrase("wrong")) }
+        assertFailsWith<AttuneException.EncryptionKey> { open("secret.db") }
+        assertFailsWith<AttuneException.EncryptionKey> { open("b.db", key = EncryptionKey.Raw(ByteArray(32) { it.toByte() })) }
+        open("secret.db", key = secret).use { assertEquals(1uL, it.stats("t").examples) }
     }
 
     @Test
-    fun cancellationFromTheListener() {
-        open("c.db", modelDir = tinyModel).use { p ->
-            val texts = (0 until 300).map { "sentence number $it about things" }
-            val token = CancelToken()
-            val recorder = Recorder(cancelOnFirst = token)
-            assertFailsWith<AttuneException.Cancelled> { p.embed(texts, recorder, token) }
-            assertEquals(listOf(false), recorder.finished.toList())
-            assertEquals(300, p.embed(texts, null, null).size)
-        }
-    }
-
-    @Test
-    fun callsFromManyThreadsAtOnce() {
-        open("threads.db").use { p ->
-            p.addExamples("intents", examples)
-            p.train("intents", TrainSettings(), null, null)
-            p.addDocuments("docs", replies)
-            val pool = Executors.newFixedThreadPool(5)
-            val readers = (0 until 4).map { n ->
-                pool.submit {
-                    repeat(15) { i ->
-                        val top = p.predict("intents", listOf("is it raining in city $n $i"), 1u).single().labels.first()
-                        assertEquals("weather", top.label)
-                        assertEquals(3, p.search("docs", "late for the meeting $n $i", 3u).size)
-                    }
-                }
-            }
-            val writer = pool.submit {
-                repeat(20) { i -> p.addExamples("intents", listOf(LabelledText("play track $i", "music"))) }
-                p.train("intents", TrainSettings(), null, null)
-            }
-            (readers + writer).forEach { it.get(120, TimeUnit.SECONDS) }
-            pool.shutdown()
-            assertEquals(38uL, p.stats("intents").examples)
+    fun typedTrainingResults() = runBlocking {
+        open("typed.db").use { p ->
+            p.addExamples("t", examples)
+            val summary = p.train("t")
+            val head = p.heads("t").single()
+            assertEquals(summary.head, head.kind)
+            assertTrue(summary.candidates.isNotEmpty())
+            assertTrue(summary.chosen in summary.candidates.map { it.candidate })
         }
     }
 }
