@@ -20,7 +20,11 @@ let package = Package(
             name: "AttuneTests",
             dependencies: ["Attune"],
             path: "Tests/AttuneTests",
-            resources: [.copy("Resources/tiny-model")]
+            resources: [
+                .copy("Resources/tiny-model"),
+                .copy("Resources/default-model"),
+                .copy("Resources/scenario.json"),
+            ]
         ),
     ]
 )

@@ -9,7 +9,8 @@
 //! Kotlin `suspend fun`, a Swift `async throws` function, a Python
 //! coroutine. Each runs on a thread of its own, so the caller's thread
 //! (UI thread, event loop) is never blocked; cancelling the coroutine or
-//! task stops the work at its next check, with nothing half-written. The
+//! task stops the work at its next check, with nothing half-written (Swift:
+//! pass a `CancelToken` to the long calls, see there). The
 //! remaining calls read a few rows and return at once. Every object is
 //! `Send + Sync`: any thread may call any method at any time.
 
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 pub use error::AttuneError;
-pub use progress::{Progress, ProgressListener};
+pub use progress::{CancelToken, Progress, ProgressListener};
 pub use records::*;
 use session::Session;
 
@@ -66,7 +67,7 @@ impl Personalizer {
     /// Adds labelled examples to `task` (created if needed) and embeds them.
     pub async fn add_examples(&self, task: String, examples: Vec<LabelledText>) -> Result<AddResult, AttuneError> {
         let examples: Vec<attune::NewExample> = examples.into_iter().map(Into::into).collect();
-        self.session.background(None, move |p, _| p.add_examples(&task, &examples).map(Into::into)).await
+        self.session.background(None, None, move |p, _| p.add_examples(&task, &examples).map(Into::into)).await
     }
 
     /// Imports a CSV (header with `text` and `label`) or JSON Lines file into
@@ -74,15 +75,16 @@ impl Personalizer {
     /// writes (files of up to 8,192 rows are written at the end), the
     /// database is as before; otherwise `ImportInterrupted` says what is
     /// stored, and importing again resumes.
-    #[uniffi::method(default(listener = None))]
+    #[uniffi::method(default(listener = None, cancel = None))]
     pub async fn import_file(
         &self,
         task: String,
         path: String,
         listener: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Result<AddResult, AttuneError> {
         self.session
-            .background(listener, move |p, observer| {
+            .background(listener, cancel, move |p, observer| {
                 let columns = attune::Columns::default();
                 p.import_file(&task, Path::new(&path), None, &columns, observer).map(Into::into)
             })
@@ -96,21 +98,24 @@ impl Personalizer {
 
     /// Describes a label in words: zero-shot predictions before any example.
     pub async fn describe_label(&self, task: String, label: String, description: String) -> Result<(), AttuneError> {
-        self.session.background(None, move |p, _| p.describe_label(&task, &label, &description)).await
+        self.session.background(None, None, move |p, _| p.describe_label(&task, &label, &description)).await
     }
 
     /// Trains a head; it becomes active only if it is not worse than the
     /// active one. `settings` default to the automatic choice; progress goes
     /// to `listener`; a cancelled call stores nothing.
-    #[uniffi::method(default(listener = None, settings))]
+    #[uniffi::method(default(listener = None, cancel = None, settings))]
     pub async fn train(
         &self,
         task: String,
         settings: TrainSettings,
         listener: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Result<TrainSummary, AttuneError> {
         let options = settings.into();
-        self.session.background(listener, move |p, observer| p.train(&task, &options, observer).map(Into::into)).await
+        self.session
+            .background(listener, cancel, move |p, observer| p.train(&task, &options, observer).map(Into::into))
+            .await
     }
 
     /// Top-`top_k` (at least 1) labels with calibrated probabilities per
@@ -118,7 +123,7 @@ impl Personalizer {
     #[uniffi::method(default(top_k = 3))]
     pub async fn predict(&self, task: String, texts: Vec<String>, top_k: u32) -> Result<Vec<Prediction>, AttuneError> {
         self.session
-            .background(None, move |p, _| {
+            .background(None, None, move |p, _| {
                 let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
                 let (predictions, source) = p.predict(&task, &texts, top_k as usize)?;
                 Ok(predictions.into_iter().map(|prediction| Prediction::new(prediction, source)).collect())
@@ -130,7 +135,7 @@ impl Personalizer {
     #[uniffi::method(default(top_k = 3))]
     pub async fn predict_one(&self, task: String, text: String, top_k: u32) -> Result<Prediction, AttuneError> {
         self.session
-            .background(None, move |p, _| {
+            .background(None, None, move |p, _| {
                 let (mut predictions, source) = p.predict(&task, &[text.as_str()], top_k as usize)?;
                 let prediction = predictions.pop().ok_or_else(|| attune::Error::Inference("no prediction".into()))?;
                 Ok(Prediction::new(prediction, source))
@@ -141,7 +146,7 @@ impl Personalizer {
     /// Scores the task's current head on labelled texts.
     pub async fn evaluate(&self, task: String, examples: Vec<LabelledText>) -> Result<Metrics, AttuneError> {
         let examples: Vec<(String, String)> = examples.into_iter().map(|e| (e.text, e.label)).collect();
-        self.session.background(None, move |p, _| p.evaluate(&task, &examples).map(Into::into)).await
+        self.session.background(None, None, move |p, _| p.evaluate(&task, &examples).map(Into::into)).await
     }
 
     /// Forgets data for good: rows, cached vectors and heads trained on them;
@@ -151,7 +156,7 @@ impl Personalizer {
     /// ignored for `ForgetScope::Everything`.
     pub async fn forget(&self, task: Option<String>, scope: ForgetScope) -> Result<ForgetSummary, AttuneError> {
         let scope = scope.into();
-        self.session.background(None, move |p, _| p.forget(task.as_deref(), &scope).map(Into::into)).await
+        self.session.background(None, None, move |p, _| p.forget(task.as_deref(), &scope).map(Into::into)).await
     }
 
     /// What `task` holds.
@@ -173,14 +178,14 @@ impl Personalizer {
     /// returns how many were stored.
     pub async fn add_documents(&self, task: String, documents: Vec<Document>) -> Result<u64, AttuneError> {
         let documents: Vec<attune::NewDocument> = documents.into_iter().map(Into::into).collect();
-        self.session.background(None, move |p, _| p.add_documents(&task, &documents)).await
+        self.session.background(None, None, move |p, _| p.add_documents(&task, &documents)).await
     }
 
     /// The `k` best documents for `query`, re-ranked by the user's feedback.
     #[uniffi::method(default(k = 10))]
     pub async fn search(&self, task: String, query: String, k: u32) -> Result<Vec<SearchResult>, AttuneError> {
         self.session
-            .background(None, move |p, _| {
+            .background(None, None, move |p, _| {
                 Ok(p.search(&task, &query, k as usize)?.into_iter().map(Into::into).collect())
             })
             .await
@@ -190,7 +195,9 @@ impl Personalizer {
     #[uniffi::method(default(k = 10))]
     pub async fn recommend(&self, task: String, k: u32) -> Result<Vec<SearchResult>, AttuneError> {
         self.session
-            .background(None, move |p, _| Ok(p.recommend(&task, k as usize)?.into_iter().map(Into::into).collect()))
+            .background(None, None, move |p, _| {
+                Ok(p.recommend(&task, k as usize)?.into_iter().map(Into::into).collect())
+            })
             .await
     }
 
@@ -198,19 +205,20 @@ impl Personalizer {
     /// returns the event's id.
     pub async fn record_feedback(&self, task: String, feedback: Feedback) -> Result<i64, AttuneError> {
         let feedback = feedback.into();
-        self.session.background(None, move |p, _| p.record_feedback(&task, &feedback)).await
+        self.session.background(None, None, move |p, _| p.record_feedback(&task, &feedback)).await
     }
 
     /// Sentence vectors for a model of the app's own, one per text; nothing
     /// is stored.
-    #[uniffi::method(default(listener = None))]
+    #[uniffi::method(default(listener = None, cancel = None))]
     pub async fn embed(
         &self,
         texts: Vec<String>,
         listener: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Result<Vec<Vec<f32>>, AttuneError> {
         self.session
-            .background(listener, move |p, observer| {
+            .background(listener, cancel, move |p, observer| {
                 let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
                 p.embed(&texts, observer).map(attune::Embeddings::into_vecs)
             })
@@ -222,14 +230,15 @@ impl Personalizer {
     /// task's head while the current model keeps answering other calls,
     /// then switches. Cancelled or interrupted, the next call resumes. The
     /// new model runs as the current one does (backend, threads, batch).
-    #[uniffi::method(default(listener = None))]
+    #[uniffi::method(default(listener = None, cancel = None))]
     pub async fn upgrade_model(
         &self,
         model_dir: String,
         listener: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Result<UpgradeSummary, AttuneError> {
         self.session
-            .background(listener, move |p, observer| {
+            .background(listener, cancel, move |p, observer| {
                 let options = p.encoder().options().clone();
                 p.upgrade_model(Path::new(&model_dir), &options, observer).map(Into::into)
             })
@@ -239,7 +248,7 @@ impl Personalizer {
     /// Writes everything the database holds about the user as JSON to `path`
     /// (the user's right to a copy).
     pub async fn export_json(&self, path: String) -> Result<(), AttuneError> {
-        self.session.background(None, move |p, _| p.export_json_file(Path::new(&path))).await
+        self.session.background(None, None, move |p, _| p.export_json_file(Path::new(&path))).await
     }
 
     /// Stops every call in flight at its next check (each fails with

@@ -34,18 +34,49 @@ pub trait ProgressListener: Send + Sync {
     fn on_finished(&self, succeeded: bool) -> Result<(), AttuneError>;
 }
 
-/// One call's listener and stop flag, seen by the runtime as its listener.
+/// Cancels the calls it is passed to, from any thread; each stops at its
+/// next batch or epoch with `AttuneError.Cancelled`, storing nothing
+/// half-done. Kotlin and Python need none (cancel the coroutine); Swift does,
+/// because uniffi's Swift async functions do not observe `Task`
+/// cancellation: cancel a token from `withTaskCancellationHandler`.
+#[derive(Debug, Default, uniffi::Object)]
+pub struct CancelToken {
+    cancelled: AtomicBool,
+}
+
+#[uniffi::export]
+impl CancelToken {
+    #[uniffi::constructor]
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+/// One call's listener, token and stop flag, seen by the runtime as its listener.
 pub(crate) struct Observer {
     listener: Option<Arc<dyn ProgressListener>>,
     /// Raised when the app cancels the call (drops its future) or interrupts.
     stop: Arc<AtomicBool>,
+    cancel: Option<Arc<CancelToken>>,
     /// The first error the listener threw; it stops the call.
     failure: Mutex<Option<AttuneError>>,
 }
 
 impl Observer {
-    pub(crate) fn new(listener: Option<Arc<dyn ProgressListener>>, stop: Arc<AtomicBool>) -> Self {
-        Self { listener, stop, failure: Mutex::new(None) }
+    pub(crate) fn new(
+        listener: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self { listener, stop, cancel, failure: Mutex::new(None) }
     }
 
     fn report(&self, progress: Progress) {
@@ -57,7 +88,9 @@ impl Observer {
     }
 
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst) || self.failure.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+        self.stop.load(Ordering::SeqCst)
+            || self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+            || self.failure.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     /// Tells the listener the call is over and, when the listener's own

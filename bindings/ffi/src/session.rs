@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 
 use crate::background::{self, on_call_thread};
 use crate::error::AttuneError;
-use crate::progress::{Observer, ProgressListener};
+use crate::progress::{CancelToken, Observer, ProgressListener};
 
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -62,10 +62,12 @@ impl Session {
     }
 
     /// Runs a long call on a thread of its own and awaits it; `listener`
-    /// follows it, and dropping the future stops it at its next check.
+    /// follows it, and dropping the future or cancelling `cancel` stops it
+    /// at its next check.
     pub(crate) async fn background<T, W>(
         self: &Arc<Self>,
         listener: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
         work: W,
     ) -> Result<T, AttuneError>
     where
@@ -75,7 +77,7 @@ impl Session {
         let call = self.begin()?;
         let stop = Arc::clone(&call.stop);
         background::spawn(Arc::clone(&stop), move || {
-            let observer = Observer::new(listener, stop);
+            let observer = Observer::new(listener, cancel, stop);
             let result = work(&call.runtime, &observer);
             observer.finish(result)
         })?

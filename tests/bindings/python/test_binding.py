@@ -283,6 +283,14 @@ def test_listeners_run_on_the_call_thread_and_a_throwing_one_stops_the_call(tmp_
             assert epochs.events and all(isinstance(e, attune.Progress.EPOCH) for e in epochs.events)
             assert all(isinstance(e.candidate, attune.CandidateHead.LINEAR) for e in epochs.events)
 
+            # A token (what Swift needs; here for code that cancels from elsewhere) stops a call too.
+            token = attune.CancelToken()
+            token.cancel()
+            heads = p.heads("t")
+            with pytest.raises(attune.AttuneError.Cancelled):
+                await p.train("t", attune.TrainSettings(head=attune.HeadType.MLP), cancel=token)
+            assert p.heads("t") == heads
+
     run(scenario())
 
 

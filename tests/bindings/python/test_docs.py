@@ -26,3 +26,20 @@ def test_the_readme_python_sample(tmp_path, model_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for sample in samples:
         exec(compile(sample, "README.md", "exec"), {"__name__": "__main__"})
+
+
+def sample_block(readme, language):
+    """The code block of `language` right after the README's `<!-- sample: FILE -->` marker, and FILE."""
+    match = re.search(rf"<!-- sample: (\S+) -->\s*```{language}\n(.*?)```", readme.read_text(), re.S)
+    assert match, f"{readme} has no marked {language} sample"
+    return REPO / match.group(1), match.group(2)
+
+
+def test_the_mobile_readme_samples_are_the_files_the_mobile_tests_compile():
+    # Kotlin: compiled and run by tests/bindings/kotlin (BindingTest.theReadmeSampleRuns).
+    # Swift: compiled and run by mobile/ios's XCTest (ScenarioTests.testTheReadmeSample), on a Mac.
+    for readme, language in [(REPO / "mobile/android/README.md", "kotlin"), (REPO / "mobile/ios/README.md", "swift")]:
+        path, block = sample_block(readme, language)
+        source = path.read_text()
+        source = re.sub(r"\Apackage [\w.]+\n\n", "", source)  # Kotlin's package line is the test's
+        assert block == source, f"the sample in {readme} differs from {path}"

@@ -1,4 +1,5 @@
-// The scenario the Python and Kotlin tests run, in Swift, on the tiny model.
+// The Swift binding at its boundary, on the tiny model: async calls,
+// cancellation of a Task, close, interrupt, typed errors, concurrency.
 // NOT RUN on Attune's Linux machines (no Swift toolchain): see mobile/ios/README.md.
 import Attune
 import Foundation
@@ -20,18 +21,34 @@ final class AttuneTests: XCTestCase {
         Bundle.module.url(forResource: "tiny-model", withExtension: nil)!.path
     }
 
-    private func open(_ name: String, key: EncryptionKey? = nil) throws -> Personalizer {
-        try Personalizer.open(config: Config(
+    private func open(_ name: String, key: EncryptionKey? = nil) async throws -> Personalizer {
+        try await Personalizer.open(config: Config(
             databasePath: directory.appendingPathComponent(name).path, modelDir: modelDir, encryptionKey: key))
     }
 
+    private let examples = (0..<12).map { LabelledText(text: "example text number \($0)", label: $0 % 2 == 0 ? "even" : "odd") }
+
+    /// Records progress; may hold the call at its first event until released.
     final class Recorder: ProgressListener, @unchecked Sendable {
         private let lock = NSLock()
         private(set) var events: [Progress] = []
         private(set) var finished: [Bool] = []
+        let reached = DispatchSemaphore(value: 0)
+        let release: DispatchSemaphore
+        private let hold: Bool
+        init(hold: Bool = false) {
+            self.hold = hold
+            release = DispatchSemaphore(value: 0)
+        }
         func onProgress(progress: Progress) throws {
-            lock.lock(); defer { lock.unlock() }
+            lock.lock()
+            let first = events.isEmpty
             events.append(progress)
+            lock.unlock()
+            if first {
+                reached.signal()
+                if hold { _ = release.wait(timeout: .now() + 60) }
+            }
         }
         func onFinished(succeeded: Bool) throws {
             lock.lock(); defer { lock.unlock() }
@@ -39,56 +56,110 @@ final class AttuneTests: XCTestCase {
         }
     }
 
-    func testEndToEndScenarioPersistsAcrossReopen() throws {
-        let examples = (0..<12).map { LabelledText(text: "example text number \($0)", label: $0 % 2 == 0 ? "even" : "odd") }
-        var p: Personalizer? = try open("user.db")
-        XCTAssertEqual(try p!.addExamples(task: "t", examples: examples).inserted, 12)
-
-        let recorder = Recorder()
-        let summary = try p!.train(task: "t", settings: TrainSettings(), listener: recorder, cancel: nil)
-        XCTAssertEqual(summary.classes, 2)
-        XCTAssertEqual(recorder.finished, [true])
-
-        let prediction = try p!.predict(task: "t", texts: ["example text number 3"], topK: 2)[0]
-        XCTAssertEqual(prediction.labels.count, 2)
-        XCTAssertEqual(prediction.labels.map { Double($0.probability) }.reduce(0, +), 1.0, accuracy: 1e-4)
-
-        _ = try p!.addDocuments(task: "docs", documents: [
-            Document(key: "a", text: "first document"), Document(key: "b", text: "second document"),
-        ])
-        XCTAssertEqual(try p!.search(task: "docs", query: "document", k: 2).count, 2)
-        _ = try p!.recordFeedback(task: "docs", feedback: Feedback(query: "document", documentKey: "b", signal: .click))
-
-        let forgotten = try p!.forget(task: "t", scope: .label(label: "odd"))
-        XCTAssertEqual(forgotten.examples, 6)
-        p = nil
-
-        let reopened = try open("user.db")
-        XCTAssertEqual(try reopened.stats(task: "t").examples, 6)
-        XCTAssertEqual(try reopened.stats(task: "docs").feedback, 1)
-    }
-
-    func testTypedErrors() throws {
-        XCTAssertThrowsError(try Personalizer.open(config: Config(
-            databasePath: directory.appendingPathComponent("a.db").path, modelDir: "/nonexistent"))) { error in
-            guard case AttuneError.Model = error else { return XCTFail("\(error)") }
-        }
-        let p = try open("b.db")
-        XCTAssertThrowsError(try p.predict(task: "never", texts: ["hi"], topK: 1)) { error in
-            guard case AttuneError.UnknownTask = error else { return XCTFail("\(error)") }
-        }
-        XCTAssertThrowsError(try p.addExamples(task: "t", examples: [LabelledText(text: " ", label: "a")])) { error in
-            guard case AttuneError.InvalidInput = error else { return XCTFail("\(error)") }
-        }
-    }
-
-    func testCancellation() throws {
-        let p = try open("c.db")
+    /// Starts a call in a Task, cancels the Task at the call's first progress event, then lets the call go on.
+    /// uniffi's Swift async functions do not observe Task cancellation, so the Task cancels a token.
+    private func cancelAtFirstProgress(_ call: @escaping @Sendable (Recorder, CancelToken) async throws -> Void) async -> Recorder {
+        let recorder = Recorder(hold: true)
         let token = CancelToken()
-        token.cancel()
-        let texts = (0..<100).map { "sentence \($0)" }
-        XCTAssertThrowsError(try p.embed(texts: texts, listener: nil, cancel: token)) { error in
-            guard case AttuneError.Cancelled = error else { return XCTFail("\(error)") }
+        let task = Task {
+            try await withTaskCancellationHandler {
+                try await call(recorder, token)
+            } onCancel: {
+                token.cancel()
+            }
         }
+        _ = await Task.detached { recorder.reached.wait(timeout: .now() + 60) }.value
+        task.cancel()
+        _ = await task.result
+        recorder.release.signal()
+        return recorder
+    }
+
+    func testCancellingATaskLeavesTheDatabaseAsBefore() async throws {
+        let history = directory.appendingPathComponent("history.csv")
+        let rows = (0..<3000).map { "message number \($0) about things,\($0 % 2 == 0 ? "a" : "b")" }
+        try ("text,label\n" + rows.joined(separator: "\n") + "\n").write(to: history, atomically: true, encoding: .utf8)
+        let p = try await open("cancel.db")
+        _ = try await p.addExamples(task: "t", examples: examples)
+        let before = (try p.stats(task: "t"), try p.labels(task: "t"))
+        _ = await cancelAtFirstProgress { _ = try await p.importFile(task: "t", path: history.path, listener: $0, cancel: $1) }
+        let training = await cancelAtFirstProgress {
+            _ = try await p.train(task: "t", settings: TrainSettings(head: .mlp, epochs: 50), listener: $0, cancel: $1)
+        }
+        p.close() // waits for the cancelled calls to stop
+        XCTAssertEqual(training.finished, [false])
+        let reopened = try await open("cancel.db")
+        defer { reopened.close() }
+        XCTAssertEqual(try reopened.stats(task: "t"), before.0)
+        XCTAssertEqual(try reopened.labels(task: "t"), before.1)
+        XCTAssertEqual(try reopened.heads(task: "t").count, 0)
+        let imported = try await reopened.importFile(task: "t", path: history.path)
+        XCTAssertEqual(imported.inserted, 3000)
+    }
+
+    func testCloseAndInterrupt() async throws {
+        let p = try await open("closed.db")
+        _ = try await p.addExamples(task: "t", examples: examples)
+        let recorder = Recorder(hold: true)
+        let embedding = Task { try await p.embed(texts: (0..<2000).map { "text \($0)" }, listener: recorder) }
+        _ = await Task.detached { recorder.reached.wait(timeout: .now() + 60) }.value
+        p.interrupt()
+        recorder.release.signal()
+        do {
+            _ = try await embedding.value
+            XCTFail("an interrupted call must fail")
+        } catch AttuneError.Cancelled {}
+        let vectors = try await p.embed(texts: ["still open"])
+        XCTAssertEqual(vectors.count, 1)
+
+        p.close()
+        p.close() // twice is harmless
+        XCTAssertThrowsError(try p.stats(task: "t")) { error in
+            guard case AttuneError.Closed = error else { return XCTFail("\(error)") }
+        }
+        do {
+            _ = try await p.predictOne(task: "t", text: "hi")
+            XCTFail("a closed personalizer must refuse calls")
+        } catch AttuneError.Closed {}
+    }
+
+    func testSixteenConcurrentTasks() async throws {
+        let p = try await open("many.db")
+        defer { p.close() }
+        _ = try await p.addExamples(task: "t", examples: examples)
+        _ = try await p.train(task: "t")
+        try await withThrowingTaskGroup(of: Int.self) { group in
+            for n in 0..<12 {
+                group.addTask { try await p.predictOne(task: "t", text: "example text number \(n)").labels.count }
+            }
+            for n in 0..<4 {
+                group.addTask { Int(try await p.addExamples(task: "t", examples: [LabelledText(text: "extra \(n)", label: "odd")]).inserted) }
+            }
+            var total = 0
+            for try await value in group { total += value }
+            XCTAssertEqual(total, 12 * 2 + 4)
+        }
+        XCTAssertEqual(try p.stats(task: "t").examples, 16)
+    }
+
+    func testTypedErrors() async throws {
+        do {
+            _ = try await Personalizer.open(config: Config(databasePath: directory.appendingPathComponent("a.db").path,
+                                                           modelDir: directory.appendingPathComponent("nothing").path))
+            XCTFail("a missing model must fail")
+        } catch AttuneError.Model(let reason) {
+            XCTAssertTrue(reason.contains("manifest"))
+        }
+        let p = try await open("b.db")
+        defer { p.close() }
+        do {
+            _ = try await p.predictOne(task: "never", text: "hi")
+            XCTFail("an unknown task must fail")
+        } catch AttuneError.UnknownTask {}
+        do {
+            _ = try await p.addExamples(task: "t", examples: [LabelledText(text: "  ", label: "a")])
+            XCTFail("blank text must fail")
+        } catch AttuneError.InvalidInput {}
+        XCTAssertThrowsError(try p.stats(task: "t"))
     }
 }
