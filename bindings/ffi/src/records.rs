@@ -115,6 +115,7 @@ impl From<LabelledText> for attune::NewExample {
 /// What an add or import did.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct AddResult {
+    /// New rows stored.
     pub inserted: u64,
     /// Same text and label as a stored example: kept once.
     pub duplicates: u64,
@@ -317,8 +318,10 @@ impl From<attune::ValidationMethod> for ValidationMethod {
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct CandidateScore {
     pub candidate: CandidateHead,
+    /// Accuracy and log loss on the held-out (or out-of-fold) examples.
     pub validation_accuracy: f64,
     pub validation_log_loss: f64,
+    /// Epochs it trained (early stopping picks the best).
     pub epochs: u32,
 }
 
@@ -510,10 +513,13 @@ impl From<attune::ForgetReport> for ForgetSummary {
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct TaskStats {
     pub name: String,
+    /// Labelled examples, distinct labels among them, search documents and
+    /// feedback events stored for the task.
     pub examples: u64,
     pub labels: u64,
     pub documents: u64,
     pub feedback: u64,
+    /// The head predictions come from, if one is trained.
     pub active_head_version: Option<u32>,
 }
 
@@ -533,13 +539,16 @@ impl From<attune::TaskInfo> for TaskStats {
 /// One stored head version.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct HeadVersion {
+    /// 1 for the task's first head, then counting up.
     pub version: u32,
     pub kind: HeadKind,
     /// Calibrated metrics on the examples it was validated on, if any.
     pub validation: Option<Metrics>,
     /// Trained on since-forgotten data: erased, cannot be activated.
     pub stale: bool,
+    /// The head the task predicts with now.
     pub active: bool,
+    /// When it was trained (milliseconds since the epoch).
     pub created_at_ms: i64,
     /// Trained with differential privacy; then `epsilon` and `delta` are the
     /// task's (ε, δ) spent up to and including this head.
@@ -586,6 +595,7 @@ impl From<Document> for attune::NewDocument {
 /// One search or recommendation result.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct SearchResult {
+    /// The document's key, text and metadata as the app stored them.
     pub key: String,
     pub text: String,
     pub metadata: Option<String>,
