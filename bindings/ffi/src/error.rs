@@ -52,7 +52,7 @@ pub enum AttuneError {
     /// The device could not start the work (no thread available); retry later.
     #[error("busy: {reason}")]
     Busy { reason: String },
-    /// The call was cancelled (`interrupt()`, or `close()` while it ran).
+    /// The call was cancelled (`interrupt()` or a `CancelToken`).
     /// A cancelled coroutine or task sees its runtime's own cancellation
     /// instead.
     #[error("cancelled: {reason}")]

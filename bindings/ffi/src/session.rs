@@ -78,10 +78,17 @@ impl Session {
         let stop = Arc::clone(&call.stop);
         background::spawn(Arc::clone(&stop), move || {
             let observer = Observer::new(listener, cancel, stop);
-            let result = work(&call.runtime, &observer);
-            observer.finish(result)
+            let outcome = work(&call.runtime, &observer);
+            match observer.finish(outcome) {
+                Err(AttuneError::Cancelled { .. }) if call.session.is_closed() => Err(closed()),
+                result => result,
+            }
         })?
         .await
+    }
+
+    fn is_closed(&self) -> bool {
+        self.runtime.read().unwrap_or_else(PoisonError::into_inner).is_none()
     }
 
     /// Stops every call in flight at its next check (they fail with

@@ -138,7 +138,22 @@ def test_calls_after_close_are_typed_errors(tmp_path, tiny_model_dir):
     async def scenario():
         p = await attune.Personalizer.open(config(tmp_path / "closed.db", tiny_model_dir))
         await p.add_examples("t", labelled())
-        p.close()
+        # A call in flight when close() comes is stopped and says so; close waits for it.
+        recorder = Recorder(hold=True)
+        call = asyncio.ensure_future(p.embed([f"text {i}" for i in range(2000)], recorder))
+        assert await asyncio.to_thread(recorder.reached.wait, 60)
+        closing = asyncio.ensure_future(asyncio.to_thread(p.close))
+        while True:  # until close() has refused new calls
+            try:
+                p.stats("t")
+            except attune.AttuneError.Closed:
+                break
+            await asyncio.sleep(0.001)
+        assert not closing.done(), "close() waits for the call in flight"
+        recorder.release.set()
+        await closing
+        with pytest.raises(attune.AttuneError.Closed):
+            await call
         p.close()  # twice is harmless
         with pytest.raises(attune.AttuneError.Closed):
             p.stats("t")
