@@ -80,6 +80,7 @@ fn save(store: &Store, task: TaskId, head: &Head, through: i64, activate: bool) 
         metrics: "{}".into(),
         trained_through_example: through,
         privacy: None,
+        shared: false,
     };
     store.save_head(task, &stored, activate).unwrap()
 }

@@ -40,6 +40,7 @@ fn head(labels: &[&str], trained_through: i64) -> NewHead {
         metrics: r#"{"accuracy": 0.9}"#.into(),
         trained_through_example: trained_through,
         privacy: None,
+        shared: false,
     }
 }
 

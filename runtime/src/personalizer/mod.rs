@@ -574,6 +574,7 @@ fn stored_head(
         metrics: serde_json::to_string(&report.validation).map_err(to_json)?,
         trained_through_example: trained_through,
         privacy: privacy::head_privacy(report, privacy),
+        shared: false,
     })
 }
 

@@ -25,6 +25,8 @@ pub struct NewHead {
     /// task's ledger in the same transaction as the head, so no private
     /// head exists whose ε is not counted.
     pub privacy: Option<HeadPrivacy>,
+    /// Adopted from federated rounds rather than trained on the device.
+    pub shared: bool,
 }
 
 /// What a private head records: the run it cost, the (ε, δ) of the task's
@@ -65,10 +67,12 @@ pub struct HeadInfo {
     /// For a head trained with differential privacy, the (ε, δ) of its
     /// task's ledger when it was trained; `None` for a non-private head.
     pub privacy: Option<(f64, f64)>,
+    /// Adopted from federated rounds rather than trained on the device.
+    pub shared: bool,
 }
 
 const COLUMNS: &str = "h.version, h.kind, h.fingerprint, h.metrics, h.stale, h.id = t.active_head, h.created_at,
-     h.trained_through_example, h.private_epsilon, h.private_delta,
+     h.trained_through_example, h.private_epsilon, h.private_delta, h.origin = 'shared',
      h.format_version, h.label_map, h.weights, h.report";
 
 fn stored_head(row: &Row<'_>) -> rusqlite::Result<(HeadInfo, u32, String, Vec<u8>, String)> {
@@ -86,11 +90,12 @@ fn stored_head(row: &Row<'_>) -> rusqlite::Result<(HeadInfo, u32, String, Vec<u8
                 (Some(epsilon), Some(delta)) => Some((epsilon, delta)),
                 _ => None,
             },
+            shared: row.get(10)?,
         },
-        row.get(10)?,
         row.get(11)?,
         row.get(12)?,
         row.get(13)?,
+        row.get(14)?,
     ))
 }
 
@@ -114,8 +119,8 @@ impl Store {
             tx.execute(
                 "INSERT INTO heads (task_id, version, kind, format_version, fingerprint, label_map, weights,
                                     report, metrics, trained_through_example, created_at,
-                                    private_epsilon, private_delta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                    private_epsilon, private_delta, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 rusqlite::params![
                     task.0,
                     version,
@@ -130,6 +135,7 @@ impl Store {
                     now_ms(),
                     head.privacy.as_ref().map(|p| p.epsilon),
                     head.privacy.as_ref().map(|p| p.delta),
+                    if head.shared { "shared" } else { "local" },
                 ],
             )?;
             if let Some(privacy) = &head.privacy {
@@ -153,6 +159,18 @@ impl Store {
         self.read(|tx| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM tasks t JOIN heads h ON h.id = t.active_head WHERE t.id = ?1 AND h.stale = 0"
+            );
+            let row = tx.query_row(&sql, [task.0], stored_head).optional()?;
+            row.map(into_stored).transpose()
+        })
+    }
+
+    /// The task's most recently adopted shared head that is not stale.
+    pub fn latest_shared_head(&self, task: TaskId) -> Result<Option<StoredHead>> {
+        self.read(|tx| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM heads h JOIN tasks t ON t.id = h.task_id
+                 WHERE h.task_id = ?1 AND h.origin = 'shared' AND h.stale = 0 ORDER BY h.version DESC LIMIT 1"
             );
             let row = tx.query_row(&sql, [task.0], stored_head).optional()?;
             row.map(into_stored).transpose()

@@ -7,7 +7,7 @@ use rusqlite::{Connection, Transaction};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes.
-pub(crate) const VERSION: i64 = 2;
+pub(crate) const VERSION: i64 = 3;
 
 /// The current schema, for a new file. Every table hangs off `tasks`, so
 /// forgetting a task cascades; `features` is shared across tasks and keyed by
@@ -15,7 +15,9 @@ pub(crate) const VERSION: i64 = 2;
 /// Unique keys lead with the text hash so they also serve lookups by text.
 /// `tasks.privacy` is the differential-privacy policy of a task trained
 /// privately (JSON; it then stays private), `heads.private_*` the (ε, δ) of
-/// a private head's task ledger when it was trained.
+/// a private head's task ledger when it was trained, `heads.origin` whether
+/// the device trained it (`local`) or adopted it from federated rounds
+/// (`shared`).
 /// `features` keeps a rowid: a 1.5 KB vector overflows a WITHOUT ROWID row
 /// (~1 KB local payload) into its own page, tripling the file.
 const CREATE: &str = "
@@ -102,6 +104,7 @@ CREATE TABLE heads (
     created_at INTEGER NOT NULL,
     private_epsilon REAL,
     private_delta REAL,
+    origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local', 'shared')),
     UNIQUE (task_id, version)
 );
 
@@ -136,15 +139,19 @@ pub(crate) fn prepare(connection: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// One arm per released version: each brings a version-`from` schema one
-/// step closer to `VERSION`. Add an arm, and a frozen copy of the old schema
-/// to `schema_history/`, with every change to `CREATE`.
+/// One step per released version: each brings a version-`from` schema to
+/// `from + 1`. Add a step, and a frozen copy of the old schema to
+/// `schema_history/`, with every change to `CREATE`.
 fn upgrade_from(transaction: &Transaction<'_>, from: i64) -> Result<()> {
-    if from == 1 {
+    (from..VERSION).try_for_each(|version| upgrade_step(transaction, version))
+}
+
+fn upgrade_step(transaction: &Transaction<'_>, from: i64) -> Result<()> {
+    match from {
         // Version 2: privacy is recorded with tasks and heads. Heads trained
         // privately before carry their (ε, δ) in their report; a task with
         // private runs keeps a policy whose budget is what it has spent.
-        transaction.execute_batch(
+        1 => transaction.execute_batch(
             "ALTER TABLE tasks ADD COLUMN privacy TEXT;
              ALTER TABLE heads ADD COLUMN private_epsilon REAL;
              ALTER TABLE heads ADD COLUMN private_delta REAL;
@@ -154,10 +161,15 @@ fn upgrade_from(transaction: &Transaction<'_>, from: i64) -> Result<()> {
              UPDATE tasks SET privacy = json_object('epsilon',
                     (SELECT coalesce(max(private_epsilon), 0) FROM heads WHERE heads.task_id = tasks.id))
               WHERE id IN (SELECT task_id FROM privacy_ledger);",
-        )?;
-        return Ok(());
+        )?,
+        // Version 3: heads adopted from federated rounds are marked; every
+        // earlier head was trained on the device.
+        2 => transaction.execute_batch(
+            "ALTER TABLE heads ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local', 'shared'));",
+        )?,
+        _ => return Err(Error::Storage(format!("no upgrade path from schema version {from}"))),
     }
-    Err(Error::Storage(format!("no upgrade path from schema version {from}")))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -181,7 +193,11 @@ mod tests {
     fn every_frozen_schema_upgrades_to_the_fresh_one() {
         let mut fresh = Connection::open_in_memory().unwrap();
         prepare(&mut fresh).unwrap();
-        let history = [(1, include_str!("schema_history/v1.sql")), (2, include_str!("schema_history/v2.sql"))];
+        let history = [
+            (1, include_str!("schema_history/v1.sql")),
+            (2, include_str!("schema_history/v2.sql")),
+            (3, include_str!("schema_history/v3.sql")),
+        ];
         assert_eq!(history.last().unwrap().0, VERSION, "freeze the current schema in schema_history/");
         for (version, sql) in history {
             let mut old = Connection::open_in_memory().unwrap();
