@@ -7,6 +7,7 @@
 mod encoder;
 mod error;
 mod evaluation;
+mod federated;
 mod heads;
 mod import;
 mod model;
@@ -20,21 +21,22 @@ pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, 
 pub use encoder::{COMPILED_FILE, CompileReport, compile_model};
 pub use error::{Error, Result};
 pub use evaluation::{ClassMetrics, Metrics, evaluate};
+pub use federated::SharedModel;
 pub use heads::{Head, HeadKind, Prediction};
 pub use import::{Columns, ImportFormat, read_labelled, read_labelled_file};
 pub use model::{CatalogEntry, CompiledFile, InputNames, ModelCatalog, ModelManifest, Pooling};
 pub use personalizer::{
-    ForgetReport, Personalizer, PersonalizerConfig, PredictionSource, Retrain, SearchHit, TaskUpgrade, TrainOutcome,
-    UpgradeOutcome,
+    AdoptOutcome, FederatedUpdate, ForgetReport, Personalizer, PersonalizerConfig, PredictionSource, Retrain,
+    SearchHit, TaskUpgrade, TrainOutcome, UpgradeOutcome,
 };
 pub use store::{
     AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, LabelCount,
     NewDocument, NewExample, NewFeedback, Retention, Signal, Store, StoreOptions, TaskId, TaskInfo, VectorEncoding,
 };
 pub use training::{
-    CandidateHead, CandidateReport, EpochProgress, HeadChoice, OptimizerKind, PrivacyOptions, PrivacySpent, PrivateRun,
-    PromotionBasis, PromotionDecision, QuietTraining, TrainListener, TrainOptions, TrainReport, TrainingSet,
-    ValidationMethod, train, zero_shot_head,
+    CandidateHead, CandidateReport, EpochProgress, FederatedOptions, HeadChoice, OptimizerKind, PrivacyOptions,
+    PrivacySpent, PrivateRun, PromotionBasis, PromotionDecision, QuietTraining, TrainListener, TrainOptions,
+    TrainReport, TrainingSet, ValidationMethod, train, zero_shot_head,
 };
 
 /// Building blocks that the CLI's benchmarks and the tests reach for —

@@ -16,6 +16,7 @@
 
 mod background;
 mod error;
+mod federated;
 mod progress;
 mod records;
 mod session;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 pub use error::AttuneError;
+pub use federated::*;
 pub use progress::{CancelToken, Progress, ProgressListener};
 pub use records::*;
 use session::Session;
@@ -249,6 +251,40 @@ impl Personalizer {
     /// (the user's right to a copy).
     pub async fn export_json(&self, path: String) -> Result<(), AttuneError> {
         self.session.background(None, None, move |p, _| p.export_json_file(Path::new(&path))).await
+    }
+
+    /// Trains `shared` on the task's examples of its labels for one
+    /// federated round and returns the update; stores nothing. A task with
+    /// no example of the shared labels is `NotTrained`.
+    #[uniffi::method(default(listener = None, cancel = None, settings))]
+    pub async fn federated_fit(
+        &self,
+        task: String,
+        shared: SharedModel,
+        settings: FederatedSettings,
+        listener: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<FederatedUpdate, AttuneError> {
+        let shared = attune::SharedModel::try_from(shared)?;
+        let options = settings.into();
+        self.session
+            .background(listener, cancel, move |p, observer| {
+                p.federated_fit(&task, &shared, &options, observer).map(Into::into)
+            })
+            .await
+    }
+
+    /// Metrics of `shared` on the task's examples; nothing is trained or stored.
+    pub async fn federated_evaluate(&self, task: String, shared: SharedModel) -> Result<Metrics, AttuneError> {
+        let shared = attune::SharedModel::try_from(shared)?;
+        self.session.background(None, None, move |p, _| p.federated_evaluate(&task, &shared).map(Into::into)).await
+    }
+
+    /// Keeps `shared` on the device: predictions follow personal head →
+    /// shared head → prototypes → zero-shot, and `train` starts from it.
+    pub async fn adopt_shared(&self, task: String, shared: SharedModel) -> Result<AdoptSummary, AttuneError> {
+        let shared = attune::SharedModel::try_from(shared)?;
+        self.session.background(None, None, move |p, _| p.adopt_shared(&task, &shared).map(Into::into)).await
     }
 
     /// Stops every call in flight at its next check (each fails with

@@ -391,6 +391,8 @@ impl From<attune::TrainOutcome> for TrainSummary {
 pub enum PredictionSource {
     /// The task's active trained head.
     TrainedHead,
+    /// A shared model from federated rounds, adopted on this device.
+    SharedHead,
     /// Class centroids of the examples so far (no trained head yet).
     Prototypes,
     /// Label descriptions only (no examples yet).
@@ -422,6 +424,7 @@ impl Prediction {
             abstain: p.abstain,
             source: match source {
                 attune::PredictionSource::TrainedHead => PredictionSource::TrainedHead,
+                attune::PredictionSource::SharedHead => PredictionSource::SharedHead,
                 attune::PredictionSource::Prototypes => PredictionSource::Prototypes,
                 attune::PredictionSource::ZeroShot => PredictionSource::ZeroShot,
             },

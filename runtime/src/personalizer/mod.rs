@@ -8,6 +8,7 @@
 //! afterwards is private too, or it falls back to its label descriptions.
 
 mod cache;
+mod federated;
 mod import;
 mod privacy;
 mod ranker;
@@ -19,6 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
+pub use federated::{AdoptOutcome, FederatedUpdate};
 pub use search::{SearchHit, VectorIndex};
 pub use upgrade::{TaskUpgrade, UpgradeOutcome};
 
@@ -57,6 +59,8 @@ pub struct TrainOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PredictionSource {
     TrainedHead,
+    /// A shared model from federated rounds, adopted on this device.
+    SharedHead,
     Prototypes,
     ZeroShot,
 }
@@ -208,11 +212,14 @@ impl Personalizer {
         listener: &dyn TrainListener,
         activation: Activation,
     ) -> Result<TrainOutcome> {
-        let data = self.training_data(id, encoder)?;
+        // A task with a shared head keeps its labels and starts from it.
+        let shared = self.shared_head(id, encoder)?;
+        let shared_labels = shared.as_ref().map_or(&[][..], |head| head.labels());
+        let data = self.training_data_with(id, encoder, shared_labels)?;
         let stored_active = self.stored_active_head(id, encoder)?;
         let options = privacy::with_task_privacy(&self.store, id, options)?;
         let set = data.set(encoder.fingerprint());
-        let warm_start = stored_active.as_ref().map(|(head, _)| head);
+        let warm_start = shared.as_ref().or(stored_active.as_ref().map(|(head, _)| head));
         let (head, report) = train(&set, warm_start, &options, listener)?;
         let replaces_public =
             report.private_run.is_some() && stored_active.as_ref().is_some_and(|(_, info)| info.privacy.is_none());
@@ -432,9 +439,15 @@ impl Personalizer {
     }
 
     fn training_data(&self, task: TaskId, encoder: &OnnxEncoder) -> Result<TrainingData> {
+        self.training_data_with(task, encoder, &[])
+    }
+
+    /// The task's examples, over their labels and `more_labels`.
+    fn training_data_with(&self, task: TaskId, encoder: &OnnxEncoder, more_labels: &[String]) -> Result<TrainingData> {
         let examples = self.store.examples(task)?;
         let descriptions = self.store.label_descriptions(task)?;
-        let mut labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
+        let mut labels: Vec<String> =
+            examples.iter().map(|e| e.label.clone()).chain(more_labels.iter().cloned()).collect();
         labels.sort();
         labels.dedup();
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
@@ -488,7 +501,7 @@ impl Personalizer {
             Some((head, info)) if head.kind() == HeadKind::Prototype => {
                 (self.with_current_prototypes(id, encoder, head, &info)?, PredictionSource::TrainedHead)
             }
-            Some((head, _)) => (head, PredictionSource::TrainedHead),
+            Some((head, info)) => (head, federated::source_of(info.shared)),
             None => self.untrained_head(task, id, encoder)?,
         };
         Ok(self.caches.keep_head(task, head, source))
