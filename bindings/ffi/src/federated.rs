@@ -55,7 +55,12 @@ pub fn shared_model_to_bytes(model: SharedModel) -> Result<Vec<u8>, AttuneError>
 /// another backbone than `fingerprint`.
 #[uniffi::export]
 pub fn shared_model_from_bytes(bytes: Vec<u8>, fingerprint: String) -> Result<SharedModel, AttuneError> {
-    Ok((&attune::SharedModel::from_bytes(&bytes, &fingerprint)?).into())
+    match attune::SharedModel::from_bytes(&bytes, &fingerprint) {
+        Ok(model) => Ok((&model).into()),
+        // Damaged bytes from the network are bad input here, not a damaged database.
+        Err(attune::Error::InvalidHead(reason)) => Err(AttuneError::InvalidInput { reason }),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// How a device trains in one round; the defaults need no tuning.

@@ -408,3 +408,40 @@ def test_private_heads_are_visible(tmp_path, tiny_model_dir):
             assert all(h.private for h in p.heads("support"))
 
     run(scenario())
+
+
+def test_federated_calls_at_the_boundary(tmp_path, tiny_model_dir):
+    async def scenario():
+        data = intents()
+        labels = [i["label"] for i in data]
+        async with await attune.Personalizer.open(config(tmp_path / "fed.db", tiny_model_dir)) as p:
+            await p.add_examples("support", examples(data, 0, 3))
+            zero = attune.shared_model_zeros(p.model_fingerprint(), labels, p.dimension())
+            assert len(zero.weights) == len(labels) * p.dimension() and len(zero.bias) == len(labels)
+            update = await p.federated_fit("support", zero)
+            assert update.examples == 24 and update.ignored == 0
+            assert any(w != 0.0 for w in update.model.weights)
+            metrics = await p.federated_evaluate("support", update.model)
+            assert metrics.examples == 24 and metrics.accuracy > 0
+
+            blob = attune.shared_model_to_bytes(update.model)
+            assert attune.shared_model_from_bytes(blob, p.model_fingerprint()) == update.model
+            assert not any(t.encode() in blob for i in data for t in i["train"]), "an update holds no text"
+            with pytest.raises(attune.AttuneError.InvalidInput):
+                attune.shared_model_from_bytes(blob[: len(blob) // 2], p.model_fingerprint())
+            with pytest.raises(attune.AttuneError.Model):
+                attune.shared_model_from_bytes(blob, "another-backbone")
+            nan = attune.SharedModel(fingerprint=zero.fingerprint, labels=labels,
+                                     weights=[float("nan")] * len(zero.weights), bias=zero.bias)
+            with pytest.raises(attune.AttuneError.InvalidInput):
+                await p.federated_fit("support", nan)
+
+            adopted = await p.adopt_shared("support", update.model)
+            assert adopted.active
+            assert (await p.predict_one("support", "hello")).source == attune.PredictionSource.SHARED_HEAD
+            other = attune.shared_model_zeros(p.model_fingerprint(), ["a", "b"], p.dimension())
+            with pytest.raises(attune.AttuneError.InvalidInput):
+                await p.adopt_shared("support", other)
+            assert len(p.heads("support")) == 1
+
+    run(scenario())

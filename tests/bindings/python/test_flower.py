@@ -1,0 +1,157 @@
+"""Federated rounds for real: a Flower SuperLink and three SuperNodes on
+127.0.0.1 (gRPC, insecure on loopback only), each SuperNode one device with
+its own Attune database, running attune.flower's ClientApp and ServerApp
+for two rounds of Flower's FedAvg."""
+
+import asyncio
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import attune
+
+if os.environ.get("ATTUNE_REQUIRE_FLOWER") != "1":
+    pytest.importorskip("flwr")
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+INTENTS = json.loads((REPO / "tests/data/intents.json").read_text())["intents"]
+# Each device has examples of only some intents (non-IID).
+SHARES = [[0, 1, 2, 3], [3, 4, 5], [5, 6, 7, 0]]
+ROUNDS = 2
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower(command, *args, env, log):
+    """Starts one of Flower's console programs with the Python running the tests."""
+    modules = {
+        "flower-superlink": "from flwr.superlink.cli import flower_superlink as main",
+        "flower-supernode": "from flwr.supernode.cli import flower_supernode as main",
+        "flwr": "from flwr.cli.app import app as main",
+    }
+    code = f"import sys; sys.argv[0] = {command!r}; {modules[command]}; sys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def prepare_device(path, model_dir, share):
+    async with await attune.Personalizer.open(attune.Config(database_path=str(path), model_dir=model_dir)) as p:
+        examples = [attune.LabelledText(text=t, label=INTENTS[i]["label"]) for i in share for t in INTENTS[i]["train"]]
+        await p.add_examples("intents", examples)
+        return p.model_fingerprint(), p.dimension(), p.stats("intents").examples
+
+
+async def prepare_device_count(path, model_dir):
+    async with await attune.Personalizer.open(attune.Config(database_path=str(path), model_dir=model_dir)) as p:
+        return p.stats("intents").examples
+
+
+async def accuracy_of(model, path, model_dir):
+    held_out = [attune.LabelledText(text=t, label=i["label"]) for i in INTENTS for t in i["held_out"]]
+    async with await attune.Personalizer.open(attune.Config(database_path=str(path), model_dir=model_dir)) as p:
+        await p.adopt_shared("intents", model)
+        return (await p.evaluate("intents", held_out)).accuracy
+
+
+def app_dir(root, labels, fingerprint, dimension, output):
+    app = root / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(f"""
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "attune-federated-test"
+version = "1.0.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "attune"
+
+[tool.flwr.app.components]
+serverapp = "attune.flower.server:app"
+clientapp = "attune.flower.client:app"
+
+[tool.flwr.app.config]
+task = "intents"
+labels = "{','.join(labels)}"
+fingerprint = "{fingerprint}"
+dimension = {dimension}
+num-server-rounds = {ROUNDS}
+min-nodes = 3
+output = "{output}"
+""")
+    return app
+
+
+def test_three_supernodes_two_rounds(tmp_path, tiny_model_dir):
+    labels = [i["label"] for i in INTENTS]
+    devices = [tmp_path / f"device-{d}.db" for d in range(len(SHARES))]
+    prepared = [asyncio.run(prepare_device(db, tiny_model_dir, share)) for db, share in zip(devices, SHARES)]
+    fingerprint, dimension, _ = prepared[0]
+
+    env = dict(os.environ)
+    # Flower's own subprocesses (ServerApp, ClientApp) import attune as the tests do.
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(attune.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    env["FLWR_HOME"] = str(tmp_path / "flwr-home")
+    # SuperLink serves its Fleet, Control and runtime APIs on one HTTP port.
+    superlink = free_port()
+    (tmp_path / "flwr-home").mkdir()
+    (tmp_path / "flwr-home/config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{superlink}"\ninsecure = true\n'
+    )
+    output = tmp_path / "output"
+    app = app_dir(tmp_path, labels, fingerprint, dimension, output)
+    log = open(tmp_path / "flower.log", "wb")
+    processes = [flower("flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(superlink),
+                        "--disable-runtime-dependency-installation", env=env, log=log)]
+    try:
+        for d, db in enumerate(devices):
+            node_config = f'database="{db}" model-dir="{tiny_model_dir}"'
+            processes.append(flower("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink}",
+                                    "--host", "127.0.0.1", "--port", str(free_port()),
+                                    "--node-config", node_config, env=env, log=log))
+        time.sleep(3)
+        run = flower("flwr", "run", str(app), "test", "--stream", env=env, log=log)
+        deadline = time.time() + 300
+        while not (output / "summary.json").exists() and time.time() < deadline and run.poll() in (None, 0):
+            time.sleep(1)
+        run.terminate()
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+        log.close()
+    assert (output / "summary.json").exists(), (tmp_path / "flower.log").read_text()[-4000:]
+
+    summary = json.loads((output / "summary.json").read_text())
+    examples = sum(p[2] for p in prepared)
+    assert [summary["train"][str(r)]["devices"] for r in range(1, ROUNDS + 1)] == [3] * ROUNDS
+    assert [summary["train"][str(r)]["num-examples"] for r in range(1, ROUNDS + 1)] == [examples] * ROUNDS
+
+    final = attune.shared_model_from_bytes((output / "shared-model.bin").read_bytes(), fingerprint)
+    zero = attune.shared_model_zeros(fingerprint, labels, dimension)
+    trained = asyncio.run(accuracy_of(final, tmp_path / "check-final.db", tiny_model_dir))
+    untrained = asyncio.run(accuracy_of(zero, tmp_path / "check-zero.db", tiny_model_dir))
+    assert trained > untrained, (trained, untrained)
+
+    # No device's database holds a text it did not have: nothing came in but weights.
+    for d, db in enumerate(devices):
+        content = db.read_bytes()
+        foreign = [t for i, intent in enumerate(INTENTS) if i not in SHARES[d] for t in intent["train"]]
+        assert not [t for t in foreign if t.encode() in content], f"device {d} holds another device's text"
+        assert asyncio.run(prepare_device_count(db, tiny_model_dir)) == prepared[d][2]
