@@ -40,7 +40,11 @@ pub(crate) fn fit_from_shared(
     if set.label_names != shared.labels() {
         return Err(Error::InvalidInput("local training must use the shared model's labels".into()));
     }
-    if options.epochs == 0 || options.batch_size == 0 || !(options.learning_rate > 0.0) || !(options.proximal >= 0.0) {
+    let rates_valid = options.learning_rate.is_finite()
+        && options.learning_rate > 0.0
+        && options.proximal.is_finite()
+        && options.proximal >= 0.0;
+    if options.epochs == 0 || options.batch_size == 0 || !rates_valid {
         return Err(Error::InvalidInput("federated training needs epochs, a batch size and a learning rate".into()));
     }
     // Every example weighs the same: the server weighs devices by their example counts.
