@@ -33,6 +33,43 @@ use session::Session;
 
 uniffi::setup_scaffolding!();
 
+/// A loaded backbone, shareable by many personalizers (`Personalizer.open_with_model`).
+#[derive(Debug, uniffi::Object)]
+pub struct Model {
+    encoder: Arc<attune::OnnxEncoder>,
+}
+
+#[uniffi::export]
+impl Model {
+    /// Loads the model in `model_dir`; `backend`, `threads` and
+    /// `ort_library` as in `Config`.
+    #[uniffi::constructor(default(backend = None, threads = None, ort_library = None))]
+    pub async fn load(
+        model_dir: String,
+        backend: Option<Backend>,
+        threads: Option<u32>,
+        ort_library: Option<String>,
+    ) -> Result<Arc<Self>, AttuneError> {
+        let options = records::encoder_options(backend, threads, ort_library);
+        let unused_stop = Arc::new(AtomicBool::new(false));
+        let load = move || attune::OnnxEncoder::load(Path::new(&model_dir), &options);
+        let encoder = background::spawn(unused_stop, load)?.await?;
+        Ok(Arc::new(Self { encoder: Arc::new(encoder) }))
+    }
+
+    /// Identity of the model; shared models and heads are bound to it.
+    pub fn fingerprint(&self) -> String {
+        use attune::Encoder;
+        self.encoder.fingerprint().to_string()
+    }
+
+    /// Width of its sentence vectors.
+    pub fn dimension(&self) -> u32 {
+        use attune::Encoder;
+        self.encoder.dim() as u32
+    }
+}
+
 /// On-device personalization for one app: one per database, shared by all
 /// threads. Close it when done (`close()`; `shutdown()` in Kotlin, where
 /// `close()` is `AutoCloseable`'s).
@@ -51,6 +88,23 @@ impl Personalizer {
         // Loading cannot stop midway; a cancelled open drops the result.
         let unused_stop = Arc::new(AtomicBool::new(false));
         let runtime = background::spawn(unused_stop, move || attune::Personalizer::open(&config))?.await?;
+        Ok(Arc::new(Self { session: Session::new(runtime) }))
+    }
+
+    /// Opens (or creates) the database with a model already loaded by
+    /// `Model.load`: many databases (accounts, simulated users) share one
+    /// copy of the backbone.
+    #[uniffi::constructor(default(encryption_key = None))]
+    pub async fn open_with_model(
+        database_path: String,
+        model: Arc<Model>,
+        encryption_key: Option<EncryptionKey>,
+    ) -> Result<Arc<Self>, AttuneError> {
+        let key = encryption_key.map(attune::EncryptionKey::try_from).transpose()?;
+        let encoder = Arc::clone(&model.encoder);
+        let unused_stop = Arc::new(AtomicBool::new(false));
+        let open = move || attune::Personalizer::open_with_encoder(Path::new(&database_path), key, encoder);
+        let runtime = background::spawn(unused_stop, open)?.await?;
         Ok(Arc::new(Self { session: Session::new(runtime) }))
     }
 

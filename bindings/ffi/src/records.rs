@@ -79,24 +79,33 @@ pub struct Config {
 impl TryFrom<Config> for attune::PersonalizerConfig {
     type Error = AttuneError;
     fn try_from(config: Config) -> Result<Self, AttuneError> {
-        let mut encoder = attune::EncoderOptions::default();
-        if let Some(backend) = config.backend {
-            encoder.backend = match backend {
-                Backend::Tract => attune::Backend::Tract,
-                Backend::Ort => attune::Backend::Ort,
-            };
-        }
-        if let Some(threads) = config.threads {
-            encoder.threads = threads as usize;
-        }
-        encoder.ort_library = config.ort_library.map(PathBuf::from);
         Ok(Self {
             database: config.database_path.into(),
             model_dir: config.model_dir.into(),
-            encoder,
+            encoder: encoder_options(config.backend, config.threads, config.ort_library),
             encryption_key: config.encryption_key.map(TryInto::try_into).transpose()?,
         })
     }
+}
+
+/// How to run the model; `None` takes the runtime's default.
+pub(crate) fn encoder_options(
+    backend: Option<Backend>,
+    threads: Option<u32>,
+    ort_library: Option<String>,
+) -> attune::EncoderOptions {
+    let mut encoder = attune::EncoderOptions::default();
+    if let Some(backend) = backend {
+        encoder.backend = match backend {
+            Backend::Tract => attune::Backend::Tract,
+            Backend::Ort => attune::Backend::Ort,
+        };
+    }
+    if let Some(threads) = threads {
+        encoder.threads = threads as usize;
+    }
+    encoder.ort_library = ort_library.map(PathBuf::from);
+    encoder
 }
 
 /// A text and its label.

@@ -115,8 +115,19 @@ impl Personalizer {
     /// Opens the database and loads the model (once; it is shared by all calls).
     pub fn open(config: &PersonalizerConfig) -> Result<Self> {
         let encoder = Arc::new(OnnxEncoder::load(&config.model_dir, &config.encoder)?);
-        let options = StoreOptions { encryption_key: config.encryption_key.clone(), ..StoreOptions::default() };
-        let store = Store::open(&config.database, &options)?;
+        Self::open_with_encoder(&config.database, config.encryption_key.clone(), encoder)
+    }
+
+    /// Opens the database with a model already loaded, so that many
+    /// databases (several accounts in one app, simulated users) share one
+    /// copy of the backbone.
+    pub fn open_with_encoder(
+        database: &Path,
+        encryption_key: Option<EncryptionKey>,
+        encoder: Arc<OnnxEncoder>,
+    ) -> Result<Self> {
+        let options = StoreOptions { encryption_key, ..StoreOptions::default() };
+        let store = Store::open(database, &options)?;
         Ok(Self { store, encoder: RwLock::new(encoder), caches: cache::Caches::default() })
     }
 

@@ -445,3 +445,17 @@ def test_federated_calls_at_the_boundary(tmp_path, tiny_model_dir):
             assert len(p.heads("support")) == 1
 
     run(scenario())
+
+
+def test_many_databases_share_one_loaded_model(tmp_path, tiny_model_dir):
+    async def scenario():
+        model = await attune.Model.load(tiny_model_dir)
+        users = [await attune.Personalizer.open_with_model(str(tmp_path / f"user-{u}.db"), model) for u in range(3)]
+        for u, p in enumerate(users):
+            assert p.model_fingerprint() == model.fingerprint() and p.dimension() == model.dimension()
+            await p.add_examples("t", [attune.LabelledText(text=f"user {u} plays music", label="music")])
+        assert [p.stats("t").examples for p in users] == [1, 1, 1]
+        for p in users:
+            p.close()
+
+    run(scenario())
