@@ -9,46 +9,54 @@ import attune
 
 from .shared import arrays_of, model_of
 
-app = ClientApp()
+
+def make_client_app(open_personalizer, task_of) -> ClientApp:
+    """A ClientApp whose device is ``await open_personalizer(context)`` and
+    whose examples are those of task ``task_of(context)``."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config = msg.content["config"]
+        shared = model_of(msg.content["arrays"], config)
+        settings = attune.FederatedSettings(seed=int(config.get("server-round", 0)))
+
+        async def fit():
+            with await open_personalizer(context) as p:
+                return await p.federated_fit(task_of(context), shared, settings)
+
+        update = asyncio.run(fit())
+        content = RecordDict({
+            "arrays": arrays_of(update.model),
+            "metrics": MetricRecord({"num-examples": int(update.examples)}),
+        })
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        shared = model_of(msg.content["arrays"], msg.content["config"])
+
+        async def score():
+            with await open_personalizer(context) as p:
+                return await p.federated_evaluate(task_of(context), shared)
+
+        metrics = asyncio.run(score())
+        record = MetricRecord({"num-examples": int(metrics.examples), "accuracy": float(metrics.accuracy)})
+        return Message(content=RecordDict({"metrics": record}), reply_to=msg)
+
+    return app
 
 
-def _open(context: Context):
+async def _node_database(context: Context):
+    """A SuperNode's device: node config ``database`` and ``model-dir``."""
     config = attune.Config(
         database_path=str(context.node_config["database"]), model_dir=str(context.node_config["model-dir"])
     )
-    return attune.Personalizer.open(config)
+    return await attune.Personalizer.open(config)
 
 
-def _task(context: Context) -> str:
+def _run_task(context: Context) -> str:
     return str(context.run_config.get("task", "intents"))
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    config = msg.content["config"]
-    shared = model_of(msg.content["arrays"], config)
-    settings = attune.FederatedSettings(seed=int(config.get("server-round", 0)))
-
-    async def fit():
-        async with await _open(context) as p:
-            return await p.federated_fit(_task(context), shared, settings)
-
-    update = asyncio.run(fit())
-    content = RecordDict({
-        "arrays": arrays_of(update.model),
-        "metrics": MetricRecord({"num-examples": int(update.examples)}),
-    })
-    return Message(content=content, reply_to=msg)
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    shared = model_of(msg.content["arrays"], msg.content["config"])
-
-    async def score():
-        async with await _open(context) as p:
-            return await p.federated_evaluate(_task(context), shared)
-
-    metrics = asyncio.run(score())
-    record = MetricRecord({"num-examples": int(metrics.examples), "accuracy": float(metrics.accuracy)})
-    return Message(content=RecordDict({"metrics": record}), reply_to=msg)
+app = make_client_app(_node_database, _run_task)

@@ -1,7 +1,9 @@
 """The server's half, as a Flower ``ServerApp`` running Flower's ``FedAvg``."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -11,7 +13,20 @@ import attune
 
 from .shared import arrays_of, model_of, round_config
 
-app = ServerApp()
+
+@dataclass
+class Rounds:
+    """What the server runs: the label list and backbone of the shared
+    model, rounds, the share of devices sampled per round, and where the
+    final model and a summary go."""
+
+    labels: List[str]
+    fingerprint: str
+    dimension: int
+    rounds: int
+    fraction: float = 1.0
+    min_nodes: int = 2
+    output: Optional[str] = None
 
 
 def count_devices(records, weighted_by_key: str) -> MetricRecord:
@@ -27,31 +42,27 @@ def weighted_accuracy(records, weighted_by_key: str) -> MetricRecord:
     return MetricRecord({"devices": len(records), weighted_by_key: examples, "accuracy": correct / max(examples, 1)})
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    run = context.run_config
-    labels = [label.strip() for label in str(run["labels"]).split(",") if label.strip()]
-    fingerprint = str(run["fingerprint"])
-    start = attune.shared_model_zeros(fingerprint, labels, int(run["dimension"]))
-    nodes = int(run.get("min-nodes", 2))
+def run_rounds(grid: Grid, settings: Rounds) -> None:
+    start = attune.shared_model_zeros(settings.fingerprint, settings.labels, settings.dimension)
     strategy = FedAvg(
-        fraction_train=float(run.get("fraction-train", 1.0)),
-        min_train_nodes=nodes,
-        min_evaluate_nodes=nodes,
-        min_available_nodes=nodes,
+        fraction_train=settings.fraction,
+        fraction_evaluate=settings.fraction,
+        min_train_nodes=settings.min_nodes,
+        min_evaluate_nodes=settings.min_nodes,
+        min_available_nodes=settings.min_nodes,
         train_metrics_aggr_fn=count_devices,
         evaluate_metrics_aggr_fn=weighted_accuracy,
     )
-    config = round_config(labels, fingerprint)
+    config = round_config(settings.labels, settings.fingerprint)
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays_of(start),
-        num_rounds=int(run["num-server-rounds"]),
+        num_rounds=settings.rounds,
         train_config=config,
         evaluate_config=config,
     )
-    if "output" in run:
-        out = Path(str(run["output"]))
+    if settings.output is not None:
+        out = Path(settings.output)
         out.mkdir(parents=True, exist_ok=True)
         final = model_of(result.arrays, config)
         (out / "shared-model.bin").write_bytes(attune.shared_model_to_bytes(final))
@@ -60,3 +71,32 @@ def main(grid: Grid, context: Context) -> None:
             "evaluate": {str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()},
         }
         (out / "summary.json").write_text(json.dumps(summary))
+
+
+def make_server_app(settings: Rounds) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_rounds(grid, settings)
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """The deployed server: settings from the run configuration."""
+    run = context.run_config
+    settings = Rounds(
+        labels=[label.strip() for label in str(run["labels"]).split(",") if label.strip()],
+        fingerprint=str(run["fingerprint"]),
+        dimension=int(run["dimension"]),
+        rounds=int(run["num-server-rounds"]),
+        fraction=float(run.get("fraction-train", 1.0)),
+        min_nodes=int(run.get("min-nodes", 2)),
+        output=str(run["output"]) if "output" in run else None,
+    )
+    run_rounds(grid, settings)
