@@ -124,7 +124,12 @@ fn promotion_forgetting_and_retraining() {
     let (worse, worse_report) =
         train(&TrainingSet { labels: &noisy, ..set(&loaded) }, None, &mlp, &QuietTraining).unwrap();
     let active_head = active(&store, task).unwrap();
-    let evidence = ActiveHeadEvidence { head: &active_head, unseen: &nothing_new, validation_accuracy: first_accuracy };
+    let evidence = ActiveHeadEvidence {
+        head: &active_head,
+        unseen: &nothing_new,
+        validation_accuracy: first_accuracy,
+        shared: false,
+    };
     let decision = decide_promotion(&worse_report, Some(evidence), &set(&loaded)).unwrap();
     assert!(!decision.promote, "{decision:?}");
     assert_eq!(decision.basis, PromotionBasis::OwnValidation);

@@ -237,10 +237,21 @@ impl Personalizer {
         let promotion = match activation {
             Activation::IfPromoted if replaces_public => PromotionDecision::private_replaces_public(),
             Activation::IfPromoted => {
-                let unseen = stored_active.as_ref().map(|(_, info)| data.unseen_by(info));
-                let active = stored_active.as_ref().zip(unseen.as_deref()).map(|((head, info), unseen)| {
-                    ActiveHeadEvidence { head, unseen, validation_accuracy: validation_accuracy(info) }
+                // A shared head saw the device's examples only through averaged
+                // updates of past rounds: every example is evidence against it
+                // (which, if anything, favours it). For forgetting, it counts
+                // as trained on them all.
+                let unseen = stored_active.as_ref().map(|(_, info)| match info.shared {
+                    true => vec![true; data.example_ids.len()],
+                    false => data.unseen_by(info),
                 });
+                let active =
+                    stored_active.as_ref().zip(unseen.as_deref()).map(|((head, info), unseen)| ActiveHeadEvidence {
+                        head,
+                        unseen,
+                        validation_accuracy: validation_accuracy(info),
+                        shared: info.shared,
+                    });
                 decide_promotion(&report, active, &set)?
             }
             // Nothing to compare with (a new model's vectors): the decision

@@ -28,6 +28,10 @@ pub struct ActiveHeadEvidence<'a> {
     /// The active head's accuracy on its own validation rows, as its
     /// training report measured it (out of sample), when it was validated.
     pub validation_accuracy: Option<f64>,
+    /// The active head is a shared model from federated rounds: a personal
+    /// head replaces it only when at least as accurate on the compared rows,
+    /// so personalizing never leaves a user worse off than the shared model.
+    pub shared: bool,
 }
 
 /// What decided a promotion.
@@ -185,8 +189,16 @@ fn on_fresh_rows(
     let p_value = sign_test(only_active, only_candidate);
     let n = compared.len() as u64;
     let accuracy = |right: u64| (n > 0).then(|| right as f64 / n as f64);
-    let worse = p_value < SIGNIFICANCE;
-    let (basis, reason) = if worse {
+    let worse = p_value < SIGNIFICANCE || (active.shared && (n == 0 || candidate_right < active_right));
+    let (basis, reason) = if worse && active.shared {
+        (
+            PromotionBasis::FreshExamples,
+            format!(
+                "less accurate than the shared model on {n} examples it was validated on \
+                 ({candidate_right} against {active_right} right): the shared model stays"
+            ),
+        )
+    } else if worse {
         (
             PromotionBasis::FreshExamples,
             format!(

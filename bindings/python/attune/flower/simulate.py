@@ -103,6 +103,11 @@ def personal_task(user: int) -> str:
     return f"user-{user}-personal"
 
 
+# Models loaded in this process (a Ray worker), by directory: Flower hands
+# each message a fresh copy of the ClientApp, so the model lives here.
+_LOADED = {}
+
+
 class SimulatedDevices:
     """The simulation's ClientApp side: each Ray worker loads the model once
     and opens the simulation database for each message; a device's task is
@@ -111,12 +116,11 @@ class SimulatedDevices:
     def __init__(self, database: str, model_dir: str):
         self.database = database
         self.model_dir = model_dir
-        self.model = None
 
     async def open(self, context):
-        if self.model is None:
-            self.model = await attune.Model.load(self.model_dir, threads=1)
-        return await attune.Personalizer.open_with_model(self.database, self.model)
+        if self.model_dir not in _LOADED:
+            _LOADED[self.model_dir] = await attune.Model.load(self.model_dir, threads=1)
+        return await attune.Personalizer.open_with_model(self.database, _LOADED[self.model_dir])
 
     @staticmethod
     def task(context):

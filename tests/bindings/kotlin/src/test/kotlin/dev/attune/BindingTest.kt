@@ -192,4 +192,31 @@ class BindingTest {
             assertTrue(summary.chosen in summary.candidates.map { it.candidate })
         }
     }
+
+    @Test
+    fun federatedRoundsAtTheBoundary() = runBlocking {
+        val model = Model.load(tinyModel)
+        val devices = (0 until 2).map { Personalizer.openWithModel(File(dir, "device-$it.db").path, model) }
+        devices.forEachIndexed { i, p -> p.addExamples("t", examples.filterIndexed { j, _ -> j % 2 == i }) }
+        val labels = examples.map { it.label }.distinct()
+        var shared = sharedModelZeros(model.fingerprint(), labels, model.dimension())
+        repeat(2) { round ->
+            val updates = devices.map { it.federatedFit("t", shared, FederatedSettings(seed = round.toULong())) }
+            assertEquals(examples.size.toULong(), updates.sumOf { it.examples })
+            // The test plays the server: the example-weighted mean (Flower's FedAvg in production).
+            val total = updates.sumOf { it.examples }.toFloat()
+            fun mean(pick: (SharedModel) -> List<Float>) = pick(updates[0].model).indices.map { k ->
+                updates.sumOf { (pick(it.model)[k] * it.examples.toFloat() / total).toDouble() }.toFloat()
+            }
+            shared = shared.copy(weights = mean { it.weights }, bias = mean { it.bias })
+        }
+        val bytes = sharedModelToBytes(shared)
+        assertEquals(shared, sharedModelFromBytes(bytes, model.fingerprint()))
+        assertFailsWith<AttuneException.InvalidInput> { sharedModelFromBytes(bytes.copyOf(bytes.size / 2), model.fingerprint()) }
+        Personalizer.openWithModel(File(dir, "newcomer.db").path, model).use { newcomer ->
+            assertTrue(newcomer.adoptShared("t", shared).active)
+            assertEquals(PredictionSource.SHARED_HEAD, newcomer.predictOne("t", "play some jazz").source)
+        }
+        devices.forEach { it.shutdown() }
+    }
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Federated personalization on CLINC150, beside its peers in the same run:
+each user alone (`local`), the federated model (`shared`), each user's head
+trained from it (`personalized`) and one head on all users' data pooled
+(`centralized`, the upper bound).
+
+Not a test. Uses ../shared/datasets/clinc150 (150 intents, train + val +
+test in scope: 22,500 rows) when present and says so when absent. Installs
+Flower's simulation engine (`flwr[simulation]`) if missing, builds the
+binding (bindings/generate) and fetches the default model if needed.
+
+  python3 tests/bench/federated_peer.py [--seeds 1 2 3] [--users 100] [--rounds 20] [--alpha 0.5] [--fraction 0.2]
+"""
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CLINC = REPO.parent / "shared/datasets/clinc150/data_full.json"
+WORK = REPO / "target/bench-federated"
+ARMS = ["local", "shared", "personalized", "centralized"]
+
+
+def ensure_tools():
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("flwr") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "flwr[simulation]==1.42.0"], check=True)
+    if not (REPO / "models/cache/all-minilm-l6-v2/manifest.json").exists():
+        subprocess.run([REPO / "models/fetch"], check=True)
+    if not (REPO / "target/bindings/python/attune/flower/simulate.py").exists():
+        subprocess.run([REPO / "bindings/generate"], check=True)
+
+
+def clinc_csv() -> Path:
+    rows = json.loads(CLINC.read_text())
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / "clinc150.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for split in ("train", "val", "test"):
+            writer.writerows(rows[split])
+    return path
+
+
+def simulate(data: Path, seed: int, args) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "target/bindings/python"))
+    command = [sys.executable, "-m", "attune.flower", "simulate", "--data", str(data), "--users", str(args.users),
+               "--rounds", str(args.rounds), "--alpha", str(args.alpha), "--fraction", str(args.fraction),
+               "--seed", str(seed), "--model", str(REPO / "models/cache/all-minilm-l6-v2"), "--json"]
+    log = open(WORK / f"seed-{seed}.log", "w")
+    result = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=log, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--fraction", type=float, default=0.2)
+    args = parser.parse_args()
+    if not CLINC.exists():
+        print(f"CLINC150 is not at {CLINC}: nothing to measure (the benchmark needs ../shared/datasets)")
+        return
+    ensure_tools()
+    data = clinc_csv()
+    runs = []
+    for seed in args.seeds:
+        run = simulate(data, seed, args)
+        runs.append(run)
+        print(json.dumps({"seed": seed, **run}), flush=True)
+    print(f"\nCLINC150, {args.users} users, alpha {args.alpha}, {args.rounds} rounds, fraction {args.fraction}, "
+          f"seeds {args.seeds}: accuracy on each user's held-out half, mean over seeds")
+    print(f"{'arm':<14} {'mean':>7} {'p10':>7}")
+    for arm in ARMS:
+        mean = sum(r[arm]["mean"] for r in runs) / len(runs)
+        p10 = sum(r[arm]["p10"] for r in runs) / len(runs)
+        print(f"{arm:<14} {mean:7.4f} {p10:7.4f}")
+    per_round = sum(r["seconds_per_round"] for r in runs) / len(runs)
+    print(f"bytes per update {runs[0]['bytes_per_update']}, {per_round:.1f} s per round, "
+          f"{sum(r['seconds'] for r in runs) / len(runs):.0f} s per run")
+
+
+if __name__ == "__main__":
+    main()
