@@ -60,14 +60,7 @@ impl SharedModel {
 
     /// Reads the byte form, refusing a model for another backbone.
     pub fn from_bytes(bytes: &[u8], expected_fingerprint: &str) -> Result<Self> {
-        let head = Head::from_bytes(bytes, expected_fingerprint)?;
-        match head.params {
-            Params::Linear { weights, bias } => {
-                let (weights, _) = weights.into_raw_vec_and_offset();
-                Self::from_parts(&head.fingerprint, head.labels, weights, bias.to_vec())
-            }
-            _ => Err(Error::InvalidHead(format!("a shared model is linear, not {}", head.kind().name()))),
-        }
+        Self::from_head(Head::from_bytes(bytes, expected_fingerprint)?)
     }
 
     /// The head format's bytes.
@@ -75,7 +68,8 @@ impl SharedModel {
         self.head.to_bytes()
     }
 
-    /// A head trained from a shared model, as the next shared model.
+    /// A linear head as a shared model (its calibration is dropped: rounds
+    /// average raw weights).
     pub(crate) fn from_head(head: Head) -> Result<Self> {
         match head.params {
             Params::Linear { weights, bias } => {
