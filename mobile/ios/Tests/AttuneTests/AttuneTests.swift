@@ -162,4 +162,43 @@ final class AttuneTests: XCTestCase {
         } catch AttuneError.InvalidInput {}
         XCTAssertThrowsError(try p.stats(task: "t"))
     }
+
+    func testFederatedRoundsAtTheBoundary() async throws {
+        let model = try await Model.load(modelDir: modelDir)
+        var devices: [Personalizer] = []
+        for i in 0..<2 {
+            let p = try await Personalizer.openWithModel(
+                databasePath: directory.appendingPathComponent("device-\(i).db").path, model: model)
+            _ = try await p.addExamples(task: "t", examples: examples.enumerated().filter { $0.offset % 2 == i }.map { $0.element })
+            devices.append(p)
+        }
+        defer { devices.forEach { $0.close() } }
+        let labels = Array(Set(examples.map { $0.label })).sorted()
+        var shared = try sharedModelZeros(fingerprint: model.fingerprint(), labels: labels, dimension: model.dimension())
+        for round in 0..<2 {
+            var updates: [FederatedUpdate] = []
+            for p in devices {
+                updates.append(try await p.federatedFit(task: "t", shared: shared, settings: FederatedSettings(seed: UInt64(round))))
+            }
+            // The test plays the server: the example-weighted mean (Flower's FedAvg in production).
+            let total = Float(updates.map { $0.examples }.reduce(0, +))
+            func mean(_ pick: (SharedModel) -> [Float]) -> [Float] {
+                pick(updates[0].model).indices.map { k in
+                    updates.map { pick($0.model)[k] * Float($0.examples) / total }.reduce(0, +)
+                }
+            }
+            shared.weights = mean { $0.weights }
+            shared.bias = mean { $0.bias }
+        }
+        let bytes = try sharedModelToBytes(model: shared)
+        XCTAssertEqual(try sharedModelFromBytes(bytes: bytes, fingerprint: model.fingerprint()), shared)
+        XCTAssertThrowsError(try sharedModelFromBytes(bytes: bytes.prefix(bytes.count / 2), fingerprint: model.fingerprint()))
+        let newcomer = try await Personalizer.openWithModel(
+            databasePath: directory.appendingPathComponent("newcomer.db").path, model: model)
+        defer { newcomer.close() }
+        let adopted = try await newcomer.adoptShared(task: "t", shared: shared)
+        XCTAssertTrue(adopted.active)
+        let prediction = try await newcomer.predictOne(task: "t", text: "example text number 3")
+        XCTAssertEqual(prediction.source, .sharedHead)
+    }
 }
