@@ -56,6 +56,11 @@ impl PrivacyOptions {
     }
 }
 
+/// A seed nobody can predict, from the operating system's random source.
+fn secret_seed() -> Result<u64> {
+    getrandom::u64().map_err(|e| Error::Storage(format!("the operating system gave no randomness: {e}")))
+}
+
 /// DP-SGD on the linear head. Only public information shapes the run: the
 /// start is the label descriptions (never class centroids), hyper-parameters
 /// are fixed, and nothing is validated or calibrated on the private examples.
@@ -115,7 +120,10 @@ pub(super) fn train_private(
         clip_norm: privacy.clip_norm,
         learning_rate,
         weight_decay: options.weight_decay.unwrap_or(0.0),
-        seed: options.seed,
+        // Not `options.seed`: the guarantee assumes nobody can predict the
+        // sampling and the noise, and a seed the app chose (0 by default)
+        // would let anyone replay them. A private run is not reproducible.
+        seed: secret_seed()?,
     };
     let params = sgd::fit_private(&initial, &private_data, &settings, listener)?;
     let run = PrivateRun { sampling_rate, noise_multiplier, steps };
