@@ -36,7 +36,7 @@ pub use store::{
 pub use training::{
     CandidateHead, CandidateReport, EpochProgress, FederatedOptions, HeadChoice, OptimizerKind, PrivacyOptions,
     PrivacySpent, PrivateRun, PromotionBasis, PromotionDecision, QuietTraining, TrainListener, TrainOptions,
-    TrainReport, TrainingSet, ValidationMethod, train, zero_shot_head,
+    TrainReport, TrainingSet, UpdatePrivacy, ValidationMethod, train, zero_shot_head,
 };
 
 /// Building blocks that the CLI's benchmarks and the tests reach for —

@@ -194,3 +194,40 @@ fn an_update_carries_no_text() {
         }
     }
 }
+
+#[test]
+fn a_private_update_is_clipped_noised_and_charged_to_the_ledger() {
+    let (devices, labels, _) = devices("federated-private", &tiny_dir());
+    let p = &devices[0];
+    let (dim, fingerprint) = {
+        use attune::Encoder;
+        (p.encoder().dim(), p.encoder().fingerprint().to_string())
+    };
+    let shared = SharedModel::zeros(&fingerprint, labels, dim).unwrap();
+    let privacy = attune::UpdatePrivacy { clip_norm: 0.5, noise_multiplier: 2.0, epsilon: 8.0, delta: None };
+    let options = FederatedOptions { privacy: Some(privacy), ..FederatedOptions::default() };
+    let first = p.federated_fit("intents", &shared, &options, &QuietTraining).unwrap();
+    let spent = first.privacy.unwrap();
+    assert!(spent.epsilon > 0.0 && spent.epsilon <= 8.0 && spent.delta == 1e-5);
+    assert_eq!(p.store().private_runs(p.store().task_id("intents").unwrap()).unwrap().len(), 1);
+    // Noise drawn afresh: the same round twice gives two different updates.
+    let second = p.federated_fit("intents", &shared, &options, &QuietTraining).unwrap();
+    assert_ne!(first.model.weights(), second.model.weights());
+    assert!(second.privacy.unwrap().epsilon > spent.epsilon, "releases compose");
+
+    // The task is private now: a public update is refused, and so is one the budget cannot pay for.
+    assert!(matches!(
+        p.federated_fit("intents", &shared, &FederatedOptions::default(), &QuietTraining),
+        Err(Error::InvalidInput(_))
+    ));
+    let costly = attune::UpdatePrivacy { noise_multiplier: 0.3, ..privacy };
+    let refused = FederatedOptions { privacy: Some(costly), ..FederatedOptions::default() };
+    assert!(matches!(p.federated_fit("intents", &shared, &refused, &QuietTraining), Err(Error::BudgetExceeded(_))));
+    assert_eq!(p.store().private_runs(p.store().task_id("intents").unwrap()).unwrap().len(), 2);
+    // Local training of the task is private from now on, under the same ledger.
+    let trained = p.train("intents", &TrainOptions::default(), &QuietTraining);
+    assert!(
+        matches!(&trained, Ok(outcome) if outcome.report.private_run.is_some())
+            || matches!(trained, Err(Error::BudgetExceeded(_)))
+    );
+}

@@ -76,18 +76,45 @@ pub struct FederatedSettings {
     pub proximal: Option<f32>,
     #[uniffi(default = 0)]
     pub seed: u64,
+    /// Differential privacy on the update, for the device's whole data:
+    /// its change is clipped to `dp_clip` (L2) and Gaussian noise of
+    /// `dp_noise × dp_clip` added; each update is charged to the task's
+    /// ledger, whose total ε may not exceed `dp_epsilon` (a private task
+    /// keeps its own budget) at `dp_delta` (default 1e-5). Set the first
+    /// three together; a private task's updates must set them.
+    #[uniffi(default = None)]
+    pub dp_clip: Option<f32>,
+    #[uniffi(default = None)]
+    pub dp_noise: Option<f64>,
+    #[uniffi(default = None)]
+    pub dp_epsilon: Option<f64>,
+    #[uniffi(default = None)]
+    pub dp_delta: Option<f64>,
 }
 
-impl From<FederatedSettings> for attune::FederatedOptions {
-    fn from(s: FederatedSettings) -> Self {
+impl TryFrom<FederatedSettings> for attune::FederatedOptions {
+    type Error = AttuneError;
+    fn try_from(s: FederatedSettings) -> Result<Self, AttuneError> {
         let default = attune::FederatedOptions::default();
-        Self {
+        let privacy = match (s.dp_clip, s.dp_noise, s.dp_epsilon) {
+            (None, None, None) => None,
+            (Some(clip_norm), Some(noise_multiplier), Some(epsilon)) => {
+                Some(attune::UpdatePrivacy { clip_norm, noise_multiplier, epsilon, delta: s.dp_delta })
+            }
+            _ => {
+                return Err(AttuneError::InvalidInput {
+                    reason: "set dp_clip, dp_noise and dp_epsilon together".into(),
+                });
+            }
+        };
+        Ok(Self {
             epochs: s.epochs.map_or(default.epochs, |e| e as usize),
             learning_rate: s.learning_rate.unwrap_or(default.learning_rate),
             proximal: s.proximal.unwrap_or(default.proximal),
             seed: s.seed,
+            privacy,
             ..default
-        }
+        })
     }
 }
 
@@ -99,11 +126,20 @@ pub struct FederatedUpdate {
     pub examples: u64,
     /// Examples whose label the shared model does not have: not used.
     pub ignored: u64,
+    /// For a private update: the task's (ε, δ) with it included.
+    pub privacy_epsilon: Option<f64>,
+    pub privacy_delta: Option<f64>,
 }
 
 impl From<attune::FederatedUpdate> for FederatedUpdate {
     fn from(u: attune::FederatedUpdate) -> Self {
-        Self { model: (&u.model).into(), examples: u.examples, ignored: u.ignored }
+        Self {
+            model: (&u.model).into(),
+            examples: u.examples,
+            ignored: u.ignored,
+            privacy_epsilon: u.privacy.map(|p| p.epsilon),
+            privacy_delta: u.privacy.map(|p| p.delta),
+        }
     }
 }
 

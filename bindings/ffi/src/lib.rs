@@ -320,7 +320,7 @@ impl Personalizer {
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<FederatedUpdate, AttuneError> {
         let shared = attune::SharedModel::try_from(shared)?;
-        let options = settings.into();
+        let options = settings.try_into()?;
         self.session
             .background(listener, cancel, move |p, observer| {
                 p.federated_fit(&task, &shared, &options, observer).map(Into::into)

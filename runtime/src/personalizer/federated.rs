@@ -5,14 +5,14 @@
 
 use std::collections::HashMap;
 
-use super::{Personalizer, PredictionSource};
+use super::{Personalizer, PredictionSource, privacy};
 use crate::encoder::{Encoder, OnnxEncoder};
 use crate::error::{Error, Result};
 use crate::evaluation::{Metrics, evaluate};
 use crate::federated::SharedModel;
 use crate::heads::Head;
 use crate::store::{NewHead, TaskId};
-use crate::training::{FederatedOptions, TrainListener, TrainingSet, fit_from_shared};
+use crate::training::{FederatedOptions, PrivacySpent, TrainListener, TrainingSet, fit_from_shared, privatize};
 
 /// What a device sends back after a round.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,8 @@ pub struct FederatedUpdate {
     pub examples: u64,
     /// Examples whose label the shared model does not have: not used.
     pub ignored: u64,
+    /// For a private update: the task's (ε, δ) with it included.
+    pub privacy: Option<PrivacySpent>,
 }
 
 /// Where an adopted shared model went.
@@ -59,6 +61,7 @@ impl Personalizer {
         shared.check_backbone(encoder.fingerprint(), encoder.dim())?;
         let id = self.store.task_id(task)?;
         self.check_label_list(id, &encoder, shared)?;
+        let charge = privacy::update_charge(&self.store, id, options.privacy.as_ref())?;
         let rows = self.shared_rows(id, &encoder, shared)?;
         let set = TrainingSet {
             features: &rows.features,
@@ -69,11 +72,21 @@ impl Personalizer {
             priors: &[],
             fingerprint: encoder.fingerprint(),
         };
-        let head = fit_from_shared(shared.head(), &set, options, listener)?;
+        let trained = fit_from_shared(shared.head(), &set, options, listener)?;
+        let (head, spent) = match charge {
+            None => (trained, None),
+            Some(charge) => {
+                let head = privatize(&trained, shared.head(), &charge.privacy)?;
+                // Charged before the update exists for the caller: no release goes uncounted.
+                self.store.record_private_release(id, charge.entry, &charge.policy)?;
+                (head, Some(charge.spent))
+            }
+        };
         Ok(FederatedUpdate {
             model: SharedModel::from_head(head)?,
             examples: rows.labels.len() as u64,
             ignored: rows.ignored,
+            privacy: spent,
         })
     }
 

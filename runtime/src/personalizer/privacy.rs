@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::store::{HeadPrivacy, LedgerEntry, Store, TaskId};
-use crate::training::{PrivacyOptions, PrivateRun, TrainOptions, TrainReport};
+use crate::training::{
+    PrivacyOptions, PrivacySpent, PrivateRun, TrainOptions, TrainReport, UpdatePrivacy, privacy_spent,
+};
 
 /// `options` with the task's privacy applied: the app's own privacy
 /// options, else the task's stored policy; either way with its ledger.
@@ -31,6 +33,59 @@ pub(super) fn with_task_privacy(store: &Store, task: TaskId, options: &TrainOpti
             .collect();
     }
     Ok(options)
+}
+
+/// What a private federated update costs, checked against the budget
+/// before anything is trained.
+pub(super) struct UpdateCharge {
+    pub privacy: UpdatePrivacy,
+    pub entry: LedgerEntry,
+    /// The task's policy, for a task that becomes private with this update.
+    pub policy: String,
+    /// The task's (ε, δ) with this update included.
+    pub spent: PrivacySpent,
+}
+
+/// The charge of a federated update, or `None` for a public update of a
+/// public task. A private task's updates are private too, within its own
+/// budget; a release the budget cannot afford is `BudgetExceeded`.
+pub(super) fn update_charge(
+    store: &Store,
+    task: TaskId,
+    asked: Option<&UpdatePrivacy>,
+) -> Result<Option<UpdateCharge>> {
+    let policy = store.privacy_policy(task)?;
+    let asked = match (asked, &policy) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(Error::InvalidInput(
+                "the task is private: its federated updates must be private too (pass update privacy)".into(),
+            ));
+        }
+        (Some(asked), _) => asked.checked()?,
+    };
+    let budget = match &policy {
+        Some(policy) => from_policy(policy)?.epsilon,
+        None => asked.epsilon,
+    };
+    let delta = asked.delta.unwrap_or(1e-5);
+    let entry = LedgerEntry { sampling_rate: 1.0, noise_multiplier: asked.noise_multiplier, steps: 1 };
+    let mut runs: Vec<PrivateRun> = store
+        .private_runs(task)?
+        .into_iter()
+        .map(|e| PrivateRun { sampling_rate: e.sampling_rate, noise_multiplier: e.noise_multiplier, steps: e.steps })
+        .collect();
+    runs.push(PrivateRun { sampling_rate: 1.0, noise_multiplier: asked.noise_multiplier, steps: 1 });
+    let spent = privacy_spent(&runs, delta);
+    if spent.epsilon > budget {
+        return Err(Error::BudgetExceeded(format!(
+            "this update would bring the task to ε = {:.2} (budget {budget:.2}): send none, or more noise",
+            spent.epsilon
+        )));
+    }
+    let options =
+        PrivacyOptions { delta: Some(delta), clip_norm: asked.clip_norm, ..PrivacyOptions::with_budget(budget) };
+    Ok(Some(UpdateCharge { privacy: asked, entry, policy: to_policy(&options), spent }))
 }
 
 /// What a private head stores beside its weights (`None` for a public run).

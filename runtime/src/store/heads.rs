@@ -249,6 +249,17 @@ impl Store {
         self.read(|tx| Ok(tx.query_row("SELECT privacy FROM tasks WHERE id = ?1", [task.0], |row| row.get(0))?))
     }
 
+    /// Charges a private release that is not a head (a federated update) to
+    /// the task's ledger and, for a task not private yet, stores `policy`,
+    /// in one transaction.
+    pub fn record_private_release(&self, task: TaskId, entry: LedgerEntry, policy: &str) -> Result<()> {
+        self.write(|tx| {
+            insert_ledger_entry(tx, task, entry)?;
+            tx.execute("UPDATE tasks SET privacy = coalesce(privacy, ?1) WHERE id = ?2", (policy, task.0))?;
+            Ok(())
+        })
+    }
+
     /// Every private run of the task: the privacy it has spent composes over them.
     pub fn private_runs(&self, task: TaskId) -> Result<Vec<LedgerEntry>> {
         self.read(|tx| {

@@ -4,9 +4,11 @@
 //! device with three examples cannot drag the shared model far.
 
 use super::data::Data;
+use super::dp::secret_seed;
 use super::fit::{FitSettings, fit};
 use super::optimizer::OptimizerKind;
 use super::plan::Budget;
+use super::rng::SplitMix;
 use super::{CandidateHead, TrainListener, TrainOptions, TrainingSet};
 use crate::error::{Error, Result};
 use crate::heads::{Head, Params};
@@ -21,12 +23,68 @@ pub struct FederatedOptions {
     pub proximal: f32,
     pub batch_size: usize,
     pub seed: u64,
+    /// Differential privacy on the update, at the level of the device.
+    pub privacy: Option<UpdatePrivacy>,
 }
 
 impl Default for FederatedOptions {
     fn default() -> Self {
-        Self { epochs: 10, learning_rate: 0.05, proximal: 0.1, batch_size: 8, seed: 0 }
+        Self { epochs: 10, learning_rate: 0.05, proximal: 0.1, batch_size: 8, seed: 0, privacy: None }
     }
+}
+
+/// User-level differential privacy on an update (local noise): the change
+/// from the shared weights is clipped to `clip_norm` in L2 and Gaussian
+/// noise of standard deviation `noise_multiplier · clip_norm` is added to
+/// every value, so one device's whole data set is what is protected. Each
+/// update is one release of the Gaussian mechanism, charged to the task's
+/// privacy ledger; the task's total ε (at `delta`) may not exceed `epsilon`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdatePrivacy {
+    pub clip_norm: f32,
+    pub noise_multiplier: f64,
+    /// The task's budget (a private task keeps the one it has).
+    pub epsilon: f64,
+    /// Default 1e-5.
+    pub delta: Option<f64>,
+}
+
+impl UpdatePrivacy {
+    pub(crate) fn checked(&self) -> Result<Self> {
+        let delta = self.delta.unwrap_or(1e-5);
+        let valid = self.clip_norm.is_finite()
+            && self.clip_norm > 0.0
+            && self.noise_multiplier.is_finite()
+            && self.noise_multiplier > 0.0
+            && self.epsilon.is_finite()
+            && self.epsilon > 0.0
+            && delta > 0.0
+            && delta < 1.0;
+        match valid {
+            true => Ok(Self { delta: Some(delta), ..*self }),
+            false => Err(Error::InvalidInput(
+                "update privacy needs a positive clip norm, noise multiplier and budget, and 0 < δ < 1".into(),
+            )),
+        }
+    }
+}
+
+/// Clips `trained`'s change from `shared` to `privacy.clip_norm` and adds
+/// Gaussian noise seeded from the operating system.
+pub(crate) fn privatize(trained: &Head, shared: &Head, privacy: &UpdatePrivacy) -> Result<Head> {
+    let noise = &mut SplitMix::new(secret_seed()?);
+    let (Params::Linear { weights: w, bias: b }, Params::Linear { weights: w0, bias: b0 }) =
+        (&trained.params, &shared.params)
+    else {
+        return Err(Error::InvalidInput("only linear updates are privatized".into()));
+    };
+    let (dw, db) = (w - w0, b - b0);
+    let norm = (dw.iter().chain(db.iter()).map(|v| f64::from(*v).powi(2)).sum::<f64>()).sqrt();
+    let scale = if norm > f64::from(privacy.clip_norm) { (f64::from(privacy.clip_norm) / norm) as f32 } else { 1.0 };
+    let sigma = (privacy.noise_multiplier * f64::from(privacy.clip_norm)) as f32;
+    let weights = w0 + &dw.mapv(|v| v * scale + sigma * noise.normal());
+    let bias = b0 + &db.mapv(|v| v * scale + sigma * noise.normal());
+    Ok(Head::new(trained.fingerprint(), trained.labels().to_vec(), Params::Linear { weights, bias }))
 }
 
 /// Trains `shared` (a linear head) on `set`, whose labels are the shared

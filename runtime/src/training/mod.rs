@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use ndarray::ArrayView2;
 
 pub use dp::{PrivacyOptions, PrivacySpent, PrivateRun, noise_for_budget, privacy_spent};
-pub use federated::FederatedOptions;
-pub(crate) use federated::fit_from_shared;
+pub use federated::{FederatedOptions, UpdatePrivacy};
+pub(crate) use federated::{fit_from_shared, privatize};
 pub use optimizer::OptimizerKind;
 pub use promotion::{ActiveHeadEvidence, PromotionBasis, PromotionDecision, decide_promotion};
 pub use report::{CandidateHead, CandidateReport, EpochProgress, TrainReport, ValidationMethod};

@@ -57,7 +57,7 @@ impl PrivacyOptions {
 }
 
 /// A seed nobody can predict, from the operating system's random source.
-fn secret_seed() -> Result<u64> {
+pub(crate) fn secret_seed() -> Result<u64> {
     getrandom::u64().map_err(|e| Error::Storage(format!("the operating system gave no randomness: {e}")))
 }
 
