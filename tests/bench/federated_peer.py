@@ -10,6 +10,7 @@ Flower's simulation engine (`flwr[simulation]`) if missing, builds the
 binding (bindings/generate) and fetches the default model if needed.
 
   python3 tests/bench/federated_peer.py [--seeds 1 2 3] [--users 100] [--rounds 20] [--alpha 0.5] [--fraction 0.2]
+      [--dp-noise Z --clip C]
 """
 import argparse
 import csv
@@ -52,7 +53,9 @@ def simulate(data: Path, seed: int, args) -> dict:
     command = [sys.executable, "-m", "attune.flower", "simulate", "--data", str(data), "--users", str(args.users),
                "--rounds", str(args.rounds), "--alpha", str(args.alpha), "--fraction", str(args.fraction),
                "--seed", str(seed), "--model", str(REPO / "models/cache/all-minilm-l6-v2"), "--json"]
-    log = open(WORK / f"seed-{seed}.log", "w")
+    if args.dp_noise is not None:
+        command += ["--dp-noise", str(args.dp_noise), "--clip", str(args.clip)]
+    log = open(WORK / f"seed-{seed}{'-dp' if args.dp_noise is not None else ''}.log", "w")
     result = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=log, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -64,6 +67,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--fraction", type=float, default=0.2)
+    parser.add_argument("--dp-noise", type=float, help="local DP: noise multiplier of every update")
+    parser.add_argument("--clip", type=float, default=1.0, help="local DP: L2 clip of every update's change")
     args = parser.parse_args()
     if not CLINC.exists():
         print(f"CLINC150 is not at {CLINC}: nothing to measure (the benchmark needs ../shared/datasets)")
@@ -83,6 +88,8 @@ def main():
         p10 = sum(r[arm]["p10"] for r in runs) / len(runs)
         print(f"{arm:<14} {mean:7.4f} {p10:7.4f}")
     per_round = sum(r["seconds_per_round"] for r in runs) / len(runs)
+    if runs[0]["epsilon"] is not None:
+        print(f"largest per-device epsilon (delta 1e-5): {max(r['epsilon'] for r in runs)}")
     print(f"bytes per update {runs[0]['bytes_per_update']}, {per_round:.1f} s per round, "
           f"{sum(r['seconds'] for r in runs) / len(runs):.0f} s per run")
 

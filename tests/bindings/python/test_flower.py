@@ -157,8 +157,7 @@ def test_three_supernodes_two_rounds(tmp_path, tiny_model_dir):
         assert asyncio.run(prepare_device_count(db, tiny_model_dir)) == prepared[d][2]
 
 
-def test_the_simulate_command(tmp_path, tiny_model_dir):
-    pytest.importorskip("ray")  # Flower's simulation engine: the flwr[simulation] extra
+def simulate(tmp_path, model_dir, *extra):
     data = tmp_path / "intents.csv"
     lines = ["text,label"] + [f'"{t}",{i["label"]}' for i in INTENTS for t in i["train"] + i["held_out"]]
     data.write_text("\n".join(lines) + "\n")
@@ -166,13 +165,22 @@ def test_the_simulate_command(tmp_path, tiny_model_dir):
     env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(attune.__file__).parents[1]), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "attune.flower", "simulate", "--data", str(data), "--users", "4",
                "--rounds", "2", "--fraction", "1.0", "--alpha", "1.0", "--seed", "3",
-               "--model", tiny_model_dir, "--json"]
+               "--model", model_dir, "--json", *extra]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def test_the_simulate_command(tmp_path, tiny_model_dir):
+    pytest.importorskip("ray")  # Flower's simulation engine: the flwr[simulation] extra
+    result, stderr = simulate(tmp_path, tiny_model_dir)
     assert (result["users"], result["rounds"], result["epsilon"]) == (4, 2, None)
     for arm in ("local", "shared", "personalized", "centralized"):
         assert 0.0 <= result[arm]["p10"] <= result[arm]["mean"] <= 1.0, (arm, result)
     dimension = asyncio.run(prepare_device(tmp_path / "probe.db", tiny_model_dir, [0]))[1]
     assert result["bytes_per_update"] == 4 * len(INTENTS) * (dimension + 1)
-    assert "rounds on Flower's simulation engine" in done.stderr
+    assert "rounds on Flower's simulation engine" in stderr
+
+    # Local noise on every update: each device's ε is reported (and bounded by its budget).
+    private, _ = simulate(tmp_path, tiny_model_dir, "--dp-noise", "1.0", "--clip", "1.0", "--dp-budget", "50")
+    assert 0.0 < private["epsilon"] <= 50.0

@@ -20,16 +20,20 @@ def make_client_app(open_personalizer, task_of) -> ClientApp:
         config = msg.content["config"]
         shared = model_of(msg.content["arrays"], config)
         settings = attune.FederatedSettings(seed=int(config.get("server-round", 0)))
+        if "dp-noise" in config:
+            settings.dp_clip = float(config["dp-clip"])
+            settings.dp_noise = float(config["dp-noise"])
+            settings.dp_epsilon = float(config["dp-epsilon"])
 
         async def fit():
             with await open_personalizer(context) as p:
                 return await p.federated_fit(task_of(context), shared, settings)
 
         update = asyncio.run(fit())
-        content = RecordDict({
-            "arrays": arrays_of(update.model),
-            "metrics": MetricRecord({"num-examples": int(update.examples)}),
-        })
+        metrics = {"num-examples": int(update.examples)}
+        if update.privacy_epsilon is not None:
+            metrics["epsilon"] = float(update.privacy_epsilon)
+        content = RecordDict({"arrays": arrays_of(update.model), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()

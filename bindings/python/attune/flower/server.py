@@ -27,12 +27,22 @@ class Rounds:
     fraction: float = 1.0
     min_nodes: int = 2
     output: Optional[str] = None
+    # Differential privacy on every update, added on the devices (see
+    # FederatedSettings.dp_*): clip norm, noise multiplier, each device's budget.
+    dp_clip: Optional[float] = None
+    dp_noise: Optional[float] = None
+    dp_epsilon: Optional[float] = None
 
 
 def count_devices(records, weighted_by_key: str) -> MetricRecord:
-    """Train metrics of a round: how many devices replied and with how many examples."""
+    """Train metrics of a round: how many devices replied, with how many
+    examples, and the largest ε a device has spent (private updates)."""
     examples = sum(int(r["metrics"][weighted_by_key]) for r in records)
-    return MetricRecord({"devices": len(records), weighted_by_key: examples})
+    metrics = {"devices": len(records), weighted_by_key: examples}
+    spent = [float(r["metrics"]["epsilon"]) for r in records if "epsilon" in r["metrics"]]
+    if spent:
+        metrics["max-epsilon"] = max(spent)
+    return MetricRecord(metrics)
 
 
 def weighted_accuracy(records, weighted_by_key: str) -> MetricRecord:
@@ -54,6 +64,10 @@ def run_rounds(grid: Grid, settings: Rounds) -> None:
         evaluate_metrics_aggr_fn=weighted_accuracy,
     )
     config = round_config(settings.labels, settings.fingerprint)
+    if settings.dp_noise is not None:
+        config["dp-clip"] = float(settings.dp_clip)
+        config["dp-noise"] = float(settings.dp_noise)
+        config["dp-epsilon"] = float(settings.dp_epsilon)
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays_of(start),

@@ -1,7 +1,7 @@
 """Federated personalization at scale on Flower's simulation engine.
 
   python -m attune.flower simulate --data FILE.csv --users 100 --rounds 20 \\
-      --alpha 0.5 --seed 1 [--fraction 0.2] [--model DIR] --json
+      --alpha 0.5 --seed 1 [--fraction 0.2] [--dp-noise Z --clip C] [--model DIR] --json
 
 Splits the rows into users with a Dirichlet(alpha) over labels (non-IID),
 each user's rows into their own train and held-out halves, and compares on
@@ -97,6 +97,12 @@ def held_out_task(user: int) -> str:
     return f"user-{user}-held-out"
 
 
+def federated_task(user: int) -> str:
+    """The train half as the simulated device's rounds see it (a task of its
+    own, so private rounds leave the `local` arm public)."""
+    return f"user-{user}-federated"
+
+
 def personal_task(user: int) -> str:
     """The same train half, for the arm that starts from the shared model
     (the `local` arm's head would otherwise stand in its way)."""
@@ -124,13 +130,14 @@ class SimulatedDevices:
 
     @staticmethod
     def task(context):
-        return user_task(int(context.node_config["partition-id"]))
+        return federated_task(int(context.node_config["partition-id"]))
 
 
 async def prepare(p, rows, users_train, users_held, central):
     for u, (train, held) in enumerate(zip(users_train, users_held)):
         await p.add_examples(user_task(u), labelled(rows, train))
         await p.add_examples(personal_task(u), labelled(rows, train))
+        await p.add_examples(federated_task(u), labelled(rows, train))
         if held:
             await p.add_examples(held_out_task(u), labelled(rows, held))
         if u % 10 == 0:
@@ -188,6 +195,9 @@ def simulate(args) -> dict:
         fraction=args.fraction,
         min_nodes=max(1, int(args.users * args.fraction)),
         output=str(workdir / "server"),
+        dp_clip=args.clip if args.dp_noise is not None else None,
+        dp_noise=args.dp_noise,
+        dp_epsilon=args.dp_budget if args.dp_noise is not None else None,
     )
     devices = SimulatedDevices(database, args.model)
     from flwr.simulation import run_simulation
@@ -201,6 +211,8 @@ def simulate(args) -> dict:
     )
     federated = time.perf_counter()
     blob = (workdir / "server/shared-model.bin").read_bytes()
+    rounds = json.loads((workdir / "server/summary.json").read_text())["train"].values()
+    spent = [float(r["max-epsilon"]) for r in rounds if "max-epsilon" in r]
     shared = attune.shared_model_from_bytes(blob, settings.fingerprint)
     say("evaluating local, shared, personalized and centralized heads")
     local, shared_acc, personal, central_acc = asyncio.run(evaluate_all(p, rows, users_train, users_held, shared))
@@ -217,7 +229,8 @@ def simulate(args) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
         "seconds_embedding": round(prepared - started, 1),
         "seconds_per_round": round((federated - prepared) / args.rounds, 2),
-        "epsilon": None,
+        # Local noise: the largest ε any device spent (δ = 1e-5 per device).
+        "epsilon": round(max(spent), 3) if spent else None,
     }
 
 
@@ -231,6 +244,9 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fraction", type=float, default=0.2, help="share of users sampled per round")
+    parser.add_argument("--dp-noise", type=float, help="noise multiplier of each private update (local DP)")
+    parser.add_argument("--clip", type=float, default=1.0, help="L2 clip of each update's change")
+    parser.add_argument("--dp-budget", type=float, default=1e6, help="each device's ε budget (refuses beyond)")
     parser.add_argument("--model", default="models/cache/all-minilm-l6-v2", help="model directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default)")
     args = parser.parse_args(argv)
