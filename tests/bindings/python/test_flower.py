@@ -32,6 +32,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for_port(port, seconds=120):
+    """Until something listens on 127.0.0.1:`port` (a loaded machine starts SuperLink slowly)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
 def flower(command, *args, env, log):
     """Starts one of Flower's console programs with the Python running the tests."""
     modules = {
@@ -119,12 +130,12 @@ def test_three_supernodes_two_rounds(tmp_path, tiny_model_dir):
     processes = [flower("flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(superlink),
                         "--disable-runtime-dependency-installation", env=env, log=log)]
     try:
+        wait_for_port(superlink)
         for d, db in enumerate(devices):
             node_config = f'database="{db}" model-dir="{tiny_model_dir}"'
             processes.append(flower("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink}",
                                     "--host", "127.0.0.1", "--port", str(free_port()),
                                     "--node-config", node_config, env=env, log=log))
-        time.sleep(3)
         run = flower("flwr", "run", str(app), "test", "--stream", env=env, log=log)
         deadline = time.time() + 300
         while not (output / "summary.json").exists() and time.time() < deadline and run.poll() in (None, 0):
