@@ -228,7 +228,8 @@ impl Personalizer {
         let shared_labels = shared.as_ref().map_or(&[][..], |head| head.labels());
         let data = self.training_data_with(id, encoder, shared_labels)?;
         let stored_active = self.stored_active_head(id, encoder)?;
-        let options = privacy::with_task_privacy(&self.store, id, options)?;
+        let mut options = privacy::with_task_privacy(&self.store, id, options)?;
+        options.independent_warm_start = shared.is_some();
         let set = data.set(encoder.fingerprint());
         let warm_start = shared.as_ref().or(stored_active.as_ref().map(|(head, _)| head));
         let (head, report) = train(&set, warm_start, &options, listener)?;

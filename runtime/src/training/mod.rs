@@ -103,6 +103,10 @@ pub struct TrainOptions {
     /// Share of in-scope validation answers allowed to abstain.
     pub abstain_rate: f64,
     pub mlp_hidden: usize,
+    /// The warm start was not trained on these examples (a shared model
+    /// from federated rounds) and knows every label: candidates started from
+    /// it can be validated out of fold even when labels have one example.
+    pub independent_warm_start: bool,
     /// Trains a differentially private linear head instead (opt-in).
     pub privacy: Option<PrivacyOptions>,
 }
@@ -124,6 +128,7 @@ impl Default for TrainOptions {
             validation_fraction: 0.15,
             abstain_rate: 0.05,
             mlp_hidden: 256,
+            independent_warm_start: false,
             privacy: None,
         }
     }

@@ -45,7 +45,13 @@ impl<'a> Plan<'a> {
         let classes = set.label_names.len();
         let counts = count_labels(&data.labels, classes);
         let present: Vec<usize> = counts.iter().copied().filter(|&c| c > 0).collect();
-        let regime = regime(&present, data.len());
+        let knows_every_label = options.independent_warm_start
+            && warm_start.is_some_and(|head| {
+                head.fingerprint == set.fingerprint
+                    && head.dim == set.dim
+                    && set.label_names.iter().all(|label| head.labels.contains(label))
+            });
+        let regime = regime(&present, data.len(), knows_every_label);
         let n = data.len();
         let batch_size = options.batch_size.unwrap_or((n / 24).clamp(8, 256)).max(1);
         let target_steps = if regime == Regime::Holdout { TARGET_STEPS_HOLDOUT } else { TARGET_STEPS_FOLDS };
@@ -59,13 +65,15 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// `present` holds the example count of each label that has examples.
-fn regime(present: &[usize], n: usize) -> Regime {
+/// `present` holds the example count of each label that has examples;
+/// `knows_every_label`: the warm start is independent of them and has every label.
+fn regime(present: &[usize], n: usize, knows_every_label: bool) -> Regime {
     let smallest = present.iter().copied().min().unwrap_or(0);
     let singletons = present.iter().filter(|&&c| c == 1).count();
-    if present.len() < 2 || n < 4 || 2 * singletons > present.len() {
+    if present.len() < 2 || n < 4 || (2 * singletons > present.len() && !knows_every_label) {
         // Held-out examples of single-example labels cannot be predicted by
-        // any candidate: nothing to validate on.
+        // a candidate that learns labels from examples alone: nothing to
+        // validate on.
         Regime::Unvalidated
     } else if smallest < FEW_SHOT {
         Regime::Folds(smallest.clamp(2, 5))
