@@ -20,6 +20,12 @@ fn device(dir: &std::path::Path, name: &str, model: &std::path::Path) -> Persona
     Personalizer::open(&config).unwrap()
 }
 
+/// The width and fingerprint of a device's backbone.
+fn backbone(p: &Personalizer) -> (usize, String) {
+    use attune::Encoder;
+    (p.encoder().dim(), p.encoder().fingerprint().to_string())
+}
+
 /// What the server does: the mean of the updates, weighted by examples.
 fn weighted_mean(updates: &[attune::FederatedUpdate]) -> SharedModel {
     let total: f32 = updates.iter().map(|u| u.examples as f32).sum();
@@ -79,14 +85,7 @@ fn accuracy(p: &Personalizer, held_out: &[(String, String)]) -> f64 {
 /// than any one device (the tiny test model is too weak for that).
 fn federation_learns(model: &std::path::Path, tag: &str, beats_one_device: bool) {
     let (devices, labels, held_out) = devices(tag, model);
-    let dim = {
-        use attune::Encoder;
-        devices[0].encoder().dim()
-    };
-    let fingerprint = {
-        use attune::Encoder;
-        devices[0].encoder().fingerprint().to_string()
-    };
+    let (dim, fingerprint) = backbone(&devices[0]);
     let zero = SharedModel::zeros(&fingerprint, labels.clone(), dim).unwrap();
     let shared = rounds(&devices, zero.clone(), 5);
     let chance = {
@@ -134,10 +133,7 @@ fn federation_on_the_default_model() {
 fn bad_shared_models_are_refused_and_change_nothing() {
     let (devices, labels, _) = devices("federated-bad", &tiny_dir());
     let p = &devices[0];
-    let (dim, fingerprint) = {
-        use attune::Encoder;
-        (p.encoder().dim(), p.encoder().fingerprint().to_string())
-    };
+    let (dim, fingerprint) = backbone(p);
     let shared = SharedModel::zeros(&fingerprint, labels.clone(), dim).unwrap();
     p.adopt_shared("intents", &shared).unwrap();
     let before = p.heads("intents").unwrap();
@@ -179,10 +175,7 @@ fn bad_shared_models_are_refused_and_change_nothing() {
 fn an_update_carries_no_text() {
     let (devices, labels, _) = devices("federated-bytes", &tiny_dir());
     let p = &devices[2];
-    let (dim, fingerprint) = {
-        use attune::Encoder;
-        (p.encoder().dim(), p.encoder().fingerprint().to_string())
-    };
+    let (dim, fingerprint) = backbone(p);
     let shared = SharedModel::zeros(&fingerprint, labels, dim).unwrap();
     let update = p.federated_fit("intents", &shared, &FederatedOptions::default(), &QuietTraining).unwrap();
     assert_eq!(update.examples, 12);
@@ -199,10 +192,7 @@ fn an_update_carries_no_text() {
 fn a_private_update_is_clipped_noised_and_charged_to_the_ledger() {
     let (devices, labels, _) = devices("federated-private", &tiny_dir());
     let p = &devices[0];
-    let (dim, fingerprint) = {
-        use attune::Encoder;
-        (p.encoder().dim(), p.encoder().fingerprint().to_string())
-    };
+    let (dim, fingerprint) = backbone(p);
     let shared = SharedModel::zeros(&fingerprint, labels, dim).unwrap();
     let privacy = attune::UpdatePrivacy { clip_norm: 0.5, noise_multiplier: 2.0, epsilon: 8.0, delta: None };
     let options = FederatedOptions { privacy: Some(privacy), ..FederatedOptions::default() };

@@ -66,6 +66,16 @@ where
     Ok(Background { slot, stop, delivered: false })
 }
 
+/// Runs `work` that cannot stop midway (loading a model, opening a
+/// database) on its own thread; a dropped future only discards the result.
+pub(crate) async fn run_to_end<T, W>(work: W) -> Result<T, AttuneError>
+where
+    T: Send + 'static,
+    W: FnOnce() -> T + Send + 'static,
+{
+    Ok(spawn(Arc::new(AtomicBool::new(false)), work)?.await)
+}
+
 impl<T> Future for Background<T> {
     type Output = T;
 

@@ -23,7 +23,6 @@ mod session;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 pub use error::AttuneError;
 pub use federated::*;
@@ -51,9 +50,8 @@ impl Model {
         ort_library: Option<String>,
     ) -> Result<Arc<Self>, AttuneError> {
         let options = records::encoder_options(backend, threads, ort_library);
-        let unused_stop = Arc::new(AtomicBool::new(false));
         let load = move || attune::OnnxEncoder::load(Path::new(&model_dir), &options);
-        let encoder = background::spawn(unused_stop, load)?.await?;
+        let encoder = background::run_to_end(load).await??;
         Ok(Arc::new(Self { encoder: Arc::new(encoder) }))
     }
 
@@ -85,9 +83,7 @@ impl Personalizer {
     #[uniffi::constructor]
     pub async fn open(config: Config) -> Result<Arc<Self>, AttuneError> {
         let config: attune::PersonalizerConfig = config.try_into()?;
-        // Loading cannot stop midway; a cancelled open drops the result.
-        let unused_stop = Arc::new(AtomicBool::new(false));
-        let runtime = background::spawn(unused_stop, move || attune::Personalizer::open(&config))?.await?;
+        let runtime = background::run_to_end(move || attune::Personalizer::open(&config)).await??;
         Ok(Arc::new(Self { session: Session::new(runtime) }))
     }
 
@@ -102,9 +98,8 @@ impl Personalizer {
     ) -> Result<Arc<Self>, AttuneError> {
         let key = encryption_key.map(attune::EncryptionKey::try_from).transpose()?;
         let encoder = Arc::clone(&model.encoder);
-        let unused_stop = Arc::new(AtomicBool::new(false));
         let open = move || attune::Personalizer::open_with_encoder(Path::new(&database_path), key, encoder);
-        let runtime = background::spawn(unused_stop, open)?.await?;
+        let runtime = background::run_to_end(open).await??;
         Ok(Arc::new(Self { session: Session::new(runtime) }))
     }
 
