@@ -221,3 +221,30 @@ fn a_private_update_is_clipped_noised_and_charged_to_the_ledger() {
             || matches!(trained, Err(Error::BudgetExceeded(_)))
     );
 }
+
+#[test]
+fn a_clipped_update_moves_the_shared_model_at_most_the_clip_norm_and_charges_nothing() {
+    let (devices, labels, _) = devices("federated-clipped", &tiny_dir());
+    let p = &devices[0];
+    let (dim, fingerprint) = backbone(p);
+    let shared = SharedModel::zeros(&fingerprint, labels, dim).unwrap();
+    let free = p.federated_fit("intents", &shared, &FederatedOptions::default(), &QuietTraining).unwrap();
+    let change = |update: &attune::FederatedUpdate| {
+        update.model.weights().iter().chain(update.model.bias()).map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt()
+    };
+    let clip = (change(&free) / 4.0) as f32;
+    let options = FederatedOptions { clip_norm: Some(clip), ..FederatedOptions::default() };
+    let clipped = p.federated_fit("intents", &shared, &options, &QuietTraining).unwrap();
+    assert!((change(&clipped) - f64::from(clip)).abs() < 1e-3 * f64::from(clip), "scaled onto the clip norm");
+    // Clipping alone is no release: the server's noise is what protects the device.
+    assert!(clipped.privacy.is_none());
+    assert!(p.store().private_runs(p.store().task_id("intents").unwrap()).unwrap().is_empty());
+
+    let both = FederatedOptions {
+        privacy: Some(attune::UpdatePrivacy { clip_norm: 0.5, noise_multiplier: 2.0, epsilon: 8.0, delta: None }),
+        ..options.clone()
+    };
+    assert!(matches!(p.federated_fit("intents", &shared, &both, &QuietTraining), Err(Error::InvalidInput(_))));
+    let broken = FederatedOptions { clip_norm: Some(f32::NAN), ..FederatedOptions::default() };
+    assert!(matches!(p.federated_fit("intents", &shared, &broken, &QuietTraining), Err(Error::InvalidInput(_))));
+}

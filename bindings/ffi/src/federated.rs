@@ -90,6 +90,11 @@ pub struct FederatedSettings {
     pub dp_epsilon: Option<f64>,
     #[uniffi(default = None)]
     pub dp_delta: Option<f64>,
+    /// Central differential privacy, where the server adds the noise: the
+    /// update's change is clipped to this L2 norm and nothing else is done
+    /// on the device (no noise, no ledger entry). Not with `dp_clip`.
+    #[uniffi(default = None)]
+    pub clip_norm: Option<f32>,
 }
 
 impl TryFrom<FederatedSettings> for attune::FederatedOptions {
@@ -113,6 +118,7 @@ impl TryFrom<FederatedSettings> for attune::FederatedOptions {
             proximal: s.proximal.unwrap_or(default.proximal),
             seed: s.seed,
             privacy,
+            clip_norm: s.clip_norm,
             ..default
         })
     }

@@ -12,7 +12,9 @@ use crate::evaluation::{Metrics, evaluate};
 use crate::federated::SharedModel;
 use crate::heads::Head;
 use crate::store::{NewHead, TaskId};
-use crate::training::{FederatedOptions, PrivacySpent, TrainListener, TrainingSet, fit_from_shared, privatize};
+use crate::training::{
+    FederatedOptions, PrivacySpent, TrainListener, TrainingSet, clip_update, fit_from_shared, privatize,
+};
 
 /// What a device sends back after a round.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +59,9 @@ impl Personalizer {
         options: &FederatedOptions,
         listener: &dyn TrainListener,
     ) -> Result<FederatedUpdate> {
+        if options.privacy.is_some() && options.clip_norm.is_some() {
+            return Err(Error::InvalidInput("a private update clips to its own norm: pass one clip norm".into()));
+        }
         let encoder = self.encoder();
         shared.check_backbone(encoder.fingerprint(), encoder.dim())?;
         let id = self.store.task_id(task)?;
@@ -74,7 +79,10 @@ impl Personalizer {
         };
         let trained = fit_from_shared(shared.head(), &set, options, listener)?;
         let (head, spent) = match charge {
-            None => (trained, None),
+            None => match options.clip_norm {
+                Some(clip_norm) => (clip_update(&trained, shared.head(), clip_norm)?, None),
+                None => (trained, None),
+            },
             Some(charge) => {
                 let head = privatize(&trained, shared.head(), &charge.privacy)?;
                 // Charged before the update exists for the caller: no release goes uncounted.

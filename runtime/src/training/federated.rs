@@ -25,11 +25,16 @@ pub struct FederatedOptions {
     pub seed: u64,
     /// Differential privacy on the update, at the level of the device.
     pub privacy: Option<UpdatePrivacy>,
+    /// A bound on the update's change from the shared weights (L2), with
+    /// no noise: for central differential privacy, where the server adds
+    /// the noise to the average and needs each device's influence on it
+    /// bounded. A private update clips to its own `privacy.clip_norm`.
+    pub clip_norm: Option<f32>,
 }
 
 impl Default for FederatedOptions {
     fn default() -> Self {
-        Self { epochs: 10, learning_rate: 0.05, proximal: 0.1, batch_size: 8, seed: 0, privacy: None }
+        Self { epochs: 10, learning_rate: 0.05, proximal: 0.1, batch_size: 8, seed: 0, privacy: None, clip_norm: None }
     }
 }
 
@@ -69,21 +74,36 @@ impl UpdatePrivacy {
     }
 }
 
+/// `trained` with its change from `shared` scaled down to at most
+/// `clip_norm` in L2 (unchanged when already within it).
+pub(crate) fn clip_update(trained: &Head, shared: &Head, clip_norm: f32) -> Result<Head> {
+    if !(clip_norm.is_finite() && clip_norm > 0.0) {
+        return Err(Error::InvalidInput("an update's clip norm must be positive and finite".into()));
+    }
+    perturb_change(trained, shared, clip_norm, || 0.0)
+}
+
 /// Clips `trained`'s change from `shared` to `privacy.clip_norm` and adds
 /// Gaussian noise seeded from the operating system.
 pub(crate) fn privatize(trained: &Head, shared: &Head, privacy: &UpdatePrivacy) -> Result<Head> {
     let noise = &mut SplitMix::new(secret_seed()?);
+    let sigma = (privacy.noise_multiplier * f64::from(privacy.clip_norm)) as f32;
+    perturb_change(trained, shared, privacy.clip_norm, || sigma * noise.normal())
+}
+
+/// `shared` plus `trained`'s change from it clipped to `clip_norm`, each
+/// value then moved by `noise()`.
+fn perturb_change(trained: &Head, shared: &Head, clip_norm: f32, mut noise: impl FnMut() -> f32) -> Result<Head> {
     let (Params::Linear { weights: w, bias: b }, Params::Linear { weights: w0, bias: b0 }) =
         (&trained.params, &shared.params)
     else {
-        return Err(Error::InvalidInput("only linear updates are privatized".into()));
+        return Err(Error::InvalidInput("only linear updates are clipped or privatized".into()));
     };
     let (dw, db) = (w - w0, b - b0);
     let norm = (dw.iter().chain(db.iter()).map(|v| f64::from(*v).powi(2)).sum::<f64>()).sqrt();
-    let scale = if norm > f64::from(privacy.clip_norm) { (f64::from(privacy.clip_norm) / norm) as f32 } else { 1.0 };
-    let sigma = (privacy.noise_multiplier * f64::from(privacy.clip_norm)) as f32;
-    let weights = w0 + &dw.mapv(|v| v * scale + sigma * noise.normal());
-    let bias = b0 + &db.mapv(|v| v * scale + sigma * noise.normal());
+    let scale = if norm > f64::from(clip_norm) { (f64::from(clip_norm) / norm) as f32 } else { 1.0 };
+    let weights = w0 + &dw.mapv(|v| v * scale + noise());
+    let bias = b0 + &db.mapv(|v| v * scale + noise());
     Ok(Head::new(trained.fingerprint(), trained.labels().to_vec(), Params::Linear { weights, bias }))
 }
 

@@ -35,7 +35,7 @@ use ndarray::ArrayView2;
 
 pub use dp::{PrivacyOptions, PrivacySpent, PrivateRun, noise_for_budget, privacy_spent};
 pub use federated::{FederatedOptions, UpdatePrivacy};
-pub(crate) use federated::{fit_from_shared, privatize};
+pub(crate) use federated::{clip_update, fit_from_shared, privatize};
 pub use optimizer::OptimizerKind;
 pub use promotion::{ActiveHeadEvidence, PromotionBasis, PromotionDecision, decide_promotion};
 pub use report::{CandidateHead, CandidateReport, EpochProgress, TrainReport, ValidationMethod};

@@ -5,6 +5,7 @@ for two rounds of Flower's FedAvg."""
 
 import asyncio
 import json
+import math
 import os
 import pathlib
 import socket
@@ -169,6 +170,12 @@ def test_three_supernodes_two_rounds(tmp_path, tiny_model_dir):
 
 
 def simulate(tmp_path, model_dir, *extra):
+    done = simulate_raw(tmp_path, model_dir, *extra)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def simulate_raw(tmp_path, model_dir, *extra):
     data = tmp_path / "intents.csv"
     lines = ["text,label"] + [f'"{t}",{i["label"]}' for i in INTENTS for t in i["train"] + i["held_out"]]
     data.write_text("\n".join(lines) + "\n")
@@ -177,9 +184,7 @@ def simulate(tmp_path, model_dir, *extra):
     command = [sys.executable, "-m", "attune.flower", "simulate", "--data", str(data), "--users", "4",
                "--rounds", "2", "--fraction", "1.0", "--alpha", "1.0", "--seed", "3",
                "--model", model_dir, "--json", *extra]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_the_simulate_command(tmp_path, tiny_model_dir):
@@ -193,5 +198,23 @@ def test_the_simulate_command(tmp_path, tiny_model_dir):
     assert "rounds on Flower's simulation engine" in stderr
 
     # Local noise on every update: each device's ε is reported (and bounded by its budget).
-    private, _ = simulate(tmp_path, tiny_model_dir, "--dp-noise", "1.0", "--clip", "1.0", "--dp-budget", "50")
-    assert 0.0 < private["epsilon"] <= 50.0
+    local = ["--dp-noise", "1.0", "--clip", "1.0", "--dp-at", "device", "--dp-budget", "50"]
+    private, _ = simulate(tmp_path, tiny_model_dir, *local)
+    assert private["dp_at"] == "device" and 0.0 < private["epsilon"] <= 50.0 and private["delta"] == 1e-5
+
+
+def test_central_noise_reports_the_populations_epsilon_and_refuses_a_budget_it_would_pass(tmp_path, tiny_model_dir):
+    pytest.importorskip("ray")
+    pytest.importorskip("dp_accounting")  # Flower's RDP accountant: the flwr[dp] extra
+    central, stderr = simulate(tmp_path, tiny_model_dir, "--dp-noise", "2.0", "--clip", "0.5")
+    # 2 releases of the Gaussian mechanism at noise multiplier 2, no amplification, δ = 1/users.
+    # RDP of one release at order a is a / (2 z²): ε ≤ 2a/8 + log(1/δ)/(a − 1), least near a = 4.
+    bound = min(2 * a / 8 + math.log(4) / (a - 1) for a in (2, 3, 4, 5, 6, 8))
+    assert central["dp_at"] == "server" and central["delta"] == 0.25
+    assert 0.0 < central["epsilon"] <= bound + 1e-9, (central, bound)
+    # Flower's wrapper added noise of z · clip / devices = 2 · 0.5 / 4 to the average.
+    assert "central DP noise with 0.2500 stdev added" in stderr, stderr[-3000:]
+
+    refused = simulate_raw(tmp_path, tiny_model_dir, "--dp-noise", "2.0", "--dp-budget", "0.1")
+    assert refused.returncode != 0 and "would pass the budget" in refused.stderr, refused.stderr[-2000:]
+    assert "embedded users" not in refused.stderr  # refused before any text was embedded

@@ -15,7 +15,11 @@ database) and ``model-dir``. Run configuration: ``task``, ``labels``
 (comma-separated), ``fingerprint`` and ``dimension`` of the backbone,
 ``num-server-rounds``, and optionally ``fraction-train``,
 ``min-nodes`` and ``output`` (a directory the server writes the final model
-and a summary to).
+and a summary to). Differential privacy: ``dp-noise`` (noise multiplier),
+``dp-clip`` (default 1), ``dp-at`` (``server``, the default: central noise
+through Flower's DP wrapper and RDP accountant, which needs ``population``,
+the number of devices; or ``device``: local noise, which needs
+``dp-budget``, each device's ε), ``dp-budget`` and ``dp-delta``.
 
 Install with the ``flower`` extra: ``pip install 'attune-….whl[flower]'``.
 """

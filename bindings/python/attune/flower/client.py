@@ -4,10 +4,11 @@ import asyncio
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 import attune
 
-from .shared import arrays_of, model_of
+from .shared import UNIFORM_WEIGHT, arrays_of, model_of
 
 
 def make_client_app(open_personalizer, task_of) -> ClientApp:
@@ -24,13 +25,16 @@ def make_client_app(open_personalizer, task_of) -> ClientApp:
             settings.dp_clip = float(config["dp-clip"])
             settings.dp_noise = float(config["dp-noise"])
             settings.dp_epsilon = float(config["dp-epsilon"])
+        if KEY_CLIPPING_NORM in config:
+            # Flower's DP wrapper adds the noise at the server; the device bounds its change.
+            settings.clip_norm = float(config[KEY_CLIPPING_NORM])
 
         async def fit():
             with await open_personalizer(context) as p:
                 return await p.federated_fit(task_of(context), shared, settings)
 
         update = asyncio.run(fit())
-        metrics = {"num-examples": int(update.examples)}
+        metrics = {"num-examples": int(update.examples), UNIFORM_WEIGHT: 1}
         if update.privacy_epsilon is not None:
             metrics["epsilon"] = float(update.privacy_epsilon)
         content = RecordDict({"arrays": arrays_of(update.model), "metrics": MetricRecord(metrics)})
@@ -45,7 +49,9 @@ def make_client_app(open_personalizer, task_of) -> ClientApp:
                 return await p.federated_evaluate(task_of(context), shared)
 
         metrics = asyncio.run(score())
-        record = MetricRecord({"num-examples": int(metrics.examples), "accuracy": float(metrics.accuracy)})
+        record = MetricRecord(
+            {"num-examples": int(metrics.examples), UNIFORM_WEIGHT: 1, "accuracy": float(metrics.accuracy)}
+        )
         return Message(content=RecordDict({"metrics": record}), reply_to=msg)
 
     return app

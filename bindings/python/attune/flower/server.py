@@ -1,4 +1,5 @@
-"""The server's half, as a Flower ``ServerApp`` running Flower's ``FedAvg``."""
+"""The server's half, as a Flower ``ServerApp`` running Flower's ``FedAvg``,
+wrapped in Flower's differential-privacy strategy for central noise."""
 
 import json
 from dataclasses import dataclass
@@ -7,11 +8,29 @@ from typing import List, Optional
 
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
 import attune
 
-from .shared import arrays_of, model_of, round_config
+from .shared import UNIFORM_WEIGHT, arrays_of, model_of, round_config
+
+
+@dataclass
+class Privacy:
+    """User-level differential privacy of the rounds. ``at="server"``
+    (central): each device clips its update's change to ``clip``, Flower's
+    DP wrapper adds Gaussian noise of ``noise · clip / sampled`` to the
+    average, and Flower's RDP accountant counts the population's ε at
+    ``delta`` (default 1 / population); a round that would pass ``budget``
+    is not run. ``at="device"`` (local): each device adds noise of
+    ``noise · clip`` to its own update and charges its ledger, whose ε may
+    not pass ``budget``."""
+
+    at: str
+    noise: float
+    clip: float
+    budget: Optional[float] = None
+    delta: Optional[float] = None
 
 
 @dataclass
@@ -27,47 +46,106 @@ class Rounds:
     fraction: float = 1.0
     min_nodes: int = 2
     output: Optional[str] = None
-    # Differential privacy on every update, added on the devices (see
-    # FederatedSettings.dp_*): clip norm, noise multiplier, each device's budget.
-    dp_clip: Optional[float] = None
-    dp_noise: Optional[float] = None
-    dp_epsilon: Optional[float] = None
+    privacy: Optional[Privacy] = None
+    # Devices in the federation: central privacy waits for all of them and
+    # samples `fraction` of them each round.
+    population: Optional[int] = None
 
 
-def count_devices(records, weighted_by_key: str) -> MetricRecord:
+def count_devices(records, _weighted_by_key: str) -> MetricRecord:
     """Train metrics of a round: how many devices replied, with how many
     examples, and the largest ε a device has spent (private updates)."""
-    examples = sum(int(r["metrics"][weighted_by_key]) for r in records)
-    metrics = {"devices": len(records), weighted_by_key: examples}
+    examples = sum(int(r["metrics"]["num-examples"]) for r in records)
+    metrics = {"devices": len(records), "num-examples": examples}
     spent = [float(r["metrics"]["epsilon"]) for r in records if "epsilon" in r["metrics"]]
     if spent:
         metrics["max-epsilon"] = max(spent)
     return MetricRecord(metrics)
 
 
-def weighted_accuracy(records, weighted_by_key: str) -> MetricRecord:
+def weighted_accuracy(records, _weighted_by_key: str) -> MetricRecord:
     """Evaluate metrics of a round: accuracy over all devices' examples."""
-    examples = sum(int(r["metrics"][weighted_by_key]) for r in records)
-    correct = sum(float(r["metrics"]["accuracy"]) * int(r["metrics"][weighted_by_key]) for r in records)
-    return MetricRecord({"devices": len(records), weighted_by_key: examples, "accuracy": correct / max(examples, 1)})
+    examples = sum(int(r["metrics"]["num-examples"]) for r in records)
+    correct = sum(float(r["metrics"]["accuracy"]) * int(r["metrics"]["num-examples"]) for r in records)
+    return MetricRecord({"devices": len(records), "num-examples": examples, "accuracy": correct / max(examples, 1)})
 
 
-def run_rounds(grid: Grid, settings: Rounds) -> None:
-    start = attune.shared_model_zeros(settings.fingerprint, settings.labels, settings.dimension)
-    strategy = FedAvg(
+def fedavg(settings: Rounds, weighted_by_key: str, min_available: int) -> FedAvg:
+    return FedAvg(
         fraction_train=settings.fraction,
         fraction_evaluate=settings.fraction,
         min_train_nodes=settings.min_nodes,
         min_evaluate_nodes=settings.min_nodes,
-        min_available_nodes=settings.min_nodes,
+        min_available_nodes=min_available,
+        weighted_by_key=weighted_by_key,
         train_metrics_aggr_fn=count_devices,
         evaluate_metrics_aggr_fn=weighted_accuracy,
     )
+
+
+class PrivacyBudgetTooSmall(ValueError):
+    """The rounds asked for would spend more ε than the budget allows."""
+
+
+def central_privacy(settings: Rounds):
+    """FedAvg in Flower's DP wrapper (devices clip, the server adds the
+    noise), and the RDP accountant that counts the population's ε. Flower
+    accounts these rounds without amplification by sampling."""
+    from flwr.supercore.privacy_accounting import (
+        GaussianPrivacyEvent,
+        NeighboringRelation,
+        PrivacyConfig,
+        SamplingMethod,
+    )
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    privacy, population = settings.privacy, settings.population
+    if population is None:
+        raise ValueError("central privacy needs the population (the number of devices)")
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=privacy.delta if privacy.delta is not None else 1.0 / population,
+            population_size=population,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            max_epsilon=privacy.budget,
+        )
+    )
+    sampled = max(int(population * settings.fraction), settings.min_nodes)
+    round_release = GaussianPrivacyEvent(noise_multiplier=privacy.noise, sample_size=sampled, population_size=population)
+    if privacy.budget is not None and accountant.would_exceed(round_release, count=settings.rounds):
+        # Refused before the first round, not stopped halfway by Flower.
+        raise PrivacyBudgetTooSmall(
+            f"{settings.rounds} rounds at noise multiplier {privacy.noise} would pass the budget "
+            f"ε = {privacy.budget}: fewer rounds or more noise"
+        )
+    strategy = DifferentialPrivacyClientSideFixedClipping(
+        fedavg(settings, UNIFORM_WEIGHT, population),
+        noise_multiplier=privacy.noise,
+        clipping_norm=privacy.clip,
+        num_sampled_clients=sampled,
+        accountant=accountant,
+    )
+    return strategy, accountant
+
+
+def device_privacy_config(privacy: Privacy) -> dict:
+    """What a round tells devices that add the noise themselves."""
+    if privacy.budget is None:
+        raise ValueError("noise on the devices needs each device's ε budget")
+    return {"dp-clip": float(privacy.clip), "dp-noise": float(privacy.noise), "dp-epsilon": float(privacy.budget)}
+
+
+def run_rounds(grid: Grid, settings: Rounds) -> None:
+    start = attune.shared_model_zeros(settings.fingerprint, settings.labels, settings.dimension)
     config = round_config(settings.labels, settings.fingerprint)
-    if settings.dp_noise is not None:
-        config["dp-clip"] = float(settings.dp_clip)
-        config["dp-noise"] = float(settings.dp_noise)
-        config["dp-epsilon"] = float(settings.dp_epsilon)
+    privacy, accountant = settings.privacy, None
+    if privacy is not None and privacy.at == "server":
+        strategy, accountant = central_privacy(settings)
+    else:
+        strategy = fedavg(settings, "num-examples", settings.min_nodes)
+        if privacy is not None:
+            config.update(device_privacy_config(privacy))
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays_of(start),
@@ -84,6 +162,9 @@ def run_rounds(grid: Grid, settings: Rounds) -> None:
             "train": {str(k): dict(v) for k, v in result.train_metrics_clientapp.items()},
             "evaluate": {str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()},
         }
+        if accountant is not None:
+            spent = accountant.get_privacy_spent()
+            summary["privacy"] = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
         (out / "summary.json").write_text(json.dumps(summary))
 
 
@@ -112,5 +193,21 @@ def main(grid: Grid, context: Context) -> None:
         fraction=float(run.get("fraction-train", 1.0)),
         min_nodes=int(run.get("min-nodes", 2)),
         output=str(run["output"]) if "output" in run else None,
+        privacy=privacy_of(run),
+        population=int(run["population"]) if "population" in run else None,
     )
     run_rounds(grid, settings)
+
+
+def privacy_of(run) -> Optional[Privacy]:
+    """Run config ``dp-at`` (server or device), ``dp-noise``, ``dp-clip``,
+    ``dp-budget``, ``dp-delta``; none without ``dp-noise``."""
+    if "dp-noise" not in run:
+        return None
+    return Privacy(
+        at=str(run.get("dp-at", "server")),
+        noise=float(run["dp-noise"]),
+        clip=float(run.get("dp-clip", 1.0)),
+        budget=float(run["dp-budget"]) if "dp-budget" in run else None,
+        delta=float(run["dp-delta"]) if "dp-delta" in run else None,
+    )

@@ -5,6 +5,11 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 import attune
 
+# In a round with central noise every device weighs the same (Flower's
+# accountant needs uniform FedAvg: one device then moves the average by at
+# most clip / devices).
+UNIFORM_WEIGHT = "device-weight"
+
 
 def arrays_of(model: attune.SharedModel) -> ArrayRecord:
     """The model's weights (``labels × dim``) and bias as an ``ArrayRecord``."""

@@ -1,7 +1,8 @@
 """Federated personalization at scale on Flower's simulation engine.
 
   python -m attune.flower simulate --data FILE.csv --users 100 --rounds 20 \\
-      --alpha 0.5 --seed 1 [--fraction 0.2] [--dp-noise Z --clip C] [--model DIR] --json
+      --alpha 0.5 --seed 1 [--fraction 0.2] [--dp-noise Z --clip C [--dp-at server|device]] \\
+      [--score-users K] [--model DIR] --json
 
 Splits the rows into users with a Dirichlet(alpha) over labels (non-IID),
 each user's rows into their own train and held-out halves, and compares on
@@ -9,7 +10,9 @@ every user's held-out half: ``local`` (each user alone), ``shared`` (the
 federated model), ``personalized`` (each user's head trained from the shared
 model) and ``centralized`` (one head on all train halves pooled). Users are
 tasks of one simulation database, so every text is embedded once; each
-simulated device sees only its own task. Progress goes to stderr.
+simulated device sees only its own task. With ``--score-users K`` the four
+arms are scored on K users drawn at random (the federation and the
+centralized head still use every user). Progress goes to stderr.
 """
 
 import argparse
@@ -19,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +30,7 @@ import numpy as np
 import attune
 
 from .client import make_client_app
-from .server import Rounds, make_server_app
+from .server import Privacy, PrivacyBudgetTooSmall, Rounds, central_privacy, make_server_app
 
 # A user needs a few rows for a train and a held-out half.
 MIN_ROWS_PER_USER = 4
@@ -133,20 +137,22 @@ class SimulatedDevices:
         return federated_task(int(context.node_config["partition-id"]))
 
 
-async def prepare(p, rows, users_train, users_held, central):
-    for u, (train, held) in enumerate(zip(users_train, users_held)):
-        await p.add_examples(user_task(u), labelled(rows, train))
-        await p.add_examples(personal_task(u), labelled(rows, train))
+async def prepare(p, rows, users_train, users_held, central, scored):
+    """Every user's train half as its device's federated task; for the
+    scored users also the tasks of the `local` and `personalized` arms and
+    the held-out half; all train halves pooled for `centralized`."""
+    for u, train in enumerate(users_train):
         await p.add_examples(federated_task(u), labelled(rows, train))
-        if held:
-            await p.add_examples(held_out_task(u), labelled(rows, held))
-        if u % 10 == 0:
+        if u % 100 == 0:
             say(f"embedded users {u + 1}/{len(users_train)}")
+    for u in scored:
+        await p.add_examples(user_task(u), labelled(rows, users_train[u]))
+        await p.add_examples(personal_task(u), labelled(rows, users_train[u]))
+        await p.add_examples(held_out_task(u), labelled(rows, users_held[u]))
     await p.add_examples("central", labelled(rows, central))
 
 
-async def evaluate_all(p, rows, users_train, users_held, shared):
-    scored = [u for u, held in enumerate(users_held) if held]
+async def evaluate_all(p, rows, users_held, scored, shared):
     local, shared_acc, personal, central = [], [], [], []
     await p.train("central")
     for u in scored:
@@ -163,6 +169,47 @@ async def evaluate_all(p, rows, users_train, users_held, shared):
     return local, shared_acc, personal, central
 
 
+def privacy_of(args):
+    if args.dp_noise is None:
+        return None
+    if args.dp_at == "device" and args.dp_budget is None:
+        raise SystemExit("--dp-at device needs --dp-budget (each device's ε budget)")
+    return Privacy(at=args.dp_at, noise=args.dp_noise, clip=args.clip, budget=args.dp_budget, delta=args.dp_delta)
+
+
+def spent_epsilon(summary_json, privacy):
+    """The run's ε: the population's (Flower's accountant) for central
+    noise, the most any device spent for local noise."""
+    if privacy is None:
+        return None, None
+    if privacy.at == "server":
+        return summary_json["privacy"]["epsilon"], summary_json["privacy"]["delta"]
+    spent = [float(r["max-epsilon"]) for r in summary_json["train"].values() if "max-epsilon" in r]
+    return (max(spent) if spent else None), (privacy.delta or 1e-5)
+
+
+def rounds_of(args, label_list, workdir: Path) -> Rounds:
+    """The server's settings (the backbone is filled in once loaded); a
+    central budget the rounds would pass is refused before anything runs."""
+    settings = Rounds(
+        labels=label_list,
+        fingerprint="",
+        dimension=0,
+        rounds=args.rounds,
+        fraction=args.fraction,
+        min_nodes=max(1, int(args.users * args.fraction)),
+        output=str(workdir / "server"),
+        privacy=privacy_of(args),
+        population=args.users,
+    )
+    if settings.privacy is not None and settings.privacy.at == "server":
+        try:
+            central_privacy(settings)
+        except PrivacyBudgetTooSmall as refused:
+            raise SystemExit(f"refused: {refused}") from None
+    return settings
+
+
 def simulate(args) -> dict:
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
@@ -174,31 +221,24 @@ def simulate(args) -> dict:
     users_train = [train for train, _ in split]
     users_held = [held for _, held in split]
     central = [i for train in users_train for i in train]
+    with_held_out = [u for u, held in enumerate(users_held) if held]
+    count = min(args.score_users or len(with_held_out), len(with_held_out))
+    scored = sorted(int(u) for u in rng.choice(with_held_out, size=count, replace=False))
     say(f"{len(rows)} rows, {len(label_list)} labels, {args.users} users (alpha {args.alpha})")
 
     workdir = Path(tempfile.mkdtemp(prefix="attune-simulate-"))
+    settings = rounds_of(args, label_list, workdir)
     database = str(workdir / "simulation.db")
 
     async def setup():
         model = await attune.Model.load(args.model)
         p = await attune.Personalizer.open_with_model(database, model)
-        await prepare(p, rows, users_train, users_held, central)
+        await prepare(p, rows, users_train, users_held, central, scored)
         return p
 
     p = asyncio.run(setup())
     prepared = time.perf_counter()
-    settings = Rounds(
-        labels=label_list,
-        fingerprint=p.model_fingerprint(),
-        dimension=p.dimension(),
-        rounds=args.rounds,
-        fraction=args.fraction,
-        min_nodes=max(1, int(args.users * args.fraction)),
-        output=str(workdir / "server"),
-        dp_clip=args.clip if args.dp_noise is not None else None,
-        dp_noise=args.dp_noise,
-        dp_epsilon=args.dp_budget if args.dp_noise is not None else None,
-    )
+    settings = replace(settings, fingerprint=p.model_fingerprint(), dimension=p.dimension())
     devices = SimulatedDevices(database, args.model)
     from flwr.simulation import run_simulation
 
@@ -211,14 +251,14 @@ def simulate(args) -> dict:
     )
     federated = time.perf_counter()
     blob = (workdir / "server/shared-model.bin").read_bytes()
-    rounds = json.loads((workdir / "server/summary.json").read_text())["train"].values()
-    spent = [float(r["max-epsilon"]) for r in rounds if "max-epsilon" in r]
+    epsilon, delta = spent_epsilon(json.loads((workdir / "server/summary.json").read_text()), settings.privacy)
     shared = attune.shared_model_from_bytes(blob, settings.fingerprint)
     say("evaluating local, shared, personalized and centralized heads")
-    local, shared_acc, personal, central_acc = asyncio.run(evaluate_all(p, rows, users_train, users_held, shared))
+    local, shared_acc, personal, central_acc = asyncio.run(evaluate_all(p, rows, users_held, scored, shared))
     p.close()
     return {
         "users": args.users,
+        "scored_users": len(scored),
         "rounds": args.rounds,
         "local": summary(local),
         "shared": summary(shared_acc),
@@ -229,8 +269,9 @@ def simulate(args) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
         "seconds_embedding": round(prepared - started, 1),
         "seconds_per_round": round((federated - prepared) / args.rounds, 2),
-        # Local noise: the largest ε any device spent (δ = 1e-5 per device).
-        "epsilon": round(max(spent), 3) if spent else None,
+        "epsilon": round(epsilon, 3) if epsilon is not None else None,
+        "delta": delta,
+        "dp_at": settings.privacy.at if settings.privacy else None,
     }
 
 
@@ -244,9 +285,17 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fraction", type=float, default=0.2, help="share of users sampled per round")
-    parser.add_argument("--dp-noise", type=float, help="noise multiplier of each private update (local DP)")
+    parser.add_argument("--dp-noise", type=float, help="noise multiplier (differential privacy)")
     parser.add_argument("--clip", type=float, default=1.0, help="L2 clip of each update's change")
-    parser.add_argument("--dp-budget", type=float, default=1e6, help="each device's ε budget (refuses beyond)")
+    parser.add_argument(
+        "--dp-at",
+        choices=["server", "device"],
+        default="server",
+        help="server: central noise on the average, the population's ε; device: local noise on each update",
+    )
+    parser.add_argument("--dp-budget", type=float, help="ε budget: the population's (server) or each device's")
+    parser.add_argument("--dp-delta", type=float, help="δ (default 1/users at the server, 1e-5 on a device)")
+    parser.add_argument("--score-users", type=int, help="score the arms on this many users drawn at random")
     parser.add_argument("--model", default="models/cache/all-minilm-l6-v2", help="model directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default)")
     args = parser.parse_args(argv)
