@@ -3,6 +3,7 @@ cancellation, close, typed errors, listeners, many callers at once, and
 what Python code expects (repr, context managers, NumPy). Ranking quality
 is the shared scenario's job (test_scenario.py)."""
 
+import array
 import asyncio
 import threading
 
@@ -443,6 +444,30 @@ def test_federated_calls_at_the_boundary(tmp_path, tiny_model_dir):
             with pytest.raises(attune.AttuneError.InvalidInput):
                 await p.adopt_shared("support", other)
             assert len(p.heads("support")) == 1
+
+    run(scenario())
+
+
+def test_float_lists_cross_the_boundary_bit_for_bit(tmp_path, tiny_model_dir):
+    # The package moves f32 lists in bulk (attune/__init__.py): values, order and errors as before.
+    numpy = pytest.importorskip("numpy")
+
+    async def scenario():
+        async with await attune.Personalizer.open(config(tmp_path / "floats.db", tiny_model_dir)) as p:
+            dim, fingerprint = p.dimension(), p.model_fingerprint()
+            values = [(-1) ** i * 2.0 ** (i % 40 - 20) + i / 7 for i in range(2 * dim)]
+            model = attune.SharedModel(fingerprint=fingerprint, labels=["a", "b"], weights=values, bias=[0.5, -3.25])
+            back = attune.shared_model_from_bytes(attune.shared_model_to_bytes(model), fingerprint)
+            assert back.weights == array.array("f", values).tolist() and back.bias == [0.5, -3.25]
+            from_numpy = attune.SharedModel(fingerprint=fingerprint, labels=["a", "b"],
+                                            weights=numpy.asarray(values, dtype=numpy.float32), bias=[0.0, 0.0])
+            assert attune.shared_model_from_bytes(attune.shared_model_to_bytes(from_numpy), fingerprint).weights == back.weights
+            with pytest.raises(TypeError):
+                attune.shared_model_to_bytes(attune.SharedModel(fingerprint=fingerprint, labels=["a"],
+                                                                weights=["0.5"] * dim, bias=[0.0]))
+            vectors = await p.embed(["play some music", "what is the weather"])
+            again = await p.embed(["what is the weather"])
+            assert vectors.shape == (2, dim) and numpy.isfinite(vectors).all() and numpy.allclose(vectors[1], again[0], atol=1e-5)
 
     run(scenario())
 
