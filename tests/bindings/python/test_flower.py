@@ -169,6 +169,27 @@ def test_three_supernodes_two_rounds(tmp_path, tiny_model_dir):
         assert asyncio.run(prepare_device_count(db, tiny_model_dir)) == prepared[d][2]
 
 
+def test_float16_updates_are_averaged_in_float32():
+    import numpy as np
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    from attune.flower.server import widen
+
+    def replies():
+        values = [1.0 + 2.0**-10, 1.0, 1.0, 1.0]  # each exact in float16; their mean is not
+        arrays = [ArrayRecord(numpy_ndarrays=[np.full((2, 3), v, dtype=np.float16)]) for v in values]
+        return [RecordDict({"arrays": a, "metrics": MetricRecord({"num-examples": 1})}) for a in arrays]
+
+    # Flower's FedAvg sums in the arrays' own type: in float16 the small change is lost.
+    assert aggregate_arrayrecords(replies(), "num-examples").to_numpy_ndarrays()[0][0, 0] == 1.0
+    widened = replies()
+    for content in widened:
+        widen(content)
+    mean = aggregate_arrayrecords(widened, "num-examples").to_numpy_ndarrays()[0]
+    assert mean.dtype == np.float32 and (mean == np.float32(1.0 + 2.0**-12)).all()
+
+
 def simulate(tmp_path, model_dir, *extra):
     done = simulate_raw(tmp_path, model_dir, *extra)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -196,6 +217,11 @@ def test_the_simulate_command(tmp_path, tiny_model_dir):
     dimension = asyncio.run(prepare_device(tmp_path / "probe.db", tiny_model_dir, [0]))[1]
     assert result["bytes_per_update"] == 4 * len(INTENTS) * (dimension + 1)
     assert "rounds on Flower's simulation engine" in stderr
+
+    # Float16 updates: half the bytes, widened at the server before FedAvg sums them.
+    half, _ = simulate(tmp_path, tiny_model_dir, "--f16-updates")
+    assert half["bytes_per_update"] == result["bytes_per_update"] // 2
+    assert abs(half["shared"]["mean"] - result["shared"]["mean"]) <= 0.1, (half, result)
 
     # Local noise on every update: each device's ε is reported (and bounded by its budget).
     local = ["--dp-noise", "1.0", "--clip", "1.0", "--dp-at", "device", "--dp-budget", "50"]

@@ -2,13 +2,15 @@
 
 import asyncio
 
+import numpy as np
+
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 import attune
 
-from .shared import UNIFORM_WEIGHT, arrays_of, model_of
+from .shared import UNIFORM_WEIGHT, UPDATE_DTYPE, arrays_of, model_of
 
 
 def make_client_app(open_personalizer, task_of) -> ClientApp:
@@ -37,7 +39,8 @@ def make_client_app(open_personalizer, task_of) -> ClientApp:
         metrics = {"num-examples": int(update.examples), UNIFORM_WEIGHT: 1}
         if update.privacy_epsilon is not None:
             metrics["epsilon"] = float(update.privacy_epsilon)
-        content = RecordDict({"arrays": arrays_of(update.model), "metrics": MetricRecord(metrics)})
+        dtype = np.float16 if config.get(UPDATE_DTYPE) == "float16" else np.float32
+        content = RecordDict({"arrays": arrays_of(update.model, dtype), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()

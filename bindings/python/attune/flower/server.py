@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from flwr.app import Context, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, Strategy
 
 import attune
 
-from .shared import UNIFORM_WEIGHT, arrays_of, model_of, round_config
+from .shared import UNIFORM_WEIGHT, UPDATE_DTYPE, arrays_of, model_of, round_config
 
 
 @dataclass
@@ -50,6 +51,10 @@ class Rounds:
     # Devices in the federation: central privacy waits for all of them and
     # samples `fraction` of them each round.
     population: Optional[int] = None
+    # Devices send float16 weights (half the bytes); the server widens them
+    # to float32 before averaging. Not with privacy: rounding would move a
+    # clipped update past its clip norm.
+    f16_updates: bool = False
 
 
 def count_devices(records, _weighted_by_key: str) -> MetricRecord:
@@ -68,6 +73,42 @@ def weighted_accuracy(records, _weighted_by_key: str) -> MetricRecord:
     examples = sum(int(r["metrics"]["num-examples"]) for r in records)
     correct = sum(float(r["metrics"]["accuracy"]) * int(r["metrics"]["num-examples"]) for r in records)
     return MetricRecord({"devices": len(records), "num-examples": examples, "accuracy": correct / max(examples, 1)})
+
+
+class WidenedReplies(Strategy):
+    """`strategy` on replies whose float16 arrays are widened to float32
+    first, so that Flower's FedAvg sums in float32."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__()
+        self.strategy = strategy
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        return self.strategy.aggregate_train(server_round, [widened(reply) for reply in replies])
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+
+def widened(reply):
+    if not reply.has_error():
+        widen(reply.content)
+    return reply
+
+
+def widen(content) -> None:
+    """Every array of a reply's ``RecordDict`` as float32."""
+    for key, record in list(content.array_records.items()):
+        content[key] = ArrayRecord({k: Array(a.numpy().astype(np.float32)) for k, a in record.items()})
 
 
 def fedavg(settings: Rounds, weighted_by_key: str, min_available: int) -> FedAvg:
@@ -140,12 +181,17 @@ def run_rounds(grid: Grid, settings: Rounds) -> None:
     start = attune.shared_model_zeros(settings.fingerprint, settings.labels, settings.dimension)
     config = round_config(settings.labels, settings.fingerprint)
     privacy, accountant = settings.privacy, None
+    if privacy is not None and settings.f16_updates:
+        raise ValueError("float16 updates and differential privacy do not go together")
     if privacy is not None and privacy.at == "server":
         strategy, accountant = central_privacy(settings)
     else:
         strategy = fedavg(settings, "num-examples", settings.min_nodes)
         if privacy is not None:
             config.update(device_privacy_config(privacy))
+    if settings.f16_updates:
+        config[UPDATE_DTYPE] = "float16"
+        strategy = WidenedReplies(strategy)
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays_of(start),
@@ -195,6 +241,7 @@ def main(grid: Grid, context: Context) -> None:
         output=str(run["output"]) if "output" in run else None,
         privacy=privacy_of(run),
         population=int(run["population"]) if "population" in run else None,
+        f16_updates=str(run.get("update-dtype", "float32")) == "float16",
     )
     run_rounds(grid, settings)
 

@@ -11,10 +11,14 @@ import attune
 UNIFORM_WEIGHT = "device-weight"
 
 
-def arrays_of(model: attune.SharedModel) -> ArrayRecord:
+# A round's config asks devices for float16 updates with this key.
+UPDATE_DTYPE = "update-dtype"
+
+
+def arrays_of(model: attune.SharedModel, dtype=np.float32) -> ArrayRecord:
     """The model's weights (``labels × dim``) and bias as an ``ArrayRecord``."""
-    weights = np.asarray(model.weights, dtype=np.float32).reshape(len(model.labels), -1)
-    return ArrayRecord(numpy_ndarrays=[weights, np.asarray(model.bias, dtype=np.float32)])
+    weights = np.asarray(model.weights, dtype=dtype).reshape(len(model.labels), -1)
+    return ArrayRecord(numpy_ndarrays=[weights, np.asarray(model.bias, dtype=dtype)])
 
 
 def model_of(arrays: ArrayRecord, config: ConfigRecord) -> attune.SharedModel:

@@ -2,7 +2,7 @@
 
   python -m attune.flower simulate --data FILE.csv --users 100 --rounds 20 \\
       --alpha 0.5 --seed 1 [--fraction 0.2] [--dp-noise Z --clip C [--dp-at server|device]] \\
-      [--score-users K] [--model DIR] --json
+      [--f16-updates] [--score-users K] [--model DIR] --json
 
 Splits the rows into users with a Dirichlet(alpha) over labels (non-IID),
 each user's rows into their own train and held-out halves, and compares on
@@ -201,7 +201,10 @@ def rounds_of(args, label_list, workdir: Path) -> Rounds:
         output=str(workdir / "server"),
         privacy=privacy_of(args),
         population=args.users,
+        f16_updates=args.f16_updates,
     )
+    if settings.privacy is not None and settings.f16_updates:
+        raise SystemExit("--f16-updates and --dp-noise do not go together (rounding would move a clipped update)")
     if settings.privacy is not None and settings.privacy.at == "server":
         try:
             central_privacy(settings)
@@ -264,8 +267,8 @@ def simulate(args) -> dict:
         "shared": summary(shared_acc),
         "personalized": summary(personal),
         "centralized": summary(central_acc),
-        # What one device sends per round: the weights and bias in f32.
-        "bytes_per_update": 4 * (len(shared.weights) + len(shared.bias)),
+        # What one device sends per round: the weights and bias in f32 (or f16).
+        "bytes_per_update": (2 if args.f16_updates else 4) * (len(shared.weights) + len(shared.bias)),
         "seconds": round(time.perf_counter() - started, 1),
         "seconds_embedding": round(prepared - started, 1),
         "seconds_per_round": round((federated - prepared) / args.rounds, 2),
@@ -295,6 +298,7 @@ def main(argv=None):
     )
     parser.add_argument("--dp-budget", type=float, help="ε budget: the population's (server) or each device's")
     parser.add_argument("--dp-delta", type=float, help="δ (default 1/users at the server, 1e-5 on a device)")
+    parser.add_argument("--f16-updates", action="store_true", help="devices send float16 weights (half the bytes)")
     parser.add_argument("--score-users", type=int, help="score the arms on this many users drawn at random")
     parser.add_argument("--model", default="models/cache/all-minilm-l6-v2", help="model directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default)")
