@@ -60,9 +60,15 @@ def simulate(data: Path, seed: int, args) -> dict:
         command += ["--dp-noise", str(args.dp_noise), "--clip", str(args.clip), "--dp-at", args.dp_at]
     if args.dp_budget is not None:
         command += ["--dp-budget", str(args.dp_budget)]
+    if args.strategy != "fedavg":
+        command += ["--strategy", args.strategy]
+    if args.evaluate_fraction is not None:
+        command += ["--evaluate-fraction", str(args.evaluate_fraction)]
+    if args.f16_updates:
+        command.append("--f16-updates")
     if args.score_users is not None:
         command += ["--score-users", str(args.score_users)]
-    log = open(WORK / f"seed-{seed}-users-{args.users}{'-dp-' + args.dp_at if args.dp_noise is not None else ''}.log", "w")
+    log = open(WORK / f"seed-{seed}-users-{args.users}-{args.strategy}{'-dp-' + args.dp_at if args.dp_noise is not None else ''}.log", "w")
     result = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=log, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -78,6 +84,9 @@ def main():
     parser.add_argument("--clip", type=float, default=1.0, help="differential privacy: L2 clip of every update's change")
     parser.add_argument("--dp-at", choices=["server", "device"], default="server", help="central or local noise")
     parser.add_argument("--dp-budget", type=float, help="ε budget (the population's, or each device's)")
+    parser.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedadam"], default="fedavg")
+    parser.add_argument("--f16-updates", action="store_true", help="devices send float16 weights")
+    parser.add_argument("--evaluate-fraction", type=float, help="share of users scoring the model each round")
     parser.add_argument("--score-users", type=int, help="score the arms on this many users drawn at random")
     args = parser.parse_args()
     if not CLINC.exists():

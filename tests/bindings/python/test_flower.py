@@ -243,4 +243,4 @@ def test_central_noise_reports_the_populations_epsilon_and_refuses_a_budget_it_w
 
     refused = simulate_raw(tmp_path, tiny_model_dir, "--dp-noise", "2.0", "--dp-budget", "0.1")
     assert refused.returncode != 0 and "would pass the budget" in refused.stderr, refused.stderr[-2000:]
-    assert "embedded users" not in refused.stderr  # refused before any text was embedded
+    assert "embedding" not in refused.stderr  # refused before any text was embedded

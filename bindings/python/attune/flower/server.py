@@ -9,7 +9,13 @@ from typing import List, Optional
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    Strategy,
+)
 
 import attune
 
@@ -55,6 +61,11 @@ class Rounds:
     # to float32 before averaging. Not with privacy: rounding would move a
     # clipped update past its clip norm.
     f16_updates: bool = False
+    # Share of devices that score the model each round (default: fraction).
+    fraction_evaluate: Optional[float] = None
+    # Flower's strategy: "fedavg" (the only one central privacy accounts
+    # for), "fedavgm" (server momentum 0.9) or "fedadam".
+    strategy: str = "fedavg"
 
 
 def count_devices(records, _weighted_by_key: str) -> MetricRecord:
@@ -111,12 +122,23 @@ def widen(content) -> None:
         content[key] = ArrayRecord({k: Array(a.numpy().astype(np.float32)) for k, a in record.items()})
 
 
-def fedavg(settings: Rounds, weighted_by_key: str, min_available: int) -> FedAvg:
-    return FedAvg(
+STRATEGIES = {
+    "fedavg": lambda **common: FedAvg(**common),
+    "fedavgm": lambda **common: FedAvgM(server_momentum=0.9, **common),
+    "fedadam": lambda **common: FedAdam(**common),
+}
+
+
+def averaging(settings: Rounds, weighted_by_key: str, min_available: int) -> FedAvg:
+    """The settings' Flower strategy (FedAvg or one built on it)."""
+    if settings.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {settings.strategy!r}: one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[settings.strategy](
         fraction_train=settings.fraction,
-        fraction_evaluate=settings.fraction,
+        fraction_evaluate=settings.fraction if settings.fraction_evaluate is None else settings.fraction_evaluate,
         min_train_nodes=settings.min_nodes,
-        min_evaluate_nodes=settings.min_nodes,
+        # A share of its own scores with however many devices it comes to.
+        min_evaluate_nodes=settings.min_nodes if settings.fraction_evaluate is None else 1,
         min_available_nodes=min_available,
         weighted_by_key=weighted_by_key,
         train_metrics_aggr_fn=count_devices,
@@ -143,6 +165,8 @@ def central_privacy(settings: Rounds):
     privacy, population = settings.privacy, settings.population
     if population is None:
         raise ValueError("central privacy needs the population (the number of devices)")
+    if settings.strategy != "fedavg":
+        raise ValueError("Flower accounts central privacy for FedAvg only")
     accountant = RdpAccountant(
         PrivacyConfig(
             target_delta=privacy.delta if privacy.delta is not None else 1.0 / population,
@@ -161,7 +185,7 @@ def central_privacy(settings: Rounds):
             f"ε = {privacy.budget}: fewer rounds or more noise"
         )
     strategy = DifferentialPrivacyClientSideFixedClipping(
-        fedavg(settings, UNIFORM_WEIGHT, population),
+        averaging(settings, UNIFORM_WEIGHT, population),
         noise_multiplier=privacy.noise,
         clipping_norm=privacy.clip,
         num_sampled_clients=sampled,
@@ -186,7 +210,7 @@ def run_rounds(grid: Grid, settings: Rounds) -> None:
     if privacy is not None and privacy.at == "server":
         strategy, accountant = central_privacy(settings)
     else:
-        strategy = fedavg(settings, "num-examples", settings.min_nodes)
+        strategy = averaging(settings, "num-examples", settings.min_nodes)
         if privacy is not None:
             config.update(device_privacy_config(privacy))
     if settings.f16_updates:
@@ -237,11 +261,13 @@ def main(grid: Grid, context: Context) -> None:
         dimension=int(run["dimension"]),
         rounds=int(run["num-server-rounds"]),
         fraction=float(run.get("fraction-train", 1.0)),
+        fraction_evaluate=float(run["fraction-evaluate"]) if "fraction-evaluate" in run else None,
         min_nodes=int(run.get("min-nodes", 2)),
         output=str(run["output"]) if "output" in run else None,
         privacy=privacy_of(run),
         population=int(run["population"]) if "population" in run else None,
         f16_updates=str(run.get("update-dtype", "float32")) == "float16",
+        strategy=str(run.get("strategy", "fedavg")),
     )
     run_rounds(grid, settings)
 

@@ -2,7 +2,7 @@
 
   python -m attune.flower simulate --data FILE.csv --users 100 --rounds 20 \\
       --alpha 0.5 --seed 1 [--fraction 0.2] [--dp-noise Z --clip C [--dp-at server|device]] \\
-      [--f16-updates] [--score-users K] [--model DIR] --json
+      [--strategy fedavg|fedavgm|fedadam] [--f16-updates] [--score-users K] [--model DIR] --json
 
 Splits the rows into users with a Dirichlet(alpha) over labels (non-IID),
 each user's rows into their own train and held-out halves, and compares on
@@ -138,18 +138,20 @@ class SimulatedDevices:
 
 
 async def prepare(p, rows, users_train, users_held, central, scored):
-    """Every user's train half as its device's federated task; for the
-    scored users also the tasks of the `local` and `personalized` arms and
-    the held-out half; all train halves pooled for `centralized`."""
+    """All train halves pooled for `centralized`, first: one large call
+    embeds them in length-sorted batches, and every later task finds its
+    texts' vectors in the feature cache. Then every user's train half as
+    its device's federated task; for the scored users also the tasks of
+    the `local` and `personalized` arms and the held-out half."""
+    say(f"embedding {len(central)} train texts")
+    await p.add_examples("central", labelled(rows, central))
     for u, train in enumerate(users_train):
         await p.add_examples(federated_task(u), labelled(rows, train))
-        if u % 100 == 0:
-            say(f"embedded users {u + 1}/{len(users_train)}")
+    say(f"embedding the held-out halves of {len(scored)} users")
     for u in scored:
         await p.add_examples(user_task(u), labelled(rows, users_train[u]))
         await p.add_examples(personal_task(u), labelled(rows, users_train[u]))
         await p.add_examples(held_out_task(u), labelled(rows, users_held[u]))
-    await p.add_examples("central", labelled(rows, central))
 
 
 async def evaluate_all(p, rows, users_held, scored, shared):
@@ -202,6 +204,8 @@ def rounds_of(args, label_list, workdir: Path) -> Rounds:
         privacy=privacy_of(args),
         population=args.users,
         f16_updates=args.f16_updates,
+        strategy=args.strategy,
+        fraction_evaluate=args.evaluate_fraction,
     )
     if settings.privacy is not None and settings.f16_updates:
         raise SystemExit("--f16-updates and --dp-noise do not go together (rounding would move a clipped update)")
@@ -298,6 +302,8 @@ def main(argv=None):
     )
     parser.add_argument("--dp-budget", type=float, help="ε budget: the population's (server) or each device's")
     parser.add_argument("--dp-delta", type=float, help="δ (default 1/users at the server, 1e-5 on a device)")
+    parser.add_argument("--evaluate-fraction", type=float, help="share of users scoring the model each round")
+    parser.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedadam"], default="fedavg", help="Flower's strategy")
     parser.add_argument("--f16-updates", action="store_true", help="devices send float16 weights (half the bytes)")
     parser.add_argument("--score-users", type=int, help="score the arms on this many users drawn at random")
     parser.add_argument("--model", default="models/cache/all-minilm-l6-v2", help="model directory")

@@ -190,6 +190,12 @@ final class AttuneTests: XCTestCase {
             shared.weights = mean { $0.weights }
             shared.bias = mean { $0.bias }
         }
+        // Central privacy: the device bounds its change, the server adds the noise.
+        let clipped = try await devices[0].federatedFit(task: "t", shared: shared, settings: FederatedSettings(clipNorm: 0.01))
+        let change = zip(clipped.model.weights + clipped.model.bias, shared.weights + shared.bias)
+            .map { (a, b) in Double((a - b) * (a - b)) }.reduce(0, +)
+        XCTAssertLessThanOrEqual(change.squareRoot(), 0.01 * 1.001)
+        XCTAssertNil(clipped.privacyEpsilon)
         let bytes = try sharedModelToBytes(model: shared)
         XCTAssertEqual(try sharedModelFromBytes(bytes: bytes, fingerprint: model.fingerprint()), shared)
         XCTAssertThrowsError(try sharedModelFromBytes(bytes: bytes.prefix(bytes.count / 2), fingerprint: model.fingerprint()))

@@ -210,6 +210,12 @@ class BindingTest {
             }
             shared = shared.copy(weights = mean { it.weights }, bias = mean { it.bias })
         }
+        // Central privacy: the device bounds its change, the server adds the noise.
+        val clipped = devices[0].federatedFit("t", shared, FederatedSettings(clipNorm = 0.01f))
+        val change = (clipped.model.weights.zip(shared.weights) + clipped.model.bias.zip(shared.bias))
+            .sumOf { (a, b) -> ((a - b) * (a - b)).toDouble() }
+        assertTrue(Math.sqrt(change) <= 0.01 * 1.001, "change ${Math.sqrt(change)}")
+        assertEquals(null, clipped.privacyEpsilon)
         val bytes = sharedModelToBytes(shared)
         assertEquals(shared, sharedModelFromBytes(bytes, model.fingerprint()))
         assertFailsWith<AttuneException.InvalidInput> { sharedModelFromBytes(bytes.copyOf(bytes.size / 2), model.fingerprint()) }
