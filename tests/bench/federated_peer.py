@@ -12,8 +12,11 @@ binding (bindings/generate) and fetches the default model if needed.
   python3 tests/bench/federated_peer.py [--seeds 1 2 3] [--users 100] [--rounds 20] [--alpha 0.5] [--fraction 0.2]
       [--dp-noise Z --clip C [--dp-at server|device] [--dp-budget E]] [--score-users K]
 
-Central privacy as the issue asks it (1,000 users, population ε ≤ 8 at δ = 1/1000):
-  python3 tests/bench/federated_peer.py --seeds 1 --users 1000 --dp-noise 2.5 --clip 0.5 --score-users 100
+Central privacy at 1,000 users (population ε ≤ 8 at δ = 1/1000), and the same rounds without it:
+  python3 tests/bench/federated_peer.py --seeds 1 --users 1000 --fraction 1.0 --rounds 10 --dp-noise 1.8 --clip 5 \
+      --dp-budget 8 --evaluate-fraction 0.05 --score-users 100
+  python3 tests/bench/federated_peer.py --seeds 1 --users 1000 --fraction 1.0 --rounds 10 \
+      --evaluate-fraction 0.05 --score-users 100
 """
 import argparse
 import csv

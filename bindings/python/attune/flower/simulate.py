@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import csv
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -263,6 +264,7 @@ def simulate(args) -> dict:
     say("evaluating local, shared, personalized and centralized heads")
     local, shared_acc, personal, central_acc = asyncio.run(evaluate_all(p, rows, users_held, scored, shared))
     p.close()
+    shutil.rmtree(workdir, ignore_errors=True)  # the simulation database holds a copy of every text
     return {
         "users": args.users,
         "scored_users": len(scored),
