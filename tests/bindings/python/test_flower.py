@@ -1,4 +1,4 @@
-"""Federated rounds for real: a Flower SuperLink and three SuperNodes on
+"""Federated rounds for real: a Flower SuperLink and four SuperNodes on
 127.0.0.1 (gRPC, insecure on loopback only), each SuperNode one device with
 its own Attune database, running attune.flower's ClientApp and ServerApp
 for two rounds of Flower's FedAvg."""
@@ -22,8 +22,9 @@ if os.environ.get("ATTUNE_REQUIRE_FLOWER") != "1":
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 INTENTS = json.loads((REPO / "tests/data/intents.json").read_text())["intents"]
-# Each device has examples of only some intents (non-IID).
-SHARES = [[0, 1, 2, 3], [3, 4, 5], [5, 6, 7, 0]]
+# Each device has examples of only some intents (non-IID); the last one has
+# none of the federation's intents (it replies, weighing nothing).
+SHARES = [[0, 1, 2, 3], [3, 4, 5], [5, 6, 7, 0], []]
 ROUNDS = 2
 
 
@@ -58,7 +59,8 @@ def flower(command, *args, env, log):
 async def prepare_device(path, model_dir, share):
     async with await attune.Personalizer.open(attune.Config(database_path=str(path), model_dir=model_dir)) as p:
         examples = [attune.LabelledText(text=t, label=INTENTS[i]["label"]) for i in share for t in INTENTS[i]["train"]]
-        await p.add_examples("intents", examples)
+        unrelated = [attune.LabelledText(text="a note to self about nothing", label="not-federated")]
+        await p.add_examples("intents", examples or unrelated)
         return p.model_fingerprint(), p.dimension(), p.stats("intents").examples
 
 
@@ -103,13 +105,13 @@ labels = "{','.join(labels)}"
 fingerprint = "{fingerprint}"
 dimension = {dimension}
 num-server-rounds = {ROUNDS}
-min-nodes = 3
+min-nodes = 4
 output = "{output}"
 """)
     return app
 
 
-def test_three_supernodes_two_rounds(tmp_path, tiny_model_dir):
+def test_four_supernodes_two_rounds(tmp_path, tiny_model_dir):
     labels = [i["label"] for i in INTENTS]
     devices = [tmp_path / f"device-{d}.db" for d in range(len(SHARES))]
     prepared = [asyncio.run(prepare_device(db, tiny_model_dir, share)) for db, share in zip(devices, SHARES)]
@@ -151,8 +153,8 @@ def test_three_supernodes_two_rounds(tmp_path, tiny_model_dir):
     assert (output / "summary.json").exists(), (tmp_path / "flower.log").read_text()[-4000:]
 
     summary = json.loads((output / "summary.json").read_text())
-    examples = sum(p[2] for p in prepared)
-    assert [summary["train"][str(r)]["devices"] for r in range(1, ROUNDS + 1)] == [3] * ROUNDS
+    examples = sum(p[2] for p in prepared[:-1])
+    assert [summary["train"][str(r)]["devices"] for r in range(1, ROUNDS + 1)] == [4] * ROUNDS
     assert [summary["train"][str(r)]["num-examples"] for r in range(1, ROUNDS + 1)] == [examples] * ROUNDS
 
     final = attune.shared_model_from_bytes((output / "shared-model.bin").read_bytes(), fingerprint)

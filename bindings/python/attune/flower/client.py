@@ -35,13 +35,17 @@ def make_client_app(open_personalizer, task_of) -> ClientApp:
             with await open_personalizer(context) as p:
                 return await p.federated_fit(task_of(context), shared, settings)
 
-        update = asyncio.run(fit())
+        try:
+            update = asyncio.run(fit())
+        except (attune.AttuneError.NotTrained, attune.AttuneError.UnknownTask):
+            # Nothing to learn from: the model back unchanged, weighing nothing in
+            # FedAvg (and a zero change in a private round, which counts every device).
+            return reply(msg, msg.content["arrays"], {"num-examples": 0, UNIFORM_WEIGHT: 1})
         metrics = {"num-examples": int(update.examples), UNIFORM_WEIGHT: 1}
         if update.privacy_epsilon is not None:
             metrics["epsilon"] = float(update.privacy_epsilon)
         dtype = np.float16 if config.get(UPDATE_DTYPE) == "float16" else np.float32
-        content = RecordDict({"arrays": arrays_of(update.model, dtype), "metrics": MetricRecord(metrics)})
-        return Message(content=content, reply_to=msg)
+        return reply(msg, arrays_of(update.model, dtype), metrics)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -51,13 +55,21 @@ def make_client_app(open_personalizer, task_of) -> ClientApp:
             with await open_personalizer(context) as p:
                 return await p.federated_evaluate(task_of(context), shared)
 
-        metrics = asyncio.run(score())
-        record = MetricRecord(
-            {"num-examples": int(metrics.examples), UNIFORM_WEIGHT: 1, "accuracy": float(metrics.accuracy)}
-        )
-        return Message(content=RecordDict({"metrics": record}), reply_to=msg)
+        try:
+            metrics = asyncio.run(score())
+        except (attune.AttuneError.NotTrained, attune.AttuneError.UnknownTask):
+            return reply(msg, None, {"num-examples": 0, UNIFORM_WEIGHT: 1, "accuracy": 0.0})
+        scores = {"num-examples": int(metrics.examples), UNIFORM_WEIGHT: 1, "accuracy": float(metrics.accuracy)}
+        return reply(msg, None, scores)
 
     return app
+
+
+def reply(msg: Message, arrays, metrics: dict) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
 
 
 async def _node_database(context: Context):
