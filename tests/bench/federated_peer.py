@@ -110,6 +110,8 @@ def main():
         p10 = sum(r[arm]["p10"] for r in runs) / len(runs)
         print(f"{arm:<14} {mean:7.4f} {p10:7.4f}")
     per_round = sum(r["seconds_per_round"] for r in runs) / len(runs)
+    promoted = [r.get("personal_promoted") for r in runs]
+    print(f"personal heads that replaced the shared one, per seed: {promoted} of {runs[0]['scored_users']} users")
     if runs[0]["epsilon"] is not None:
         whose = "the population's" if runs[0]["dp_at"] == "server" else "the largest per-device"
         print(f"{whose} epsilon: {max(r['epsilon'] for r in runs)} at delta {runs[0]['delta']}")

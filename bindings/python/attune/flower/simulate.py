@@ -19,10 +19,12 @@ import argparse
 import asyncio
 import csv
 import json
+import re
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -164,12 +166,17 @@ async def evaluate_all(p, rows, users_held, scored, shared):
         local.append(await accuracy(p, user_task(u), held))
         shared_acc.append((await p.federated_evaluate(held_out_task(u), shared)).accuracy)
         central.append(await accuracy(p, "central", held))
+    reasons = Counter()
     for u in scored:
         held = labelled(rows, users_held[u])
         await p.adopt_shared(personal_task(u), shared)
-        await p.train(personal_task(u))
+        trained = await p.train(personal_task(u))
+        reasons[(trained.promoted, re.sub(r"\d+", "N", trained.promotion_reason))] += 1
         personal.append(await accuracy(p, personal_task(u), held))
-    return local, shared_acc, personal, central
+    for (promoted, reason), count in reasons.most_common(5):
+        say(f"personal head {'promoted' if promoted else 'kept back'} for {count} users: {reason}")
+    promoted = sum(count for (was, _), count in reasons.items() if was)
+    return local, shared_acc, personal, central, promoted
 
 
 def privacy_of(args):
@@ -262,7 +269,9 @@ def simulate(args) -> dict:
     epsilon, delta = spent_epsilon(json.loads((workdir / "server/summary.json").read_text()), settings.privacy)
     shared = attune.shared_model_from_bytes(blob, settings.fingerprint)
     say("evaluating local, shared, personalized and centralized heads")
-    local, shared_acc, personal, central_acc = asyncio.run(evaluate_all(p, rows, users_held, scored, shared))
+    local, shared_acc, personal, central_acc, promoted = asyncio.run(
+        evaluate_all(p, rows, users_held, scored, shared)
+    )
     p.close()
     shutil.rmtree(workdir, ignore_errors=True)  # the simulation database holds a copy of every text
     return {
@@ -273,6 +282,8 @@ def simulate(args) -> dict:
         "shared": summary(shared_acc),
         "personalized": summary(personal),
         "centralized": summary(central_acc),
+        # Users whose personal head replaced the shared one.
+        "personal_promoted": promoted,
         # What one device sends per round: the weights and bias in f32 (or f16).
         "bytes_per_update": (2 if args.f16_updates else 4) * (len(shared.weights) + len(shared.bias)),
         "seconds": round(time.perf_counter() - started, 1),
