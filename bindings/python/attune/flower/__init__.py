@@ -19,7 +19,9 @@ and a summary to). Differential privacy: ``dp-noise`` (noise multiplier),
 ``dp-clip`` (default 1), ``dp-at`` (``server``, the default: central noise
 through Flower's DP wrapper and RDP accountant, which needs ``population``,
 the number of devices; or ``device``: local noise, which needs
-``dp-budget``, each device's ε), ``dp-budget`` and ``dp-delta``.
+``dp-budget``, each device's ε), ``dp-budget`` and ``dp-delta``. Also
+``strategy`` (``fedavg``, ``fedavgm``, ``fedadam``), ``fraction-evaluate``
+and ``update-dtype`` (``float16`` halves every update).
 
 Install with the ``flower`` extra: ``pip install 'attune-….whl[flower]'``.
 """
