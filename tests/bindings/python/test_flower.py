@@ -176,7 +176,7 @@ def test_float16_updates_are_averaged_in_float32():
     from flwr.app import ArrayRecord, MetricRecord, RecordDict
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-    from attune.flower.server import widen
+    from attune.flower.precision import widen
 
     def replies():
         values = [1.0 + 2.0**-10, 1.0, 1.0, 1.0]  # each exact in float16; their mean is not

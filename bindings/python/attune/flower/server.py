@@ -6,38 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, Context, MetricRecord
+from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideFixedClipping,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    Strategy,
-)
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedAvgM
 
 import attune
 
+from .precision import WidenedReplies
+from .privacy import Privacy, device_privacy_config, population_accountant, privacy_of
 from .shared import UNIFORM_WEIGHT, UPDATE_DTYPE, arrays_of, model_of, round_config
-
-
-@dataclass
-class Privacy:
-    """User-level differential privacy of the rounds. ``at="server"``
-    (central): each device clips its update's change to ``clip``, Flower's
-    DP wrapper adds Gaussian noise of ``noise · clip / sampled`` to the
-    average, and Flower's RDP accountant counts the population's ε at
-    ``delta`` (default 1 / population); a round that would pass ``budget``
-    is not run. ``at="device"`` (local): each device adds noise of
-    ``noise · clip`` to its own update and charges its ledger, whose ε may
-    not pass ``budget``."""
-
-    at: str
-    noise: float
-    clip: float
-    budget: Optional[float] = None
-    delta: Optional[float] = None
 
 
 @dataclass
@@ -86,42 +63,6 @@ def weighted_accuracy(records, _weighted_by_key: str) -> MetricRecord:
     return MetricRecord({"devices": len(records), "num-examples": examples, "accuracy": correct / max(examples, 1)})
 
 
-class WidenedReplies(Strategy):
-    """`strategy` on replies whose float16 arrays are widened to float32
-    first, so that Flower's FedAvg sums in float32."""
-
-    def __init__(self, strategy: Strategy) -> None:
-        super().__init__()
-        self.strategy = strategy
-
-    def configure_train(self, server_round, arrays, config, grid):
-        return self.strategy.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round, replies):
-        return self.strategy.aggregate_train(server_round, [widened(reply) for reply in replies])
-
-    def configure_evaluate(self, server_round, arrays, config, grid):
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round, replies):
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
-
-def widened(reply):
-    if not reply.has_error():
-        widen(reply.content)
-    return reply
-
-
-def widen(content) -> None:
-    """Every array of a reply's ``RecordDict`` as float32."""
-    for key, record in list(content.array_records.items()):
-        content[key] = ArrayRecord({k: Array(a.numpy().astype(np.float32)) for k, a in record.items()})
-
-
 STRATEGIES = {
     "fedavg": lambda **common: FedAvg(**common),
     "fedavgm": lambda **common: FedAvgM(server_momentum=0.9, **common),
@@ -146,64 +87,29 @@ def averaging(settings: Rounds, weighted_by_key: str, min_available: int) -> Fed
     )
 
 
-class PrivacyBudgetTooSmall(ValueError):
-    """The rounds asked for would spend more ε than the budget allows."""
-
-
 def central_privacy(settings: Rounds):
     """FedAvg in Flower's DP wrapper (devices clip, the server adds the
-    noise), and the RDP accountant that counts the population's ε. Flower
-    accounts these rounds without amplification by sampling."""
-    from flwr.supercore.privacy_accounting import (
-        GaussianPrivacyEvent,
-        NeighboringRelation,
-        PrivacyConfig,
-        SamplingMethod,
-    )
-    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
-
-    privacy, population = settings.privacy, settings.population
+    noise), and the accountant that counts the population's ε."""
+    population = settings.population
     if population is None:
         raise ValueError("central privacy needs the population (the number of devices)")
     if settings.strategy != "fedavg":
         raise ValueError("Flower accounts central privacy for FedAvg only")
-    accountant = RdpAccountant(
-        PrivacyConfig(
-            target_delta=privacy.delta if privacy.delta is not None else 1.0 / population,
-            population_size=population,
-            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-            sampling_method=SamplingMethod.NO_AMPLIFICATION,
-            max_epsilon=privacy.budget,
-        )
-    )
     sampled = max(int(population * settings.fraction), settings.min_nodes)
-    round_release = GaussianPrivacyEvent(noise_multiplier=privacy.noise, sample_size=sampled, population_size=population)
-    if privacy.budget is not None and accountant.would_exceed(round_release, count=settings.rounds):
-        # Refused before the first round, not stopped halfway by Flower.
-        raise PrivacyBudgetTooSmall(
-            f"{settings.rounds} rounds at noise multiplier {privacy.noise} would pass the budget "
-            f"ε = {privacy.budget}: fewer rounds or more noise"
-        )
+    accountant = population_accountant(settings.privacy, population, sampled, settings.rounds)
     strategy = DifferentialPrivacyClientSideFixedClipping(
         averaging(settings, UNIFORM_WEIGHT, population),
-        noise_multiplier=privacy.noise,
-        clipping_norm=privacy.clip,
+        noise_multiplier=settings.privacy.noise,
+        clipping_norm=settings.privacy.clip,
         num_sampled_clients=sampled,
         accountant=accountant,
     )
     return strategy, accountant
 
 
-def device_privacy_config(privacy: Privacy) -> dict:
-    """What a round tells devices that add the noise themselves."""
-    if privacy.budget is None:
-        raise ValueError("noise on the devices needs each device's ε budget")
-    return {"dp-clip": float(privacy.clip), "dp-noise": float(privacy.noise), "dp-epsilon": float(privacy.budget)}
-
-
-def run_rounds(grid: Grid, settings: Rounds) -> None:
-    start = attune.shared_model_zeros(settings.fingerprint, settings.labels, settings.dimension)
-    config = round_config(settings.labels, settings.fingerprint)
+def strategy_for(settings: Rounds, config):
+    """The rounds' Flower strategy, the accountant of central privacy (or
+    None), and what it adds to every round's config."""
     privacy, accountant = settings.privacy, None
     if privacy is not None and settings.f16_updates:
         raise ValueError("float16 updates and differential privacy do not go together")
@@ -216,6 +122,13 @@ def run_rounds(grid: Grid, settings: Rounds) -> None:
     if settings.f16_updates:
         config[UPDATE_DTYPE] = "float16"
         strategy = WidenedReplies(strategy)
+    return strategy, accountant
+
+
+def run_rounds(grid: Grid, settings: Rounds) -> None:
+    start = attune.shared_model_zeros(settings.fingerprint, settings.labels, settings.dimension)
+    config = round_config(settings.labels, settings.fingerprint)
+    strategy, accountant = strategy_for(settings, config)
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays_of(start),
@@ -224,18 +137,21 @@ def run_rounds(grid: Grid, settings: Rounds) -> None:
         evaluate_config=config,
     )
     if settings.output is not None:
-        out = Path(settings.output)
-        out.mkdir(parents=True, exist_ok=True)
-        final = model_of(result.arrays, config)
-        (out / "shared-model.bin").write_bytes(attune.shared_model_to_bytes(final))
-        summary = {
-            "train": {str(k): dict(v) for k, v in result.train_metrics_clientapp.items()},
-            "evaluate": {str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()},
-        }
-        if accountant is not None:
-            spent = accountant.get_privacy_spent()
-            summary["privacy"] = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
-        (out / "summary.json").write_text(json.dumps(summary))
+        write_output(Path(settings.output), model_of(result.arrays, config), result, accountant)
+
+
+def write_output(out: Path, final: attune.SharedModel, result, accountant) -> None:
+    """The final model's bytes and a summary of every round (and the ε spent)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shared-model.bin").write_bytes(attune.shared_model_to_bytes(final))
+    summary = {
+        "train": {str(k): dict(v) for k, v in result.train_metrics_clientapp.items()},
+        "evaluate": {str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()},
+    }
+    if accountant is not None:
+        spent = accountant.get_privacy_spent()
+        summary["privacy"] = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
+    (out / "summary.json").write_text(json.dumps(summary))
 
 
 def make_server_app(settings: Rounds) -> ServerApp:
@@ -271,16 +187,3 @@ def main(grid: Grid, context: Context) -> None:
     )
     run_rounds(grid, settings)
 
-
-def privacy_of(run) -> Optional[Privacy]:
-    """Run config ``dp-at`` (server or device), ``dp-noise``, ``dp-clip``,
-    ``dp-budget``, ``dp-delta``; none without ``dp-noise``."""
-    if "dp-noise" not in run:
-        return None
-    return Privacy(
-        at=str(run.get("dp-at", "server")),
-        noise=float(run["dp-noise"]),
-        clip=float(run.get("dp-clip", 1.0)),
-        budget=float(run["dp-budget"]) if "dp-budget" in run else None,
-        delta=float(run["dp-delta"]) if "dp-delta" in run else None,
-    )

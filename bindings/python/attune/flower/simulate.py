@@ -33,7 +33,8 @@ import numpy as np
 import attune
 
 from .client import make_client_app
-from .server import Privacy, PrivacyBudgetTooSmall, Rounds, central_privacy, make_server_app
+from .privacy import Privacy, PrivacyBudgetTooSmall
+from .server import Rounds, central_privacy, make_server_app
 
 # A user needs a few rows for a train and a held-out half.
 MIN_ROWS_PER_USER = 4
