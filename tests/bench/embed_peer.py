@@ -10,9 +10,9 @@ batching, and prints a table with ratios to Python onnxruntime.
 --compiled adds tract on that model compiled (`attune compile-model DIR`),
 the path attune-ffi's small default build takes (which runs on one thread).
 
-Needs: `cargo build -p attune-cli --features ort` (the dev profile, whose
-dependencies are fully optimised), models/fetch, and pip install -r
-models/requirements.txt.
+Builds the CLI (dev profile, dependencies fully optimised), fetches the
+default model and installs models/requirements.txt (onnxruntime, tokenizers)
+when missing.
 """
 
 import argparse
@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "models"))
 import attune_models as am  # noqa: E402
+import prerequisites  # noqa: E402  (beside this script)
 
 MODES = ["batch 1", "batch 32, caller order", "all at once, length-bucketed"]
 
@@ -109,11 +110,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--compiled", type=Path, default=None)
-    parser.add_argument("--binary", type=Path, default=REPO / "target/debug/attune")
+    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
     args = parser.parse_args()
+    prerequisites.python_packages(["numpy", "onnxruntime", "tokenizers"], "-r", str(REPO / "models/requirements.txt"))
+    args.binary = args.binary or prerequisites.cli()
     model_dir = args.model or am.fetch(None, quiet=True)
-    if not args.binary.is_file():
-        sys.exit(f"{args.binary} is missing: cargo build -p attune-cli --features ort")
     ort_lib = subprocess.run([sys.executable, str(REPO / "tests/ort-library")], check=True,
                              capture_output=True, text=True).stdout.strip()
     sentences = (REPO / "tests/data/sentences.txt").read_text().splitlines()

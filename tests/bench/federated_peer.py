@@ -20,12 +20,13 @@ Central privacy at 1,000 users (population ε ≤ 8 at δ = 1/1000), and the sam
 """
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import prerequisites
 
 REPO = Path(__file__).resolve().parents[2]
 CLINC = REPO.parent / "shared/datasets/clinc150/data_full.json"
@@ -34,12 +35,9 @@ ARMS = ["local", "shared", "personalized", "centralized"]
 
 
 def ensure_tools():
-    if any(importlib.util.find_spec(m) is None for m in ("ray", "flwr", "dp_accounting")):
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "flwr[simulation,dp]==1.42.0"], check=True)
-    if not (REPO / "models/cache/all-minilm-l6-v2/manifest.json").exists():
-        subprocess.run([REPO / "models/fetch"], check=True)
-    if not (REPO / "target/bindings/python/attune/flower/simulate.py").exists():
-        subprocess.run([REPO / "bindings/generate"], check=True)
+    prerequisites.python_packages(["ray", "flwr", "dp_accounting"], "flwr[simulation,dp]==1.42.0")
+    prerequisites.default_model()
+    prerequisites.python_binding()
 
 
 def clinc_csv() -> Path:

@@ -13,7 +13,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
+import prerequisites
+
+prerequisites.python_packages(["numpy"], "numpy")
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,8 +41,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--binary", type=Path, default=REPO / "target/debug/attune")
+    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
     args = parser.parse_args()
+    args.binary = args.binary or prerequisites.cli()
     out = subprocess.run([str(args.binary), "--json", "bench", "search", "--docs", ",".join(map(str, args.docs)),
                           "--queries", str(args.queries)], check=True, capture_output=True, text=True)
     attune = {r["docs"]: r for r in json.loads(out.stdout)["results"]}

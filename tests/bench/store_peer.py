@@ -15,10 +15,11 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+import prerequisites
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["work", "family", "travel", "bills", "health", "shopping", "friends", "news"]
@@ -66,10 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=10_000)
-    parser.add_argument("--binary", type=Path, default=REPO / "target/debug/attune")
+    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
     args = parser.parse_args()
-    if not args.binary.is_file():
-        sys.exit(f"{args.binary} is missing: cargo build -p attune-cli")
+    args.binary = args.binary or prerequisites.cli()
     with tempfile.TemporaryDirectory(prefix="attune-store-peer-") as tmp:
         peer_s = python_import(Path(tmp) / "peer.db", args.rows, args.batch)
         out = subprocess.run([str(args.binary), "--json", "bench", "store", "--rows", str(args.rows),

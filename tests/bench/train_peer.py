@@ -21,15 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+import prerequisites
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "datasets" / "clinc150" / "data_full.json"
-
-
-def ensure_sklearn():
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "scikit-learn"], check=True)
 
 
 def sample_k(labels, classes, k, seed):
@@ -66,11 +61,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--backend", default="ort")
-    parser.add_argument("--binary", type=Path, default=REPO / "target/debug/attune")
+    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
     args = parser.parse_args()
     if not DATA.is_file():
         sys.exit(f"CLINC150 is not present at {DATA}: this benchmark needs ../shared/datasets")
-    ensure_sklearn()
+    prerequisites.python_packages(["sklearn"], "scikit-learn")
+    args.binary = args.binary or prerequisites.cli()
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
 
