@@ -7,7 +7,8 @@ batching, and prints a table with ratios to Python onnxruntime.
 
   python3 tests/bench/embed_peer.py [--threads 1 2] [--rounds 5] [--model DIR] [--compiled DIR]
 
---compiled adds tract on that model compiled (`attune compile-model DIR`),
+--compiled adds tract on that model compiled (`attune compile-model DIR`, run
+here when DIR holds none yet),
 the path attune-ffi's small default build takes (which runs on one thread).
 
 Builds the CLI (dev profile, dependencies fully optimised), fetches the
@@ -115,6 +116,8 @@ def main() -> None:
     prerequisites.python_packages(["numpy", "onnxruntime", "tokenizers"], "-r", str(REPO / "models/requirements.txt"))
     args.binary = args.binary or prerequisites.cli()
     model_dir = args.model or am.fetch(None, quiet=True)
+    if args.compiled and not (args.compiled / "manifest.json").is_file():
+        subprocess.run([str(args.binary), "--model", str(model_dir), "compile-model", str(args.compiled)], check=True)
     ort_lib = subprocess.run([sys.executable, str(REPO / "tests/ort-library")], check=True,
                              capture_output=True, text=True).stdout.strip()
     sentences = (REPO / "tests/data/sentences.txt").read_text().splitlines()
