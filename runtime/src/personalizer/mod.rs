@@ -8,6 +8,7 @@
 //! afterwards is private too, or it falls back to its label descriptions.
 
 mod cache;
+mod coarse;
 mod federated;
 mod import;
 mod privacy;

@@ -19,6 +19,40 @@ pub(super) fn best_rows(
     arch.dispatch(Scan { vectors, dim, first_row, query, k })
 }
 
+/// The best `k` of `rows` (ascending row numbers into `vectors`), scored
+/// and ranked exactly as [`best_rows`] does.
+pub(super) fn best_listed_rows(
+    arch: Arch,
+    vectors: &[f32],
+    dim: usize,
+    rows: &[usize],
+    query: &[f32],
+    k: usize,
+) -> Vec<(usize, f32)> {
+    arch.dispatch(ListedScan { vectors, dim, rows, query, k })
+}
+
+struct ListedScan<'a> {
+    vectors: &'a [f32],
+    dim: usize,
+    rows: &'a [usize],
+    query: &'a [f32],
+    k: usize,
+}
+
+impl WithSimd for ListedScan<'_> {
+    type Output = Vec<(usize, f32)>;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        let mut best = TopK::new(self.k);
+        for &row in self.rows {
+            best.offer(row, dot(simd, &self.vectors[row * self.dim..(row + 1) * self.dim], self.query));
+        }
+        best.into_sorted()
+    }
+}
+
 struct Scan<'a> {
     vectors: &'a [f32],
     dim: usize,
