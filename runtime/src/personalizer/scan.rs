@@ -16,7 +16,8 @@ pub(super) fn best_rows(
     query: &[f32],
     k: usize,
 ) -> Vec<(usize, f32)> {
-    arch.dispatch(Scan { vectors, dim, first_row, query, k })
+    let rows = vectors.chunks_exact(dim).enumerate().map(|(i, row)| (first_row + i, row));
+    arch.dispatch(Scan { rows, query, k })
 }
 
 /// The best `k` of `rows` (ascending row numbers into `vectors`), scored
@@ -29,46 +30,25 @@ pub(super) fn best_listed_rows(
     query: &[f32],
     k: usize,
 ) -> Vec<(usize, f32)> {
-    arch.dispatch(ListedScan { vectors, dim, rows, query, k })
+    let rows = rows.iter().map(|&row| (row, &vectors[row * dim..(row + 1) * dim]));
+    arch.dispatch(Scan { rows, query, k })
 }
 
-struct ListedScan<'a> {
-    vectors: &'a [f32],
-    dim: usize,
-    rows: &'a [usize],
+/// Rows (number, values) in ascending order, scored against `query`.
+struct Scan<'a, R> {
+    rows: R,
     query: &'a [f32],
     k: usize,
 }
 
-impl WithSimd for ListedScan<'_> {
+impl<'a, R: Iterator<Item = (usize, &'a [f32])>> WithSimd for Scan<'a, R> {
     type Output = Vec<(usize, f32)>;
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
         let mut best = TopK::new(self.k);
-        for &row in self.rows {
-            best.offer(row, dot(simd, &self.vectors[row * self.dim..(row + 1) * self.dim], self.query));
-        }
-        best.into_sorted()
-    }
-}
-
-struct Scan<'a> {
-    vectors: &'a [f32],
-    dim: usize,
-    first_row: usize,
-    query: &'a [f32],
-    k: usize,
-}
-
-impl WithSimd for Scan<'_> {
-    type Output = Vec<(usize, f32)>;
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
-        let mut best = TopK::new(self.k);
-        for (i, row) in self.vectors.chunks_exact(self.dim).enumerate() {
-            best.offer(self.first_row + i, dot(simd, row, self.query));
+        for (row, values) in self.rows {
+            best.offer(row, dot(simd, values, self.query));
         }
         best.into_sorted()
     }
