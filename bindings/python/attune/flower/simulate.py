@@ -33,8 +33,8 @@ import numpy as np
 import attune
 
 from .client import make_client_app
-from .privacy import Privacy, PrivacyBudgetTooSmall
-from .server import Rounds, central_privacy, make_server_app
+from .privacy import Privacy
+from .server import Rounds, make_server_app, strategy_for
 
 # A user needs a few rows for a train and a held-out half.
 MIN_ROWS_PER_USER = 4
@@ -180,7 +180,7 @@ async def evaluate_all(p, rows, users_held, scored, shared):
     return local, shared_acc, personal, central, promoted
 
 
-def privacy_of(args):
+def privacy_from_args(args):
     if args.dp_noise is None:
         return None
     if args.dp_at == "device" and args.dp_budget is None:
@@ -200,8 +200,9 @@ def spent_epsilon(summary_json, privacy):
 
 
 def rounds_of(args, label_list, workdir: Path) -> Rounds:
-    """The server's settings (the backbone is filled in once loaded); a
-    central budget the rounds would pass is refused before anything runs."""
+    """The server's settings (the backbone is filled in once loaded);
+    settings the server would refuse (a central budget the rounds would
+    pass, float16 with privacy) are refused before anything runs."""
     settings = Rounds(
         labels=label_list,
         fingerprint="",
@@ -210,19 +211,16 @@ def rounds_of(args, label_list, workdir: Path) -> Rounds:
         fraction=args.fraction,
         min_nodes=max(1, int(args.users * args.fraction)),
         output=str(workdir / "server"),
-        privacy=privacy_of(args),
+        privacy=privacy_from_args(args),
         population=args.users,
         f16_updates=args.f16_updates,
         strategy=args.strategy,
         fraction_evaluate=args.evaluate_fraction,
     )
-    if settings.privacy is not None and settings.f16_updates:
-        raise SystemExit("--f16-updates and --dp-noise do not go together (rounding would move a clipped update)")
-    if settings.privacy is not None and settings.privacy.at == "server":
-        try:
-            central_privacy(settings)
-        except PrivacyBudgetTooSmall as refused:
-            raise SystemExit(f"refused: {refused}") from None
+    try:
+        strategy_for(settings, {})  # the server's own checks, before anything is embedded
+    except ValueError as refused:
+        raise SystemExit(f"refused: {refused}") from None
     return settings
 
 
