@@ -24,7 +24,7 @@ pub use evaluation::{ClassMetrics, Metrics, evaluate};
 pub use federated::SharedModel;
 pub use heads::{Head, HeadKind, Prediction};
 pub use import::{Columns, ImportFormat, read_labelled, read_labelled_file};
-pub use model::{CatalogEntry, CompiledFile, InputNames, ModelCatalog, ModelManifest, Pooling};
+pub use model::{CatalogEntry, CompiledFile, InputNames, ModelCatalog, ModelManifest, Pooling, Precision};
 pub use personalizer::{
     AdoptOutcome, FederatedUpdate, ForgetReport, Personalizer, PersonalizerConfig, PredictionSource, Retrain,
     SearchHit, TaskUpgrade, TrainOutcome, UpgradeOutcome,

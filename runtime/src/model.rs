@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -43,6 +43,31 @@ pub struct CompiledFile {
     pub file: String,
     pub sha256: String,
     pub bytes: u64,
+    /// How the graph computes its weight products.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// The arithmetic of a compiled graph's weight products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// As the ONNX file computes them: features equal the ONNX path's.
+    #[default]
+    F32,
+    /// Int8 × int8 with activations quantised per row at run time: features
+    /// close to, not equal to, the ONNX path's, so they get a fingerprint of
+    /// their own and never mix with f32 features in a store.
+    Int8,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
 }
 
 /// The contract of one model directory, read from its `manifest.json`.
@@ -134,9 +159,12 @@ impl ModelManifest {
                 return Err(format!("{what} {name:?} must be a file name inside the model directory"));
             }
         }
-        let expected = expected_fingerprint(&self.model_sha256, &self.tokenizer_sha256);
+        let expected = expected_fingerprint(&self.model_sha256, &self.tokenizer_sha256, self.precision());
         if self.fingerprint != expected {
-            return Err("fingerprint does not match the model and tokenizer hashes".into());
+            return Err(format!(
+                "fingerprint does not match the model and tokenizer hashes at {} precision",
+                self.precision().name()
+            ));
         }
         Ok(())
     }
@@ -148,6 +176,11 @@ impl ModelManifest {
 
     pub fn model_path(&self) -> PathBuf {
         self.directory.join(&self.model_file)
+    }
+
+    /// The precision of the features this directory produces.
+    pub fn precision(&self) -> Precision {
+        self.compiled.as_ref().map_or(Precision::F32, |c| c.precision)
     }
 
     /// The compiled graph, when the manifest names one.
@@ -179,9 +212,14 @@ impl ModelManifest {
     }
 }
 
-/// The fingerprint `models/attune_models.py` writes: a hash of both file hashes.
-pub(crate) fn expected_fingerprint(model_sha256: &str, tokenizer_sha256: &str) -> String {
-    let text = format!("attune-fingerprint-v1\n{model_sha256}\n{tokenizer_sha256}\n");
+/// The fingerprint `models/attune_models.py` writes: a hash of both file
+/// hashes; an int8 graph's features hash the precision too.
+pub(crate) fn expected_fingerprint(model_sha256: &str, tokenizer_sha256: &str, precision: Precision) -> String {
+    let mut text = format!("attune-fingerprint-v1\n{model_sha256}\n{tokenizer_sha256}\n");
+    if precision != Precision::F32 {
+        text.push_str(precision.name());
+        text.push('\n');
+    }
     hex(&Sha256::digest(text.as_bytes()))
 }
 
@@ -249,7 +287,10 @@ pub(crate) mod tests {
     #[test]
     fn fingerprint_matches_the_python_writer() {
         let manifest = ModelManifest::load(&tiny_dir()).unwrap();
-        assert_eq!(expected_fingerprint(&manifest.model_sha256, &manifest.tokenizer_sha256), manifest.fingerprint);
+        assert_eq!(
+            expected_fingerprint(&manifest.model_sha256, &manifest.tokenizer_sha256, Precision::F32),
+            manifest.fingerprint
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use attune::{Backend, Encoder, EncoderOptions, Error, OnnxEncoder};
+use attune::{Backend, Encoder, EncoderOptions, Error, OnnxEncoder, Precision};
 use support::{Golden, cosine, repo};
 
 fn tract() -> EncoderOptions {
@@ -34,7 +34,7 @@ fn compiled_default_model() -> Option<PathBuf> {
     #[cfg(feature = "onnx")]
     if let Some(source) = support::default_model_dir() {
         let out = scratch("compiled-default");
-        attune::compile_model(&source, &out).unwrap();
+        attune::compile_model(&source, &out, Precision::F32).unwrap();
         return Some(out);
     }
     assert!(std::env::var_os("ATTUNE_REQUIRE_DEFAULT_MODEL").is_none(), "set ATTUNE_COMPILED_MODEL_DIR");
@@ -66,7 +66,7 @@ mod with_onnx {
     #[test]
     fn compiled_tiny_model_embeds_as_its_onnx_file() {
         let out = scratch("compiled-tiny");
-        let report = attune::compile_model(&tiny_dir(), &out).unwrap();
+        let report = attune::compile_model(&tiny_dir(), &out, Precision::F32).unwrap();
         assert!(report.lowest_cosine >= 0.9999, "{report:?}");
         check_against_golden(&out, &tiny_dir().join("golden.json"));
 
@@ -84,16 +84,77 @@ mod with_onnx {
         std::fs::remove_dir_all(&out).unwrap();
     }
 
+    /// Lowest and mean cosine between the rows of two embeddings of `texts`.
+    fn agreement(a: &OnnxEncoder, b: &OnnxEncoder, texts: &[&str]) -> (f32, f32) {
+        let (a, b) = (a.embed(texts).unwrap(), b.embed(texts).unwrap());
+        let cosines: Vec<f32> = a.rows().zip(b.rows()).map(|(x, y)| cosine(x, y)).collect();
+        let lowest = cosines.iter().copied().fold(f32::INFINITY, f32::min);
+        (lowest, cosines.iter().sum::<f32>() / cosines.len() as f32)
+    }
+
+    #[test]
+    fn int8_tiny_model_is_close_to_f32_and_fingerprinted_apart() {
+        let out = scratch("compiled-tiny-int8");
+        let report = attune::compile_model(&tiny_dir(), &out, Precision::Int8).unwrap();
+        assert_eq!(report.precision, Precision::Int8);
+        assert!(report.int8_products >= 6, "q, k, v, output and both feed-forward products: {report:?}");
+        let manifest = attune::ModelManifest::load(&out).unwrap();
+        assert_eq!(manifest.precision(), Precision::Int8);
+        let int8 = OnnxEncoder::load(&out, &tract()).unwrap();
+        let f32_path = OnnxEncoder::load(&tiny_dir(), &tract()).unwrap();
+        assert_ne!(int8.fingerprint(), f32_path.fingerprint(), "int8 features never pass for f32 ones");
+        let (lowest, mean) = agreement(&int8, &f32_path, &sentences());
+        assert!(lowest >= 0.99 && mean >= 0.995, "lowest {lowest}, mean {mean}");
+        assert!(lowest < 0.999_999, "the products really run in int8 (lowest {lowest})");
+        if cfg!(feature = "ort") {
+            let options = EncoderOptions { backend: Backend::Ort, ..EncoderOptions::default() };
+            std::fs::copy(tiny_dir().join("model.onnx"), out.join("model.onnx")).unwrap();
+            let error = OnnxEncoder::load(&out, &options).unwrap_err();
+            assert!(matches!(error, Error::BackendUnavailable { .. }), "{error}");
+        }
+        let again = scratch("compiled-tiny-int8-again");
+        let error = attune::compile_model(&out, &again, Precision::Int8).unwrap_err();
+        assert!(matches!(error, Error::InvalidInput(_)), "{error}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    /// The bar int8 must meet on the default model: cosine to the f32 path
+    /// at least 0.995 for every sentence, 0.999 on average.
+    #[test]
+    fn int8_default_model_keeps_its_features() {
+        let Some(source) = support::default_model_dir() else { return };
+        let out = scratch("compiled-default-int8");
+        attune::compile_model(&source, &out, Precision::Int8).unwrap();
+        let int8 = OnnxEncoder::load(&out, &tract()).unwrap();
+        let f32_path = OnnxEncoder::load(&source, &tract()).unwrap();
+        let golden = Golden::read(&repo().join("models/golden-all-minilm-l6-v2.json"));
+        let mut texts: Vec<&str> = golden.texts.iter().map(|t| t.text.as_str()).collect();
+        texts.extend(sentences());
+        let (lowest, mean) = agreement(&int8, &f32_path, &texts);
+        eprintln!("int8 against f32 over {} texts: lowest cosine {lowest:.5}, mean {mean:.6}", texts.len());
+        assert!(lowest >= 0.995 && mean >= 0.999, "lowest {lowest}, mean {mean}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
     #[test]
     fn compiling_into_a_non_empty_directory_is_refused() {
-        let error = attune::compile_model(&tiny_dir(), &repo().join("models")).unwrap_err();
+        let error = attune::compile_model(&tiny_dir(), &repo().join("models"), Precision::F32).unwrap_err();
         assert!(matches!(error, Error::InvalidInput(_)), "{error}");
     }
 
     #[test]
     fn a_graph_from_another_model_or_damaged_is_a_load_error() {
-        let out = scratch("compiled-damaged");
-        attune::compile_model(&tiny_dir(), &out).unwrap();
+        damaged_graphs_are_load_errors(Precision::F32);
+    }
+
+    #[test]
+    fn an_int8_graph_damaged_is_a_load_error() {
+        damaged_graphs_are_load_errors(Precision::Int8);
+    }
+
+    fn damaged_graphs_are_load_errors(precision: Precision) {
+        let out = scratch(&format!("compiled-damaged-{}", precision.name()));
+        attune::compile_model(&tiny_dir(), &out, precision).unwrap();
         let path = out.join(attune::COMPILED_FILE);
         let good = std::fs::read(&path).unwrap();
         let manifest: serde_json::Value =

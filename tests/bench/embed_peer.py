@@ -5,11 +5,16 @@ Not a test. Runs every engine in this one session on the same model, the same
 sentences (tests/data/sentences.txt), the same thread count and the same
 batching, and prints a table with ratios to Python onnxruntime.
 
-  python3 tests/bench/embed_peer.py [--threads 1 2] [--rounds 5] [--model DIR] [--compiled DIR]
+  python3 tests/bench/embed_peer.py [--threads 1 2] [--rounds 5] [--model DIR] [--compiled DIR] [--int8 DIR]
 
 --compiled adds tract on that model compiled (`attune compile-model DIR`, run
 here when DIR holds none yet),
 the path attune-ffi's small default build takes (which runs on one thread).
+--int8 adds tract on the int8 graph (`attune compile-model --int8 DIR`, run
+here when DIR holds none yet) and, as the peer a user would pick instead,
+Python onnxruntime on its own dynamic int8 quantisation of the same model
+(tests/bench/ort_int8.py, written beside DIR). Attune's rows name the matrix
+kernels tract chose.
 
 Builds the CLI (dev profile, dependencies fully optimised), fetches the
 default model and installs models/requirements.txt (onnxruntime, tokenizers)
@@ -111,30 +116,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--compiled", type=Path, default=None)
+    parser.add_argument("--int8", type=Path, default=None)
     parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
     args = parser.parse_args()
-    prerequisites.python_packages(["numpy", "onnxruntime", "tokenizers"], "-r", str(REPO / "models/requirements.txt"))
+    prerequisites.python_packages(["numpy", "onnxruntime", "tokenizers", "onnx"], "-r", str(REPO / "models/requirements.txt"))
     args.binary = args.binary or prerequisites.cli()
     model_dir = args.model or am.fetch(None, quiet=True)
-    if args.compiled and not (args.compiled / "manifest.json").is_file():
-        subprocess.run([str(args.binary), "--model", str(model_dir), "compile-model", str(args.compiled)], check=True)
+    for out, flags in ((args.compiled, []), (args.int8, ["--int8"])):
+        if out and not (out / "manifest.json").is_file():
+            subprocess.run([str(args.binary), "--model", str(model_dir), "compile-model", *flags, str(out)], check=True)
+    ort_int8 = None
+    if args.int8:
+        import ort_int8 as derived  # noqa: E402  (beside this script)
+        _, ort_int8 = derived.derive(model_dir, args.int8.with_name(args.int8.name + "-onnxruntime"))
     ort_lib = subprocess.run([sys.executable, str(REPO / "tests/ort-library")], check=True,
                              capture_output=True, text=True).stdout.strip()
     sentences = (REPO / "tests/data/sentences.txt").read_text().splitlines()
     print(f"{len(sentences)} sentences, median of {args.rounds} rounds, model {model_dir.name}, "
           f"{os.cpu_count()} cores")
-    header = f"{'engine':<21} {'threads':>7} {'load+1st ms':>11} {'peak MB':>8} " + \
+    header = f"{'engine':<23} {'threads':>7} {'load+1st ms':>11} {'peak MB':>8} " + \
              " ".join(f"{m:>30}" for m in MODES)
     print(header)
     for threads in args.threads:
         peer = python_onnxruntime(model_dir, sentences, threads, args.rounds)
         results = {"python onnxruntime": peer}
+        if ort_int8:
+            results["python onnxruntime int8"] = python_onnxruntime(ort_int8, sentences, threads, args.rounds)
         for backend in ("ort", "tract"):
             results[f"attune {backend}"] = attune(args.binary, backend, model_dir, threads,
                                                   args.rounds, ort_lib)
         if args.compiled:
             results["attune tract compiled"] = attune(args.binary, "tract", args.compiled, threads,
                                                       args.rounds, ort_lib)
+        if args.int8:
+            results["attune tract int8"] = attune(args.binary, "tract", args.int8, threads, args.rounds, ort_lib)
         for engine, result in results.items():
             cells = []
             for mode, peer_mode in zip(result["modes"], peer["modes"]):
@@ -142,8 +157,11 @@ def main() -> None:
                 cells.append(f"{rate:>8.1f}/s ({rate / peer_mode['sentences_per_second']:.2f}x) "
                              f"p95 {mode['p95_ms']:>6.1f}ms")
             peak = result.get("peak_rss_mb")
-            print(f"{engine:<21} {threads:>7} {result['load_and_first_embedding_ms']:>11.0f} "
+            print(f"{engine:<23} {threads:>7} {result['load_and_first_embedding_ms']:>11.0f} "
                   f"{(f'{peak:.0f}' if peak else '-'):>8} " + " ".join(f"{c:>30}" for c in cells))
+            kernels = result.get("matrix_kernels")
+            if kernels and threads == args.threads[0]:
+                print(f"{'':<23} kernels: " + ", ".join(f"{name} x{count}" for name, count in kernels))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ pub fn run_embed(cli: &Cli, args: &EmbedBenchArgs) -> Result<(), Error> {
             "load_ms": load.as_secs_f64() * 1e3,
             "load_and_first_embedding_ms": load_and_first.as_secs_f64() * 1e3,
             "peak_rss_mb": peak_rss_mb,
+            "precision": encoder.manifest().precision().name(),
+            "matrix_kernels": encoder.matrix_kernels(),
             "modes": modes,
         });
         println!("{document}");
@@ -86,6 +88,10 @@ pub fn run_embed(cli: &Cli, args: &EmbedBenchArgs) -> Result<(), Error> {
         args.rounds
     );
     println!("load {:.0} ms; load + first embedding {:.0} ms", ms(load), ms(load_and_first));
+    let kernels: Vec<String> = encoder.matrix_kernels().iter().map(|(name, n)| format!("{name} ×{n}")).collect();
+    if !kernels.is_empty() {
+        println!("{} weights; matrix kernels: {}", encoder.manifest().precision().name(), kernels.join(", "));
+    }
     println!("{:<30} {:>12} {:>14} {:>14}", "mode", "sentences/s", "p50 ms/call", "p95 ms/call");
     for r in &results {
         println!("{:<30} {:>12.1} {:>14.2} {:>14.2}", r.name, r.sentences_per_second, r.p50_ms, r.p95_ms);

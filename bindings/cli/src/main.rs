@@ -129,6 +129,12 @@ enum Command {
     CompileModel {
         /// The new directory.
         out: PathBuf,
+        /// Weight products in int8 × int8 (activations quantised per row at
+        /// run time): faster, features within cosine 0.995 of the ONNX
+        /// path's, and a fingerprint of their own (stores move to it with
+        /// `upgrade`).
+        #[arg(long)]
+        int8: bool,
     },
     /// The task's head versions; --rollback makes an earlier one active.
     Heads {
@@ -177,16 +183,20 @@ impl Cli {
     }
 }
 
-fn compile_model(cli: &Cli, out: &std::path::Path) -> Result<(), attune::Error> {
+fn compile_model(cli: &Cli, out: &std::path::Path, int8: bool) -> Result<(), attune::Error> {
     let source = model_dir::resolve(cli.model.as_deref())?;
-    let report = attune::compile_model(&source, out)?;
+    let precision = if int8 { attune::Precision::Int8 } else { attune::Precision::F32 };
+    let report = attune::compile_model(&source, out, precision)?;
     if cli.json {
         println!("{}", serde_json::to_string(&report).expect("a report serialises"));
     } else {
         println!(
-            "compiled {} into {}: graph {:.1} MB (ONNX {:.1} MB), lowest cosine to the ONNX path {:.6}",
+            "compiled {} into {} ({}, {} weight products in int8): graph {:.1} MB (ONNX {:.1} MB), \
+             lowest cosine to the ONNX path {:.6}",
             source.display(),
             out.display(),
+            report.precision.name(),
+            report.int8_products,
             report.compiled_bytes as f64 / 1e6,
             report.onnx_bytes as f64 / 1e6,
             report.lowest_cosine
@@ -215,7 +225,7 @@ fn main() -> ExitCode {
         Command::Stats => data::stats(&cli),
         Command::Upgrade { to } => upgrade::run(&cli, to),
         Command::Report { out } => report::run(&cli, out.as_deref()),
-        Command::CompileModel { out } => compile_model(&cli, out),
+        Command::CompileModel { out, int8 } => compile_model(&cli, out, *int8),
         Command::Heads { rollback } => data::heads(&cli, *rollback),
         Command::Demo => demo::run(&cli),
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),

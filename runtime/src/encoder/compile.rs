@@ -6,9 +6,11 @@ use std::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::batching::TokenBatch;
+use super::tokenize::TextTokenizer;
 use super::{Backend, Encoder, EncoderOptions, OnnxEncoder, tract_engine};
 use crate::error::{Error, Result};
-use crate::model::{MANIFEST_FILE, ModelManifest, hex};
+use crate::model::{MANIFEST_FILE, ModelManifest, Precision, expected_fingerprint, hex};
 
 /// File name of the compiled graph inside a compiled model directory.
 pub const COMPILED_FILE: &str = "model.attune-graph";
@@ -25,12 +27,21 @@ const CHECK_SENTENCES: [&str; 8] = [
     "A much longer message about a delayed parcel that was supposed to arrive last week, \
      with a tracking number that does not work and a support line that never answers.",
 ];
+/// Texts written for this project whose activations set an int8 graph's
+/// smoothing factors (not the sentences its accuracy is measured on).
+const CALIBRATION_TEXTS: &str = include_str!("calibration.txt");
+
 /// Lowest cosine between the two paths that counts as the same model.
 const MIN_AGREEMENT: f32 = 0.9999;
+/// The same for an int8 graph, whose activations are rounded to 8 bits.
+const MIN_AGREEMENT_INT8: f32 = 0.995;
 
 /// What `compile_model` wrote and how closely it agrees with the ONNX path.
 #[derive(Debug, Clone, Serialize)]
 pub struct CompileReport {
+    pub precision: Precision,
+    /// Weight products computed in int8 (none at f32 precision).
+    pub int8_products: usize,
     pub onnx_bytes: u64,
     pub compiled_bytes: u64,
     /// Lowest cosine, over a fixed set of sentences, between the compiled
@@ -39,26 +50,34 @@ pub struct CompileReport {
 }
 
 /// Compiles the model in `source` into the new directory `out`: the graph,
-/// the tokenizer and a manifest naming both, with the same fingerprint (heads
-/// and cached features carry over). The ONNX file is not copied. `out` is
-/// kept only when both paths embed a fixed set of sentences alike.
-pub fn compile_model(source: &Path, out: &Path) -> Result<CompileReport> {
+/// the tokenizer and a manifest naming both. At f32 precision the fingerprint
+/// stays (heads and cached features carry over); an int8 graph's features
+/// differ slightly, so it gets its own and a store moves to it as to a new
+/// model (`upgrade_model`). The ONNX file is not copied. `out` is kept only
+/// when both paths embed a fixed set of sentences alike.
+pub fn compile_model(source: &Path, out: &Path, precision: Precision) -> Result<CompileReport> {
     let manifest = ModelManifest::load(source)?;
     manifest.verify_files()?;
     if out.exists() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some() {
         return Err(Error::InvalidInput(format!("{} is not empty: compile into a new directory", out.display())));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let outcome = write_compiled(source, &manifest, out);
+    let outcome = write_compiled(source, &manifest, out, precision);
     if outcome.is_err() {
         let _ = std::fs::remove_dir_all(out);
     }
     outcome
 }
 
-fn write_compiled(source: &Path, manifest: &ModelManifest, out: &Path) -> Result<CompileReport> {
+fn write_compiled(source: &Path, manifest: &ModelManifest, out: &Path, precision: Precision) -> Result<CompileReport> {
+    if manifest.precision() != Precision::F32 {
+        return Err(Error::InvalidInput(format!("{} is compiled already: compile the ONNX model", source.display())));
+    }
     let graph = out.join(COMPILED_FILE);
-    tract_engine::compile(manifest, &graph)?;
+    let tokenizer = TextTokenizer::load(&manifest.tokenizer_path(), manifest.max_tokens)?;
+    let tokens = CALIBRATION_TEXTS.lines().map(|text| tokenizer.encode(text)).collect::<Result<Vec<_>>>()?;
+    let calibration: Vec<TokenBatch> = tokens.iter().map(|t| TokenBatch::pad(&[t])).collect();
+    let int8_products = tract_engine::compile(manifest, &graph, precision, &calibration)?;
     let bytes = std::fs::read(&graph).map_err(|e| Error::io(&graph, e))?;
     let tokenizer = out.join(&manifest.tokenizer_file);
     std::fs::copy(manifest.tokenizer_path(), &tokenizer).map_err(|e| Error::io(&tokenizer, e))?;
@@ -73,7 +92,9 @@ fn write_compiled(source: &Path, manifest: &ModelManifest, out: &Path) -> Result
         "file": COMPILED_FILE,
         "sha256": hex(&Sha256::digest(&bytes)),
         "bytes": bytes.len(),
+        "precision": precision,
     });
+    json["fingerprint"] = expected_fingerprint(&manifest.model_sha256, &manifest.tokenizer_sha256, precision).into();
     let written = out.join(MANIFEST_FILE);
     let pretty = serde_json::to_string_pretty(&json).map_err(|e| Error::manifest(&written, e.to_string()))?;
     std::fs::write(&written, pretty + "\n").map_err(|e| Error::io(&written, e))?;
@@ -86,10 +107,17 @@ fn write_compiled(source: &Path, manifest: &ModelManifest, out: &Path) -> Result
         .zip(from_graph.rows())
         .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
         .fold(f32::INFINITY, f32::min);
-    if lowest_cosine < MIN_AGREEMENT {
+    let required = if precision == Precision::Int8 { MIN_AGREEMENT_INT8 } else { MIN_AGREEMENT };
+    if lowest_cosine < required {
         return Err(Error::ModelMismatch(format!(
-            "the compiled graph disagrees with the ONNX file (cosine {lowest_cosine:.6} < {MIN_AGREEMENT})"
+            "the compiled graph disagrees with the ONNX file (cosine {lowest_cosine:.6} < {required})"
         )));
     }
-    Ok(CompileReport { onnx_bytes: manifest.model_bytes, compiled_bytes: bytes.len() as u64, lowest_cosine })
+    Ok(CompileReport {
+        precision,
+        int8_products,
+        onnx_bytes: manifest.model_bytes,
+        compiled_bytes: bytes.len() as u64,
+        lowest_cosine,
+    })
 }

@@ -7,6 +7,10 @@ mod compile;
 mod compiled_graph;
 #[cfg(feature = "onnx")]
 mod gelu_fusion;
+#[cfg(feature = "onnx")]
+mod int8;
+#[cfg(feature = "tract")]
+mod int8_ops;
 #[cfg(feature = "ort")]
 mod ort_engine;
 mod pooling;
@@ -167,6 +171,12 @@ pub(crate) trait Engine: Send + Sync {
     fn vocabulary_size(&self) -> Option<usize> {
         None
     }
+
+    /// The matrix-product kernels the engine chose, by name, with how many
+    /// products use each; empty when the engine does not say.
+    fn matrix_kernels(&self) -> Vec<(String, usize)> {
+        Vec::new()
+    }
 }
 
 /// A sentence encoder over an ONNX model directory (see `models/`).
@@ -222,6 +232,14 @@ impl OnnxEncoder {
         let encoder = Self { manifest, tokenizer, engine, options: options.clone() };
         encoder.probe()?;
         Ok(encoder)
+    }
+
+    /// The matrix-product kernels running this model (tract: tract-linalg's
+    /// kernel names, e.g. `avx512vnni_mmm_i32_8x8` or `arm64simd_mmm_i32_8x8`,
+    /// with how many products use each), so a reader can tell an int8 dot
+    /// product kernel from a generic fallback. Empty for ONNX Runtime.
+    pub fn matrix_kernels(&self) -> Vec<(String, usize)> {
+        self.engine.matrix_kernels()
     }
 
     pub fn manifest(&self) -> &ModelManifest {

@@ -74,6 +74,16 @@ impl OrtEngine {
                 ),
             });
         }
+        if manifest.precision() != crate::Precision::F32 {
+            return Err(Error::BackendUnavailable {
+                backend: "ort".into(),
+                reason: format!(
+                    "{} holds a graph compiled to {} for tract: its features are tract's, not the ONNX file's",
+                    manifest.directory().display(),
+                    manifest.precision().name()
+                ),
+            });
+        }
         let environment = environment(library)?;
         let failed = |e: &dyn std::fmt::Display| Error::ModelLoad { path: path.clone(), reason: e.to_string() };
         let builder = Session::builder(environment).map_err(|e| failed(&e))?;

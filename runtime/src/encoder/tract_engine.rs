@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tract_core::internal::*;
+use tract_core::ops::matmul::optimized::OptMatMul;
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
 
 use super::batching::TokenBatch;
@@ -106,11 +107,79 @@ fn import_onnx(manifest: &ModelManifest) -> Result<TypedModel> {
     })
 }
 
-/// Writes `manifest`'s model, imported and simplified, as a compiled graph.
+/// Writes `manifest`'s model, imported and simplified, as a compiled graph,
+/// its weight products in int8 at that precision (their activations' ranges
+/// measured on `calibration`). Returns how many products are in int8.
 #[cfg(feature = "onnx")]
-pub(crate) fn compile(manifest: &ModelManifest, out: &Path) -> Result<()> {
-    let typed = import_onnx(manifest)?;
-    compiled_graph::write(&typed, &manifest.model_sha256, out).map_err(load_error(&manifest.model_path()))
+pub(crate) fn compile(
+    manifest: &ModelManifest,
+    out: &Path,
+    precision: crate::Precision,
+    calibration: &[TokenBatch],
+) -> Result<usize> {
+    let path = manifest.model_path();
+    let error = load_error(&path);
+    let mut typed = import_onnx(manifest)?;
+    let int8_products = match precision {
+        crate::Precision::F32 => 0,
+        crate::Precision::Int8 => {
+            let (products, kept) = super::int8::weight_products(&typed).map_err(&error)?;
+            let ranges = activation_ranges(&typed, &products, manifest, calibration)?;
+            super::int8::quantise_weight_products(&mut typed, &products, &ranges, kept).map_err(&error)?.rewritten
+        }
+    };
+    compiled_graph::write(&typed, &manifest.model_sha256, out).map_err(error)?;
+    Ok(int8_products)
+}
+
+/// The largest magnitude per channel of each product's activation, over
+/// `batches` run through the f32 graph.
+#[cfg(feature = "onnx")]
+fn activation_ranges(
+    model: &TypedModel,
+    products: &[super::int8::Product],
+    manifest: &ModelManifest,
+    batches: &[TokenBatch],
+) -> Result<Vec<Vec<f32>>> {
+    let path = manifest.model_path();
+    let error = load_error(&path);
+    let mut outlets: Vec<OutletId> = products.iter().map(|p| p.activation).collect();
+    outlets.sort();
+    outlets.dedup();
+    let mut probe = model.clone();
+    probe.select_output_outlets(&outlets).map_err(&error)?;
+    let order = match_inputs(&input_names(&probe)?, manifest)?;
+    tract_passes::specialise(&mut probe).map_err(&error)?;
+    let plan = probe.into_runnable().map_err(&error)?;
+    let mut ranges: Vec<Vec<f32>> = products.iter().map(|p| vec![0.0; p.k()]).collect();
+    for batch in batches {
+        let outputs = plan.run(model_inputs(&order, batch)?).map_err(&error)?;
+        for (product, range) in products.iter().zip(&mut ranges) {
+            let output = &outputs[outlets.binary_search(&product.activation).expect("listed above")];
+            let view = output.to_plain_array_view::<f32>().map_err(&error)?;
+            for lane in view.lanes(tract_core::ndarray::Axis(product.k_in_x)) {
+                for (largest, value) in range.iter_mut().zip(lane) {
+                    *largest = largest.max(value.abs());
+                }
+            }
+        }
+    }
+    Ok(ranges)
+}
+
+/// The batch as the model's inputs, in the model's order.
+fn model_inputs(order: &[InputRole], batch: &TokenBatch) -> Result<TVec<TValue>> {
+    let shape = [batch.rows, batch.seq];
+    let tensor = |data: &[i64]| Tensor::from_shape(&shape, data).map(IntoTValue::into_tvalue);
+    order
+        .iter()
+        .map(|role| match role {
+            InputRole::Ids => tensor(&batch.ids),
+            InputRole::Mask => tensor(&batch.mask),
+            InputRole::TypeIds => tensor(&batch.type_ids),
+        })
+        .collect::<TractResult<TVec<TValue>>>()
+        .map_err(|e| Error::Inference(format!("{e:#}")))
 }
 
 impl Engine for TractEngine {
@@ -118,19 +187,17 @@ impl Engine for TractEngine {
         self.vocabulary_size
     }
 
+    fn matrix_kernels(&self) -> Vec<(String, usize)> {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        let products = self.plan.model().nodes.iter().filter_map(|node| node.op_as::<OptMatMul>());
+        for kernel in products.flat_map(|product| product.mmm.iter()) {
+            *counts.entry(kernel.name().to_string()).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
     fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
-        let shape = [batch.rows, batch.seq];
-        let tensor = |data: &[i64]| Tensor::from_shape(&shape, data).map(IntoTValue::into_tvalue);
-        let inputs = self
-            .input_order
-            .iter()
-            .map(|role| match role {
-                InputRole::Ids => tensor(&batch.ids),
-                InputRole::Mask => tensor(&batch.mask),
-                InputRole::TypeIds => tensor(&batch.type_ids),
-            })
-            .collect::<TractResult<TVec<TValue>>>()
-            .map_err(|e| Error::Inference(format!("{e:#}")))?;
+        let inputs = model_inputs(&self.input_order, batch)?;
         // Splitting a matmul over threads costs more than it saves on a short
         // single text (batch 1 ran 20% slower on two threads).
         let executor = if batch.rows * batch.seq >= MULTITHREAD_MIN_TOKENS {

@@ -60,26 +60,83 @@ struct NodeSpec {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", deny_unknown_fields)]
 enum OpSpec {
-    Source { datum: String, shape: Vec<String> },
-    Const { tensor: TensorSpec },
-    Binary { op: String, output: Option<String> },
-    Unary { op: String, output: Option<String> },
-    Cast { to: String },
-    AddAxis { axis: usize },
-    RemoveAxis { axis: usize },
-    MoveAxis { from: usize, to: usize },
-    Reshape { at: usize, from: Vec<String>, to: Vec<String> },
-    Concat { axis: usize },
-    EinSum { axes: String, datum: String },
-    Gather { axis: usize },
-    GatherNd { batch_dims: usize },
+    Source {
+        datum: String,
+        shape: Vec<String>,
+    },
+    Const {
+        tensor: TensorSpec,
+    },
+    Binary {
+        op: String,
+        output: Option<String>,
+    },
+    Unary {
+        op: String,
+        output: Option<String>,
+    },
+    Cast {
+        to: String,
+    },
+    AddAxis {
+        axis: usize,
+    },
+    RemoveAxis {
+        axis: usize,
+    },
+    MoveAxis {
+        from: usize,
+        to: usize,
+    },
+    Reshape {
+        at: usize,
+        from: Vec<String>,
+        to: Vec<String>,
+    },
+    Concat {
+        axis: usize,
+    },
+    EinSum {
+        axes: String,
+        datum: String,
+    },
+    Gather {
+        axis: usize,
+    },
+    GatherNd {
+        batch_dims: usize,
+    },
     Iff,
-    Broadcast { shape: Vec<String> },
-    Range { len: String },
-    Reduce { axes: Vec<usize>, reducer: String },
-    RmsNorm { axis: usize, eps: TensorSpec },
-    Slice { axis: usize, start: String, end: String },
-    Softmax { axes: Vec<usize>, log: bool },
+    Broadcast {
+        shape: Vec<String>,
+    },
+    Range {
+        len: String,
+    },
+    Reduce {
+        axes: Vec<usize>,
+        reducer: String,
+    },
+    RmsNorm {
+        axis: usize,
+        eps: TensorSpec,
+    },
+    Slice {
+        axis: usize,
+        start: String,
+        end: String,
+    },
+    Softmax {
+        axes: Vec<usize>,
+        log: bool,
+    },
+    /// Int8 graphs only (`int8_ops`).
+    QuantizeRows {
+        unsmooth: TensorSpec,
+    },
+    ScaleProduct {
+        column_scales: TensorSpec,
+    },
 }
 
 /// A tensor: numbers as little-endian bytes at `offset` in the data section,
@@ -147,6 +204,7 @@ fn unary_op(name: &str) -> Option<Box<dyn ElementWiseMiniOp>> {
         "Not" => logic::not(),
         "Sigmoid" => nn::sigmoid(),
         "GeluExact" => nn::gelu_exact::gelu_exact(),
+        "Round" => math::round(),
         _ => return None,
     };
     Some(op.0)

@@ -13,6 +13,7 @@ use tract_core::ops::logic::Iff;
 use tract_core::ops::nn::{Reduce, RmsNorm, Softmax, SoftmaxKind};
 
 use super::*;
+use crate::encoder::int8_ops::{QuantizeRows, ScaleProduct};
 
 /// Reads a compiled graph, refusing one compiled from another ONNX file than
 /// `model_sha256`. Every offset, index and shape is checked: a damaged file
@@ -123,6 +124,14 @@ fn wire(model: &mut TypedModel, spec: &NodeSpec, inputs: &[OutletId], data: &[u8
         OpSpec::Softmax { axes, log } => {
             let kind = if *log { SoftmaxKind::LogSoftmax } else { SoftmaxKind::Softmax };
             Box::new(Softmax { axes: axes.iter().copied().collect(), quant_output_dt: None, kind })
+        }
+        OpSpec::QuantizeRows { unsmooth } => {
+            arity(1)?;
+            Box::new(QuantizeRows { unsmooth: load_tensor(model, unsmooth, data)?.into_arc_tensor() })
+        }
+        OpSpec::ScaleProduct { column_scales } => {
+            arity(2)?;
+            Box::new(ScaleProduct { column_scales: load_tensor(model, column_scales, data)?.into_arc_tensor() })
         }
     };
     // Rank and axis checks happen here: tract computes the output facts

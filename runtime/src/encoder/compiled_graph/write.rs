@@ -15,6 +15,7 @@ use tract_core::ops::nn::{Reduce, RmsNorm, Softmax, SoftmaxKind};
 use tract_core::ops::source::TypedSource;
 
 use super::*;
+use crate::encoder::int8_ops::{QuantizeRows, ScaleProduct};
 
 /// Smaller f32 tensors are stored as they are.
 const INT8_MIN_VALUES: usize = 4096;
@@ -121,6 +122,12 @@ fn describe(model: &TypedModel, node: &TypedNode, data: &mut Vec<u8>) -> TractRe
         ensure!(softmax.quant_output_dt.is_none(), "quantised Softmax is not supported");
         let log = softmax.kind == SoftmaxKind::LogSoftmax;
         return Ok(OpSpec::Softmax { axes: softmax.axes.to_vec(), log });
+    }
+    if let Some(quantise) = op.downcast_ref::<QuantizeRows>() {
+        return Ok(OpSpec::QuantizeRows { unsmooth: store_tensor(&quantise.unsmooth, data)? });
+    }
+    if let Some(scale) = op.downcast_ref::<ScaleProduct>() {
+        return Ok(OpSpec::ScaleProduct { column_scales: store_tensor(&scale.column_scales, data)? });
     }
     bail!("operator {} is not supported by the compiled format", op.name())
 }
