@@ -24,6 +24,8 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use batching::{TokenBatch, plan_batches};
 #[cfg(feature = "onnx")]
@@ -170,6 +172,17 @@ pub(crate) trait Engine: Send + Sync {
     /// Rows of the model's word-embedding table, when the engine can tell.
     fn vocabulary_size(&self) -> Option<usize> {
         None
+    }
+
+    /// Like `run`, all on the calling thread (a thread among others each
+    /// running its own batch).
+    fn run_on_one_thread(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
+        self.run(batch, pool)
+    }
+
+    /// Whether batches may run on several threads at once (each on one).
+    fn runs_batches_in_parallel(&self) -> bool {
+        false
     }
 
     /// The matrix-product kernels the engine chose, by name, with how many
@@ -322,37 +335,119 @@ impl Encoder for OnnxEncoder {
         }
         let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>>>()?;
         let lengths: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
+        let parallel = self.engine.runs_batches_in_parallel() && self.options.threads > 1;
+        // Enough batches for every thread: a call of 32 texts on two threads
+        // runs as two batches of 16, each on its own thread.
+        let max_rows = if parallel {
+            self.options.max_batch.min(texts.len().div_ceil(self.options.threads))
+        } else {
+            self.options.max_batch
+        };
+        let batches = plan_batches(&lengths, max_rows.max(1));
         let dim = self.manifest.dim;
         let mut values = vec![0.0f32; texts.len() * dim];
-        let mut pooled = Vec::new();
         let mut done = 0;
-        for members in plan_batches(&lengths, self.options.max_batch) {
-            if listener.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            let batch = TokenBatch::pad(&members.iter().map(|&i| &tokens[i]).collect::<Vec<_>>());
-            pooled.resize(members.len() * dim, 0.0);
-            self.engine.run(&batch, &mut |hidden, width| {
-                if width != dim {
-                    return Err(Error::ModelMismatch(format!("output width {width}, manifest says {dim}")));
-                }
-                let shape = (batch.rows, batch.seq, width);
-                pooling::pool_rows(
-                    hidden,
-                    &batch.mask,
-                    shape,
-                    self.manifest.pooling,
-                    self.manifest.normalize,
-                    &mut pooled,
-                );
-                Ok(())
-            })?;
+        let mut store = |members: &[usize], pooled: &[f32]| {
             for (row, &index) in members.iter().enumerate() {
                 values[index * dim..(index + 1) * dim].copy_from_slice(&pooled[row * dim..(row + 1) * dim]);
             }
             done += members.len();
             listener.on_progress(done, texts.len());
+        };
+        let workers = if parallel { self.options.threads.min(batches.len()) } else { 1 };
+        if workers > 1 {
+            self.embed_in_parallel(&tokens, &batches, workers, listener, &mut store)?;
+        } else {
+            for members in &batches {
+                if listener.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                let pooled = self.embed_batch(&tokens, members, false)?;
+                store(members, &pooled);
+            }
         }
         Embeddings::from_values(dim, values)
+    }
+}
+
+impl OnnxEncoder {
+    /// The pooled vectors of `members` of `tokens`, row after row.
+    fn embed_batch(&self, tokens: &[Tokens], members: &[usize], on_one_thread: bool) -> Result<Vec<f32>> {
+        let dim = self.manifest.dim;
+        let batch = TokenBatch::pad(&members.iter().map(|&i| &tokens[i]).collect::<Vec<_>>());
+        let mut pooled = vec![0.0f32; members.len() * dim];
+        let mut pool = |hidden: &[f32], width: usize| {
+            if width != dim {
+                return Err(Error::ModelMismatch(format!("output width {width}, manifest says {dim}")));
+            }
+            let shape = (batch.rows, batch.seq, width);
+            pooling::pool_rows(hidden, &batch.mask, shape, self.manifest.pooling, self.manifest.normalize, &mut pooled);
+            Ok(())
+        };
+        if on_one_thread {
+            self.engine.run_on_one_thread(&batch, &mut pool)
+        } else {
+            self.engine.run(&batch, &mut pool)
+        }?;
+        Ok(pooled)
+    }
+
+    /// Whole batches on `workers` threads at once, each batch on one thread:
+    /// splitting every product of a batch over threads gained tract little
+    /// (see the README). Results, progress and cancellation go through the
+    /// calling thread, which is the only one to call `listener`.
+    fn embed_in_parallel(
+        &self,
+        tokens: &[Tokens],
+        batches: &[Vec<usize>],
+        workers: usize,
+        listener: &dyn EncodeListener,
+        store: &mut dyn FnMut(&[usize], &[f32]),
+    ) -> Result<()> {
+        if listener.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let (results, received) = mpsc::channel();
+            for _ in 0..workers {
+                let results = results.clone();
+                let (next, stop) = (&next, &stop);
+                scope.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(members) = batches.get(index) else { break };
+                        let outcome = catch_unwind(AssertUnwindSafe(|| self.embed_batch(tokens, members, true)))
+                            .unwrap_or_else(|_| Err(Error::Inference("the engine panicked".into())));
+                        if results.send((index, outcome)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(results);
+            let mut outcome = Ok(());
+            for (index, result) in received {
+                match result {
+                    Ok(pooled) if outcome.is_ok() => {
+                        store(&batches[index], &pooled);
+                        if listener.is_cancelled() {
+                            outcome = Err(Error::Cancelled);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        if outcome.is_ok() {
+                            outcome = Err(error);
+                        }
+                    }
+                }
+                if outcome.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            outcome
+        })
     }
 }

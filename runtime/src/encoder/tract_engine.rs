@@ -197,7 +197,6 @@ impl Engine for TractEngine {
     }
 
     fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
-        let inputs = model_inputs(&self.input_order, batch)?;
         // Splitting a matmul over threads costs more than it saves on a short
         // single text (batch 1 ran 20% slower on two threads).
         let executor = if batch.rows * batch.seq >= MULTITHREAD_MIN_TOKENS {
@@ -205,6 +204,26 @@ impl Engine for TractEngine {
         } else {
             Executor::SingleThread
         };
+        self.run_with(executor, batch, pool)
+    }
+
+    fn run_on_one_thread(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
+        self.run_with(Executor::SingleThread, batch, pool)
+    }
+
+    fn runs_batches_in_parallel(&self) -> bool {
+        true
+    }
+}
+
+impl TractEngine {
+    fn run_with(
+        &self,
+        executor: Executor,
+        batch: &TokenBatch,
+        pool: &mut dyn FnMut(&[f32], usize) -> Result<()>,
+    ) -> Result<()> {
+        let inputs = model_inputs(&self.input_order, batch)?;
         let outputs = multithread_tract_scope(executor, || self.plan.run(inputs))
             .map_err(|e| Error::Inference(format!("{e:#}")))?;
         let hidden = &outputs[0];
