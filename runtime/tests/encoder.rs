@@ -91,6 +91,51 @@ fn batching_does_not_change_results_or_order() {
 }
 
 #[test]
+fn batches_on_several_threads_keep_results_order_and_the_callers_thread() {
+    struct OnCaller {
+        caller: std::thread::ThreadId,
+        reports: std::sync::Mutex<Vec<(usize, std::thread::ThreadId)>>,
+    }
+    impl EncodeListener for OnCaller {
+        fn on_progress(&self, done: usize, _total: usize) {
+            self.reports.lock().unwrap().push((done, std::thread::current().id()));
+        }
+    }
+    let texts = sentences();
+    let texts = &texts[..40];
+    let options = |threads| EncoderOptions { max_batch: 4, threads, ..Default::default() };
+    let alone = OnnxEncoder::load(&tiny_dir(), &options(1)).unwrap().embed(texts).unwrap();
+    let listener = OnCaller { caller: std::thread::current().id(), reports: Default::default() };
+    let parallel = OnnxEncoder::load(&tiny_dir(), &options(2)).unwrap().embed_with(texts, &listener).unwrap();
+    for i in 0..texts.len() {
+        assert!(cosine(alone.row(i), parallel.row(i)) > 0.99999, "text {i} moved or changed");
+    }
+    let reports = listener.reports.into_inner().unwrap();
+    assert_eq!(reports.len(), 10, "one report per batch of 4");
+    assert!(reports.windows(2).all(|w| w[0].0 < w[1].0) && reports.last().unwrap().0 == 40, "{reports:?}");
+    assert!(reports.iter().all(|(_, thread)| *thread == listener.caller), "progress only on the caller's thread");
+}
+
+#[test]
+fn cancellation_stops_batches_on_several_threads() {
+    struct CancelAfterFirst(AtomicUsize);
+    impl EncodeListener for CancelAfterFirst {
+        fn on_progress(&self, done: usize, _total: usize) {
+            self.0.store(done, Ordering::SeqCst);
+        }
+        fn is_cancelled(&self) -> bool {
+            self.0.load(Ordering::SeqCst) > 0
+        }
+    }
+    let options = EncoderOptions { max_batch: 4, threads: 2, ..Default::default() };
+    let encoder = OnnxEncoder::load(&tiny_dir(), &options).unwrap();
+    let texts = sentences();
+    let listener = CancelAfterFirst(AtomicUsize::new(0));
+    assert!(matches!(encoder.embed_with(&texts[..40], &listener), Err(Error::Cancelled)));
+    assert_eq!(listener.0.load(Ordering::SeqCst), 4, "results after the cancellation are dropped");
+}
+
+#[test]
 fn empty_and_huge_texts_are_embedded() {
     let encoder = load(&tiny_dir(), Backend::Tract);
     let huge = "word ".repeat(2_000_000);

@@ -10,7 +10,11 @@ samples as Attune). Prints accuracy, macro-F1 and training time side by side;
 Attune's full-data row is the mean over as many training seeds (scikit-learn's
 lbfgs fit has no seed).
 
-  python3 tests/bench/train_peer.py [--seeds 5] [--backend ort]
+  python3 tests/bench/train_peer.py [--seeds 5] [--backend ort] [--model DIR]
+
+--model embeds with another model directory, e.g. an int8 compiled one
+(`attune compile-model --int8 DIR`, with `--backend tract`), to compare its
+features' accuracy with the default model's.
 """
 
 import argparse
@@ -61,6 +65,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--backend", default="ort")
+    parser.add_argument("--model", type=Path, default=None, help="default: the default model")
     parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
     args = parser.parse_args()
     if not DATA.is_file():
@@ -74,9 +79,10 @@ def main():
     if args.backend == "ort" and "ORT_DYLIB_PATH" not in env:
         env["ORT_DYLIB_PATH"] = subprocess.run([sys.executable, str(REPO / "tests/ort-library")], check=True,
                                                capture_output=True, text=True).stdout.strip()
-    cache = REPO / "target" / "bench-clinc"
-    out = subprocess.run([str(args.binary), "--backend", args.backend, "--json", "bench", "heads", "--data", str(DATA),
-                          "--cache", str(cache), "--seeds", str(args.seeds)],
+    cache = REPO / "target" / ("bench-clinc" if args.model is None else f"bench-clinc-{args.model.name}")
+    model = ["--model", str(args.model)] if args.model else []
+    out = subprocess.run([str(args.binary), *model, "--backend", args.backend, "--json", "bench", "heads",
+                          "--data", str(DATA), "--cache", str(cache), "--seeds", str(args.seeds)],
                          check=True, capture_output=True, text=True, env=env)
     attune = json.loads(out.stdout)
     index = json.loads((cache / "index.json").read_text())

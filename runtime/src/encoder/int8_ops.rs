@@ -1,7 +1,6 @@
 //! The two operators of an int8 compiled graph around each int8 product
-//! (see `int8.rs` for the arithmetic). Each is one pass over its tensor;
-//! the same chain of tract's element-wise operators took six, and more time
-//! than the int8 product itself.
+//! (see `int8.rs` for the arithmetic), each one pass over its tensor where
+//! a chain of tract's element-wise operators would take six.
 //!
 //! Both work on the last axis, rows being everything before it.
 

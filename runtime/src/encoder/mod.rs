@@ -392,10 +392,10 @@ impl OnnxEncoder {
         Ok(pooled)
     }
 
-    /// Whole batches on `workers` threads at once, each batch on one thread:
-    /// splitting every product of a batch over threads gained tract little
-    /// (see the README). Results, progress and cancellation go through the
-    /// calling thread, which is the only one to call `listener`.
+    /// Whole batches on `workers` threads at once, each batch on one thread
+    /// (short sentences' products are too small to split well). Results,
+    /// progress and cancellation go through the calling thread, which is the
+    /// only one to call `listener`.
     fn embed_in_parallel(
         &self,
         tokens: &[Tokens],
