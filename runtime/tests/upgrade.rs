@@ -42,6 +42,16 @@ fn upgrade_to_another_tiny_model_while_predictions_keep_running() {
     upgrade_while_predicting(&support::tiny_next_dir(), "upgrade-tiny");
 }
 
+/// Int8 vectors have a fingerprint of their own: a store moves to an int8
+/// graph of its own model as to a new model, never mixing the two.
+#[cfg(feature = "onnx")]
+#[test]
+fn upgrade_to_the_same_model_compiled_to_int8() {
+    let int8 = support::scratch_dir("upgrade-int8-model").join("model");
+    attune::compile_model(&support::tiny_dir(), &int8, attune::Precision::Int8).unwrap();
+    upgrade_while_predicting(&int8, "upgrade-int8");
+}
+
 #[test]
 fn upgrade_to_the_default_model_while_predictions_keep_running() {
     let Some(new_model) = support::default_model_dir() else { return };
