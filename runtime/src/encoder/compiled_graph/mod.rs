@@ -204,7 +204,6 @@ fn unary_op(name: &str) -> Option<Box<dyn ElementWiseMiniOp>> {
         "Not" => logic::not(),
         "Sigmoid" => nn::sigmoid(),
         "GeluExact" => nn::gelu_exact::gelu_exact(),
-        "Round" => math::round(),
         _ => return None,
     };
     Some(op.0)
