@@ -65,7 +65,8 @@ pub struct Config {
     pub model_dir: String,
     #[uniffi(default = None)]
     pub backend: Option<Backend>,
-    /// Threads one inference may use; default: up to 4 cores.
+    /// Threads one call may use (on tract, a call's length buckets run on
+    /// that many threads at once); default: up to 4 cores.
     #[uniffi(default = None)]
     pub threads: Option<u32>,
     /// `libonnxruntime` for the `Ort` backend; default: `ORT_DYLIB_PATH`.

@@ -150,7 +150,10 @@ impl fmt::Display for Backend {
 #[derive(Debug, Clone)]
 pub struct EncoderOptions {
     pub backend: Backend,
-    /// Threads one inference may use (phones: 2 to 4 big cores).
+    /// Threads one call may use (phones: 2 to 4 big cores): on tract, a
+    /// call's length buckets run on that many threads at once (a call of
+    /// several texts is split into at least as many buckets); ONNX Runtime
+    /// splits each product over them.
     pub threads: usize,
     /// Most texts run through the model at once.
     pub max_batch: usize,
