@@ -118,15 +118,6 @@ fn batches_on_several_threads_keep_results_order_and_the_callers_thread() {
 
 #[test]
 fn cancellation_stops_batches_on_several_threads() {
-    struct CancelAfterFirst(AtomicUsize);
-    impl EncodeListener for CancelAfterFirst {
-        fn on_progress(&self, done: usize, _total: usize) {
-            self.0.store(done, Ordering::SeqCst);
-        }
-        fn is_cancelled(&self) -> bool {
-            self.0.load(Ordering::SeqCst) > 0
-        }
-    }
     let options = EncoderOptions { max_batch: 4, threads: 2, ..Default::default() };
     let encoder = OnnxEncoder::load(&tiny_dir(), &options).unwrap();
     let texts = sentences();
@@ -170,17 +161,20 @@ fn concurrent_callers_get_their_own_results() {
     });
 }
 
+/// Records how many texts are done and cancels once any are.
+struct CancelAfterFirst(AtomicUsize);
+
+impl EncodeListener for CancelAfterFirst {
+    fn on_progress(&self, done: usize, _total: usize) {
+        self.0.store(done, Ordering::SeqCst);
+    }
+    fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
 #[test]
 fn progress_is_reported_and_cancellation_stops_between_batches() {
-    struct CancelAfterFirst(AtomicUsize);
-    impl EncodeListener for CancelAfterFirst {
-        fn on_progress(&self, done: usize, _total: usize) {
-            self.0.store(done, Ordering::SeqCst);
-        }
-        fn is_cancelled(&self) -> bool {
-            self.0.load(Ordering::SeqCst) > 0
-        }
-    }
     let encoder = OnnxEncoder::load(&tiny_dir(), &EncoderOptions { max_batch: 4, ..Default::default() }).unwrap();
     let texts = sentences();
     let listener = CancelAfterFirst(AtomicUsize::new(0));

@@ -61,10 +61,8 @@ def dequantised(model):
     return model, len(folded)
 
 
-def write_model_dir(source: Path, manifest: dict, model_path: Path, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    if model_path != out / "model.onnx":
-        shutil.move(str(model_path), out / "model.onnx")
+def write_model_dir(source: Path, manifest: dict, out: Path) -> None:
+    """The tokenizer and a manifest beside `out/model.onnx`."""
     data = (out / "model.onnx").read_bytes()
     shutil.copy(source / manifest["tokenizer_file"], out / manifest["tokenizer_file"])
     derived = dict(manifest, model_file="model.onnx", model_sha256=hashlib.sha256(data).hexdigest(),
@@ -86,11 +84,11 @@ def derive(model_dir: Path, out: Path) -> tuple[Path, Path]:
             raise SystemExit(f"{model_dir}: no int8-stored weights to dequantise")
         fp32.mkdir(parents=True, exist_ok=True)
         onnx.save(model, fp32 / "model.onnx")
-        write_model_dir(model_dir, manifest, fp32 / "model.onnx", fp32)
+        write_model_dir(model_dir, manifest, fp32)
     if not (qdyn / "manifest.json").is_file():
         qdyn.mkdir(parents=True, exist_ok=True)
         quantize_dynamic(fp32 / "model.onnx", qdyn / "model.onnx", weight_type=QuantType.QInt8)
-        write_model_dir(model_dir, manifest, qdyn / "model.onnx", qdyn)
+        write_model_dir(model_dir, manifest, qdyn)
     return fp32, qdyn
 
 

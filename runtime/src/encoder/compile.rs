@@ -74,9 +74,10 @@ fn write_compiled(source: &Path, manifest: &ModelManifest, out: &Path, precision
         return Err(Error::InvalidInput(format!("{} is compiled already: compile the ONNX model", source.display())));
     }
     let graph = out.join(COMPILED_FILE);
-    let tokenizer = TextTokenizer::load(&manifest.tokenizer_path(), manifest.max_tokens)?;
-    let tokens = CALIBRATION_TEXTS.lines().map(|text| tokenizer.encode(text)).collect::<Result<Vec<_>>>()?;
-    let calibration: Vec<TokenBatch> = tokens.iter().map(|t| TokenBatch::pad(&[t])).collect();
+    let calibration = match precision {
+        Precision::F32 => Vec::new(),
+        Precision::Int8 => calibration_batches(manifest)?,
+    };
     let int8_products = tract_engine::compile(manifest, &graph, precision, &calibration)?;
     let bytes = std::fs::read(&graph).map_err(|e| Error::io(&graph, e))?;
     let tokenizer = out.join(&manifest.tokenizer_file);
@@ -120,4 +121,10 @@ fn write_compiled(source: &Path, manifest: &ModelManifest, out: &Path, precision
         compiled_bytes: bytes.len() as u64,
         lowest_cosine,
     })
+}
+
+/// The calibration texts, one batch each (no padding to skew the ranges).
+fn calibration_batches(manifest: &ModelManifest) -> Result<Vec<TokenBatch>> {
+    let tokenizer = TextTokenizer::load(&manifest.tokenizer_path(), manifest.max_tokens)?;
+    CALIBRATION_TEXTS.lines().map(|text| Ok(TokenBatch::pad(&[&tokenizer.encode(text)?]))).collect()
 }

@@ -432,20 +432,15 @@ impl OnnxEncoder {
             drop(results);
             let mut outcome = Ok(());
             for (index, result) in received {
-                match result {
-                    Ok(pooled) if outcome.is_ok() => {
-                        store(&batches[index], &pooled);
-                        if listener.is_cancelled() {
-                            outcome = Err(Error::Cancelled);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        if outcome.is_ok() {
-                            outcome = Err(error);
-                        }
-                    }
+                // After a failure or cancellation the workers stop; what they
+                // still send is dropped.
+                if outcome.is_err() {
+                    continue;
                 }
+                outcome = result.and_then(|pooled| {
+                    store(&batches[index], &pooled);
+                    if listener.is_cancelled() { Err(Error::Cancelled) } else { Ok(()) }
+                });
                 if outcome.is_err() {
                     stop.store(true, Ordering::Relaxed);
                 }

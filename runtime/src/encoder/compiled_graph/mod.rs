@@ -57,86 +57,33 @@ struct NodeSpec {
 
 /// The operators a compiled graph may hold. Dimensions are tract's symbolic
 /// expressions as text (`batch`, `2*sequence`); datum types by name (`F32`).
+/// `QuantizeRows` and `ScaleProduct` are Attune's own (`int8_ops`), in int8
+/// graphs only.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", deny_unknown_fields)]
 enum OpSpec {
-    Source {
-        datum: String,
-        shape: Vec<String>,
-    },
-    Const {
-        tensor: TensorSpec,
-    },
-    Binary {
-        op: String,
-        output: Option<String>,
-    },
-    Unary {
-        op: String,
-        output: Option<String>,
-    },
-    Cast {
-        to: String,
-    },
-    AddAxis {
-        axis: usize,
-    },
-    RemoveAxis {
-        axis: usize,
-    },
-    MoveAxis {
-        from: usize,
-        to: usize,
-    },
-    Reshape {
-        at: usize,
-        from: Vec<String>,
-        to: Vec<String>,
-    },
-    Concat {
-        axis: usize,
-    },
-    EinSum {
-        axes: String,
-        datum: String,
-    },
-    Gather {
-        axis: usize,
-    },
-    GatherNd {
-        batch_dims: usize,
-    },
+    Source { datum: String, shape: Vec<String> },
+    Const { tensor: TensorSpec },
+    Binary { op: String, output: Option<String> },
+    Unary { op: String, output: Option<String> },
+    Cast { to: String },
+    AddAxis { axis: usize },
+    RemoveAxis { axis: usize },
+    MoveAxis { from: usize, to: usize },
+    Reshape { at: usize, from: Vec<String>, to: Vec<String> },
+    Concat { axis: usize },
+    EinSum { axes: String, datum: String },
+    Gather { axis: usize },
+    GatherNd { batch_dims: usize },
     Iff,
-    Broadcast {
-        shape: Vec<String>,
-    },
-    Range {
-        len: String,
-    },
-    Reduce {
-        axes: Vec<usize>,
-        reducer: String,
-    },
-    RmsNorm {
-        axis: usize,
-        eps: TensorSpec,
-    },
-    Slice {
-        axis: usize,
-        start: String,
-        end: String,
-    },
-    Softmax {
-        axes: Vec<usize>,
-        log: bool,
-    },
-    /// Int8 graphs only (`int8_ops`).
-    QuantizeRows {
-        unsmooth: TensorSpec,
-    },
-    ScaleProduct {
-        column_scales: TensorSpec,
-    },
+    Broadcast { shape: Vec<String> },
+    Range { len: String },
+    Reduce { axes: Vec<usize>, reducer: String },
+    RmsNorm { axis: usize, eps: TensorSpec },
+    Slice { axis: usize, start: String, end: String },
+    Softmax { axes: Vec<usize>, log: bool },
+    QuantizeRows { unsmooth: TensorSpec },
+    ScaleProduct { column_scales: TensorSpec },
 }
 
 /// A tensor: numbers as little-endian bytes at `offset` in the data section,
