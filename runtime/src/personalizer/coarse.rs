@@ -39,18 +39,12 @@ impl HalfCopy {
         Self { packed, lanes_per_row, dim, max_norm }
     }
 
-    /// Rows `start..end` whose coarse score could still place them among the
-    /// best `k` by exact score (all of them when the bound is not finite).
-    pub fn candidates(&self, arch: Arch, query: &[f32], start: usize, end: usize, k: usize) -> Vec<usize> {
-        let packed = &self.packed[start * self.lanes_per_row..end * self.lanes_per_row];
+    /// A first pass for `query`, which may scan several ranges of rows and
+    /// then names the rows that could be among the best `k` of them all.
+    pub fn first_pass(&self, query: &[f32], k: usize) -> FirstPass<'_> {
         let (even, odd) = split_parity(query);
         let slack = 2.0 * self.error_bound(query);
-        let scores = arch.dispatch(CoarseScan { packed, lanes_per_row: self.lanes_per_row, even: &even, odd: &odd });
-        let threshold = kth_largest(&scores, k).map_or(f32::NEG_INFINITY, |kth| kth - slack);
-        if !threshold.is_finite() {
-            return (start..end).collect();
-        }
-        scores.iter().enumerate().filter(|&(_, s)| *s >= threshold || s.is_nan()).map(|(i, _)| start + i).collect()
+        FirstPass { copy: self, even, odd, slack, best: BestScores::new(k), kept: Vec::new() }
     }
 
     /// How far a coarse score can be from the exact one: the values' rounding
@@ -77,6 +71,56 @@ fn bfloat16(value: f32) -> u16 {
     (rounded >> 16) as u16
 }
 
+/// A first pass in progress: the best `k` coarse scores seen so far and the
+/// rows within `slack` of the k-th of them when they were scanned.
+pub(super) struct FirstPass<'a> {
+    copy: &'a HalfCopy,
+    even: Vec<f32>,
+    odd: Vec<f32>,
+    slack: f32,
+    best: BestScores,
+    kept: Vec<(usize, f32)>,
+}
+
+impl FirstPass<'_> {
+    /// Scores rows `start..end`.
+    pub fn scan(&mut self, arch: Arch, start: usize, end: usize) {
+        let lanes = self.copy.lanes_per_row;
+        arch.dispatch(CoarseScan {
+            packed: &self.copy.packed[start * lanes..end * lanes],
+            first_row: start,
+            lanes_per_row: lanes,
+            even: &self.even,
+            odd: &self.odd,
+            slack: self.slack,
+            best: &mut self.best,
+            kept: &mut self.kept,
+        });
+    }
+
+    /// The rows scanned whose coarse score could place them among the best
+    /// `k` of those rows by exact score, ascending (every row scanned when
+    /// there were fewer than `k` or the bound is not finite).
+    pub fn candidates(self) -> Vec<usize> {
+        let threshold = self.threshold();
+        let mut rows: Vec<usize> =
+            self.kept.into_iter().filter(|&(_, s)| s >= threshold || s.is_nan()).map(|(row, _)| row).collect();
+        rows.sort_unstable();
+        rows
+    }
+
+    fn threshold(&self) -> f32 {
+        threshold(&self.best, self.slack)
+    }
+}
+
+/// Rows scoring below this cannot be among the best (−∞, keeping every row,
+/// until there are `k` scores or when the bound is not finite).
+fn threshold(best: &BestScores, slack: f32) -> f32 {
+    let threshold = best.kth().map_or(f32::NEG_INFINITY, |kth| kth - slack);
+    if threshold.is_finite() { threshold } else { f32::NEG_INFINITY }
+}
+
 /// The query's even-indexed and odd-indexed values (an odd width pads a zero).
 fn split_parity(query: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let even = query.iter().step_by(2).copied().collect();
@@ -85,42 +129,64 @@ fn split_parity(query: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (even, odd)
 }
 
-/// The `k`-th largest score (NaN ignored), if there are `k`: one pass
-/// keeping the best `k` sorted (a score rarely beats the k-th).
-fn kth_largest(scores: &[f32], k: usize) -> Option<f32> {
-    if k == 0 {
-        return None;
-    }
-    let mut best: Vec<f32> = Vec::with_capacity(k + 1);
-    for &score in scores {
-        if score.is_nan() || (best.len() == k && score <= best[k - 1]) {
-            continue;
-        }
-        let at = best.partition_point(|&kept| kept >= score);
-        best.insert(at, score);
-        best.truncate(k);
-    }
-    (best.len() == k).then(|| best[k - 1])
+/// The `k` largest scores offered so far (NaN ignored), best first: a score
+/// rarely beats the k-th, so offering costs one comparison.
+struct BestScores {
+    k: usize,
+    best: Vec<f32>,
 }
 
+impl BestScores {
+    fn new(k: usize) -> Self {
+        Self { k, best: Vec::with_capacity(k + 1) }
+    }
+
+    #[inline(always)]
+    fn offer(&mut self, score: f32) {
+        if self.k == 0 || score.is_nan() || (self.best.len() == self.k && score <= self.best[self.k - 1]) {
+            return;
+        }
+        let at = self.best.partition_point(|&kept| kept >= score);
+        self.best.insert(at, score);
+        self.best.truncate(self.k);
+    }
+
+    /// The k-th largest score, once there are `k`.
+    fn kth(&self) -> Option<f32> {
+        (self.k > 0 && self.best.len() == self.k).then(|| self.best[self.k - 1])
+    }
+}
+
+/// Scores every packed row and keeps those within `slack` of the k-th best
+/// coarse score seen so far (or NaN). That threshold only rises, so the rows
+/// kept include every row within `slack` of the final k-th best: one pass,
+/// and no score per row is stored.
 struct CoarseScan<'a> {
     packed: &'a [u32],
+    first_row: usize,
     lanes_per_row: usize,
     even: &'a [f32],
     odd: &'a [f32],
+    slack: f32,
+    best: &'a mut BestScores,
+    kept: &'a mut Vec<(usize, f32)>,
 }
 
 impl WithSimd for CoarseScan<'_> {
-    type Output = Vec<f32>;
+    type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+    fn with_simd<S: Simd>(self, simd: S) {
         // Loops, not closures: a closure's body would lose the SIMD target features.
-        let mut scores = Vec::with_capacity(self.packed.len() / self.lanes_per_row.max(1));
-        for row in self.packed.chunks_exact(self.lanes_per_row) {
-            scores.push(coarse_dot(simd, row, self.even, self.odd));
+        let mut threshold = self::threshold(self.best, self.slack);
+        for (i, row) in self.packed.chunks_exact(self.lanes_per_row).enumerate() {
+            let score = coarse_dot(simd, row, self.even, self.odd);
+            if score >= threshold || score.is_nan() {
+                self.kept.push((self.first_row + i, score));
+                self.best.offer(score);
+                threshold = self::threshold(self.best, self.slack);
+            }
         }
-        scores
     }
 }
 
@@ -184,18 +250,23 @@ mod tests {
             let copy = HalfCopy::new(&vectors, dim);
             let exact: Vec<f32> =
                 vectors.chunks_exact(dim).map(|r| r.iter().zip(&query).map(|(a, b)| a * b).sum()).collect();
-            let (even, odd) = split_parity(&query);
-            let coarse = Arch::new().dispatch(CoarseScan {
-                packed: &copy.packed,
-                lanes_per_row: copy.lanes_per_row,
-                even: &even,
-                odd: &odd,
-            });
+            // With k beyond the rows the threshold stays at −∞: every score is kept.
+            let mut every_row = copy.first_pass(&query, rows + 1);
+            every_row.scan(Arch::new(), 0, rows);
+            let coarse: Vec<f32> = every_row.kept.iter().map(|&(_, s)| s).collect();
+            assert_eq!(coarse.len(), rows);
             let bound = copy.error_bound(&query);
             assert!(exact.iter().zip(&coarse).all(|(e, c)| (e - c).abs() <= bound), "dim {dim}");
             for k in [1, 10, 100] {
-                let kept = copy.candidates(Arch::new(), &query, 0, rows, k);
-                let kth = kth_largest(&exact, k).unwrap();
+                // In uneven ranges, as the parallel scan's threads claim them.
+                let mut pass = copy.first_pass(&query, k);
+                for (start, end) in [(0, 7), (7, 300), (300, rows)] {
+                    pass.scan(Arch::new(), start, end);
+                }
+                let kept = pass.candidates();
+                let mut sorted = exact.clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let kth = sorted[k - 1];
                 let winners = (0..rows).filter(|&r| exact[r] >= kth);
                 assert!(winners.into_iter().all(|r| kept.contains(&r)), "dim {dim}, k {k}");
                 assert!(kept.len() < rows, "the first pass keeps a shortlist (dim {dim}, k {k}: {})", kept.len());

@@ -14,6 +14,7 @@ mod import;
 mod privacy;
 mod ranker;
 mod scan;
+mod scan_pool;
 mod search;
 mod upgrade;
 

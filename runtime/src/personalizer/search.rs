@@ -3,10 +3,13 @@
 //! user's learned preference when there is feedback, and the best `k` kept.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::coarse::HalfCopy;
 use super::ranker::{Preference, dot};
 use super::scan::{best_listed_rows, best_rows};
+use super::scan_pool;
 use crate::store::Document;
 
 /// A ranked search result.
@@ -25,6 +28,12 @@ pub struct SearchHit {
 /// it cannot rule out are scored in f32, so results are the f32 scan's.
 #[derive(Debug, Clone)]
 pub struct VectorIndex {
+    /// Shared with the scan threads.
+    rows: Arc<Rows>,
+}
+
+#[derive(Debug)]
+struct Rows {
     vectors: Vec<f32>,
     dim: usize,
     half: Option<HalfCopy>,
@@ -32,10 +41,14 @@ pub struct VectorIndex {
     arch: pulp::Arch,
 }
 
-/// Below this many rows a scan is faster on one thread than split (a
-/// thread costs about as much as scanning a thousand rows).
+/// Below this many rows a scan is faster on one thread than split (handing
+/// a slice to a parked thread and waking it costs about as much as
+/// scanning a thousand rows).
 const PARALLEL_SCAN_ROWS: usize = 2_000;
 const MAX_SCAN_THREADS: usize = 4;
+/// Rows a thread claims at a time: enough to make a claim cheap, few enough
+/// that the threads finish together.
+const CLAIM_ROWS: usize = 1_024;
 /// From this many rows a first pass over the half-size copy pays for itself.
 const HALF_COPY_ROWS: usize = 1_024;
 /// Semantic results that remembered choices may lift into the top k.
@@ -46,57 +59,94 @@ impl VectorIndex {
     pub fn new(vectors: Vec<f32>, dim: usize) -> Self {
         let dim = dim.max(1);
         let half = (vectors.len() / dim >= HALF_COPY_ROWS).then(|| HalfCopy::new(&vectors, dim));
-        Self { vectors, dim, half, arch: pulp::Arch::new() }
+        Self { rows: Arc::new(Rows { vectors, dim, half, arch: pulp::Arch::new() }) }
     }
 
     pub fn len(&self) -> usize {
-        self.vectors.len() / self.dim
+        self.rows.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.vectors.is_empty()
+        self.rows.vectors.is_empty()
     }
 
     pub fn row(&self, i: usize) -> &[f32] {
-        &self.vectors[i * self.dim..(i + 1) * self.dim]
+        self.rows.row(i)
     }
 
     /// The `k` rows with the highest dot product with `query`, best first,
-    /// ties in row order: every row is scored. Large indexes are scanned in
-    /// parallel slices (up to 4 threads) whose own top `k` are merged.
+    /// ties in row order: every row is scored. Large indexes are scanned by
+    /// up to 4 threads (parked ones and this one) claiming ranges of rows as
+    /// they go, so a thread that wakes late or runs on a slower core scans
+    /// less; their own top `k` are merged.
     pub fn top_k(&self, query: &[f32], k: usize) -> Vec<(usize, f32)> {
         let rows = self.len();
-        let threads = std::thread::available_parallelism().map_or(1, usize::from).min(MAX_SCAN_THREADS);
-        if rows < PARALLEL_SCAN_ROWS || threads < 2 {
-            return self.scan(0, rows, query, k);
+        let helpers = if rows < PARALLEL_SCAN_ROWS { 0 } else { scan_pool::helpers(MAX_SCAN_THREADS - 1) };
+        if helpers == 0 {
+            return self.rows.scan([(0, rows)], query, k);
         }
-        let per_thread = rows.div_ceil(threads);
-        let slice = |t: usize| (t * per_thread, ((t + 1) * per_thread).min(rows));
-        let mut merged: Vec<(usize, f32)> = std::thread::scope(|scope| {
-            // The calling thread scans the first slice itself: one spawn fewer.
-            let handles: Vec<_> = (1..threads)
-                .map(|t| {
-                    let (start, end) = slice(t);
-                    scope.spawn(move || self.scan(start, end, query, k))
-                })
-                .collect();
-            let (start, end) = slice(0);
-            let mut merged = self.scan(start, end, query, k);
-            merged.extend(handles.into_iter().flat_map(|h| h.join().unwrap_or_default()));
-            merged
-        });
+        let claims = Arc::new(Claims { next: AtomicUsize::new(0), rows });
+        let shared_query: Arc<[f32]> = query.into();
+        let answers: Vec<_> = (0..helpers)
+            .filter_map(|_| {
+                let (index, claims, query) = (Arc::clone(&self.rows), Arc::clone(&claims), Arc::clone(&shared_query));
+                scan_pool::submit(move || index.scan(claims.iter(), &query, k))
+            })
+            .collect();
+        let mut merged = self.rows.scan(claims.iter(), query, k);
+        for answer in answers {
+            match answer.recv() {
+                Ok(best) => merged.extend(best),
+                // Its thread failed mid-scan: which rows it claimed is unknown.
+                Err(_) => return self.rows.scan([(0, rows)], query, k),
+            }
+        }
         rank(&mut merged, k);
         merged
     }
+}
 
-    /// The top `k` of rows `start..end`.
-    fn scan(&self, start: usize, end: usize, query: &[f32], k: usize) -> Vec<(usize, f32)> {
+/// Ranges of rows handed out in order to whichever thread asks next.
+struct Claims {
+    next: AtomicUsize,
+    rows: usize,
+}
+
+impl Claims {
+    fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        std::iter::from_fn(|| {
+            let start = self.next.fetch_add(CLAIM_ROWS, Ordering::Relaxed);
+            (start < self.rows).then(|| (start, (start + CLAIM_ROWS).min(self.rows)))
+        })
+    }
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.vectors.len() / self.dim
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// The top `k` of the rows in `ranges` (each `start..end`).
+    fn scan(&self, ranges: impl IntoIterator<Item = (usize, usize)>, query: &[f32], k: usize) -> Vec<(usize, f32)> {
         match &self.half {
             Some(half) => {
-                let shortlist = half.candidates(self.arch, query, start, end, k);
-                best_listed_rows(self.arch, &self.vectors, self.dim, &shortlist, query, k)
+                let mut pass = half.first_pass(query, k);
+                ranges.into_iter().for_each(|(start, end)| pass.scan(self.arch, start, end));
+                best_listed_rows(self.arch, &self.vectors, self.dim, &pass.candidates(), query, k)
             }
-            None => best_rows(self.arch, &self.vectors[start * self.dim..end * self.dim], self.dim, start, query, k),
+            None => {
+                let mut best = Vec::new();
+                for (start, end) in ranges {
+                    let slice = &self.vectors[start * self.dim..end * self.dim];
+                    best.extend(best_rows(self.arch, slice, self.dim, start, query, k));
+                    rank(&mut best, k);
+                }
+                best
+            }
         }
     }
 }
@@ -174,7 +224,7 @@ mod tests {
             (0..(PARALLEL_SCAN_ROWS + 7) * dim).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let index = VectorIndex::new(vectors, dim);
         let query = [0.3, -0.2, 0.9, 0.1, -0.5, 0.4, 0.0, 0.2];
-        assert_eq!(index.top_k(&query, 25), index.scan(0, index.len(), &query, 25));
+        assert_eq!(index.top_k(&query, 25), index.rows.scan([(0, index.len())], &query, 25));
     }
 
     #[test]
@@ -189,11 +239,11 @@ mod tests {
                 .collect();
             vectors[5 * dim..6 * dim].iter_mut().for_each(|v| *v *= 50.0);
             let index = VectorIndex::new(vectors.clone(), dim);
-            assert!(index.half.is_some());
+            assert!(index.rows.half.is_some());
             let query: Vec<f32> = (0..dim).map(|j| ((j * 13) % 11) as f32 / 11.0 - 0.45).collect();
             for k in [1, 10, 100, rows + 3] {
                 let f32_scan = best_rows(pulp::Arch::new(), &vectors, dim, 0, &query, k);
-                assert_eq!(index.scan(0, rows, &query, k), f32_scan, "dim {dim}, k {k}");
+                assert_eq!(index.rows.scan([(0, rows)], &query, k), f32_scan, "dim {dim}, k {k}");
                 assert_eq!(index.top_k(&query, k), f32_scan, "dim {dim}, k {k}, in parallel slices");
             }
         }
