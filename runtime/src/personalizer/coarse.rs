@@ -1,84 +1,110 @@
-//! The first pass of an exact scan, over a half-size copy of the vectors.
+//! The first pass of an exact scan, over a quarter-size copy of the vectors.
 //! An exact scan reads every vector once per query, and memory traffic, not
-//! arithmetic, bounds it; this copy holds each value as bfloat16 (the upper
-//! half of its f32 bits, rounded to nearest), two to a 32-bit lane, so a
-//! pass reads half the bytes. A coarse score differs from the f32 one by at
-//! most a bound known before the pass, so the rows it keeps include every
-//! row of the exact top `k`; the caller re-scores those in f32, and results
-//! stay the f32 scan's, score for score.
+//! arithmetic, bounds it (two cores scanning 10,000 rows from the shared
+//! cache took as long as one); this copy holds each row as 8-bit integers
+//! with one scale per row, so a pass reads a quarter of the bytes. Each
+//! coarse score comes with an error bound for that row, so the rows the
+//! pass keeps include every row of the exact top `k`; the caller re-scores
+//! those in f32, and results stay the f32 scan's, score for score.
 
 use pulp::{Arch, Simd, WithSimd};
 
-/// bfloat16 keeps 8 significant bits: rounding moves a value by at most
-/// 2^-8 of itself.
-const ROUNDING: f32 = 1.0 / 256.0;
+/// Codes run from −127 to 127 and are stored offset by 128 (1 to 255).
+const LEVELS: f32 = 127.0;
+const OFFSET: u32 = 128;
+/// f32 rounding: half a unit in the last place.
+const UNIT_ROUNDOFF: f32 = f32::EPSILON / 2.0;
 
 #[derive(Debug, Clone)]
-pub(super) struct HalfCopy {
-    /// Row-major; value `2j` of a row in the low half of lane `j`, `2j + 1`
-    /// in the high half (an odd width ends in a zero).
+pub(super) struct CoarseCopy {
+    /// Row-major; value `4j + m` of a row in byte `m` (from the low end) of
+    /// lane `j`; a width not a multiple of 4 ends in zero codes.
     packed: Vec<u32>,
+    /// Per row: value ≈ scale × code; NaN for a row with a value that is not
+    /// finite (its coarse score is NaN and it is always kept).
+    scales: Vec<f32>,
     lanes_per_row: usize,
     dim: usize,
-    /// The largest row norm, for the error bound.
-    max_norm: f32,
 }
 
-impl HalfCopy {
+impl CoarseCopy {
     pub fn new(vectors: &[f32], dim: usize) -> Self {
-        let lanes_per_row = dim.div_ceil(2);
-        let mut packed = Vec::with_capacity(vectors.len() / dim.max(1) * lanes_per_row);
-        let mut max_norm = 0.0f32;
+        let lanes_per_row = dim.div_ceil(4);
+        let rows = vectors.len() / dim.max(1);
+        let mut packed = Vec::with_capacity(rows * lanes_per_row);
+        let mut scales = Vec::with_capacity(rows);
         for row in vectors.chunks_exact(dim) {
-            max_norm = max_norm.max(row.iter().map(|v| v * v).sum::<f32>().sqrt());
-            for pair in row.chunks(2) {
-                let high = pair.get(1).map_or(0, |v| bfloat16(*v));
-                packed.push((u32::from(high) << 16) | u32::from(bfloat16(pair[0])));
+            let scale = row_scale(row);
+            scales.push(scale);
+            for four in row.chunks(4) {
+                let byte = |m: usize| four.get(m).map_or(OFFSET, |&v| code(v, scale)) << (8 * m);
+                packed.push(byte(0) | byte(1) | byte(2) | byte(3));
             }
         }
-        Self { packed, lanes_per_row, dim, max_norm }
+        Self { packed, scales, lanes_per_row, dim }
     }
 
     /// A first pass for `query`, which may scan several ranges of rows and
     /// then names the rows that could be among the best `k` of them all.
     pub fn first_pass(&self, query: &[f32], k: usize) -> FirstPass<'_> {
-        let (even, odd) = split_parity(query);
-        let slack = 2.0 * self.error_bound(query);
-        FirstPass { copy: self, even, odd, slack, best: BestScores::new(k), kept: Vec::new() }
+        let mut parts = vec![0.0f32; 4 * self.lanes_per_row];
+        for (i, &q) in query.iter().enumerate() {
+            parts[(i % 4) * self.lanes_per_row + i / 4] = q;
+        }
+        let sum: f64 = query.iter().map(|&q| f64::from(q)).sum();
+        FirstPass {
+            copy: self,
+            parts,
+            offset_sum: (f64::from(256 + OFFSET) * sum) as f32,
+            bound_per_scale: self.bound_per_scale(query),
+            best: BestScores::new(k),
+            kept: Vec::new(),
+        }
     }
 
-    /// How far a coarse score can be from the exact one: the values' rounding
-    /// (at most 2^-8 of each, so of ‖q‖·‖x‖ in all) plus both sums' own f32
-    /// rounding (at most dim·2^-24 of Σ|q_i·x_i| each), with room to spare.
-    /// Row `r` of the exact top k scores at least the k-th best exact score
-    /// s_k, so coarse at least s_k − bound; and s_k is at least the k-th best
-    /// coarse score minus the bound: every such row is within twice the bound
-    /// of the k-th best coarse score.
-    fn error_bound(&self, query: &[f32]) -> f32 {
-        let query_norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
-        let summation = 2.0 * self.dim as f32 * f32::EPSILON / 2.0;
-        (ROUNDING + summation) * 1.01 * query_norm * self.max_norm + f32::MIN_POSITIVE
+    /// A row's coarse score is within `scale ×` this of its f32 score. Each
+    /// code is within half a step (0.5 × scale) of its value (plus the
+    /// division's rounding), so the codes' sum is within 0.501 × scale × ‖q‖₁.
+    /// The sums are f32: the coarse one accumulates Σ q·(1 + byte/256) < 2‖q‖₁
+    /// over `dim` terms and is multiplied by 256 (512 γ_dim ‖q‖₁), the offset,
+    /// subtraction and scaling round once each (under 1,410 u ‖q‖₁ together),
+    /// and the exact f32 scan's own sum is within γ_dim × 127 × scale × ‖q‖₁.
+    /// One per cent on top covers the rounding of this bound itself.
+    fn bound_per_scale(&self, query: &[f32]) -> f32 {
+        let terms = self.dim as f32;
+        let gamma = terms * UNIT_ROUNDOFF / (1.0 - terms * UNIT_ROUNDOFF);
+        let l1: f32 = query.iter().map(|q| q.abs()).sum();
+        l1 * (0.501 + 639.0 * gamma + 1_410.0 * UNIT_ROUNDOFF) * 1.01
     }
 }
 
-/// `value` rounded to nearest (ties to even) bfloat16; NaN stays NaN.
-fn bfloat16(value: f32) -> u16 {
-    let bits = value.to_bits();
-    if value.is_nan() {
-        return ((bits >> 16) | 0x0040) as u16;
+/// The largest magnitude over 127; NaN when a value is not finite.
+fn row_scale(row: &[f32]) -> f32 {
+    if row.iter().any(|v| !v.is_finite()) {
+        return f32::NAN;
     }
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
-    (rounded >> 16) as u16
+    row.iter().fold(0.0f32, |m, v| m.max(v.abs())) / LEVELS
 }
 
-/// A first pass in progress: the best `k` coarse scores seen so far and the
-/// rows within `slack` of the k-th of them when they were scanned.
+/// `value / scale` rounded to the nearest code, offset (a zero or NaN scale
+/// gives code 0).
+fn code(value: f32, scale: f32) -> u32 {
+    let steps = if scale > 0.0 { (value / scale).round().clamp(-LEVELS, LEVELS) } else { 0.0 };
+    (steps as i32 + OFFSET as i32) as u32
+}
+
+/// A first pass in progress: the best `k` lower bounds seen so far and the
+/// rows whose upper bound reached the k-th of them when they were scanned.
 pub(super) struct FirstPass<'a> {
-    copy: &'a HalfCopy,
-    even: Vec<f32>,
-    odd: Vec<f32>,
-    slack: f32,
+    copy: &'a CoarseCopy,
+    /// The query split by position modulo 4, each part `lanes_per_row` long.
+    parts: Vec<f32>,
+    /// (256 + 128) × Σq: a code is 256 × (1 + byte/256) − 256 − 128, so this
+    /// is what the decoding and the offset add to a row's sum.
+    offset_sum: f32,
+    bound_per_scale: f32,
     best: BestScores,
+    /// (row, upper bound of its score)
     kept: Vec<(usize, f32)>,
 }
 
@@ -86,47 +112,37 @@ impl FirstPass<'_> {
     /// Scores rows `start..end`.
     pub fn scan(&mut self, arch: Arch, start: usize, end: usize) {
         let lanes = self.copy.lanes_per_row;
+        let part = |m: usize| &self.parts[m * lanes..(m + 1) * lanes];
         arch.dispatch(CoarseScan {
             packed: &self.copy.packed[start * lanes..end * lanes],
+            scales: &self.copy.scales[start..end],
             first_row: start,
             lanes_per_row: lanes,
-            even: &self.even,
-            odd: &self.odd,
-            slack: self.slack,
+            parts: [part(0), part(1), part(2), part(3)],
+            offset_sum: self.offset_sum,
+            bound_per_scale: self.bound_per_scale,
             best: &mut self.best,
             kept: &mut self.kept,
         });
     }
 
-    /// The rows scanned whose coarse score could place them among the best
-    /// `k` of those rows by exact score, ascending (every row scanned when
-    /// there were fewer than `k` or the bound is not finite).
+    /// The rows scanned that could be among the best `k` of them by exact
+    /// score, ascending (every row scanned when there were fewer than `k` or
+    /// a bound is not finite).
     pub fn candidates(self) -> Vec<usize> {
-        let threshold = self.threshold();
+        let threshold = threshold(&self.best);
         let mut rows: Vec<usize> =
-            self.kept.into_iter().filter(|&(_, s)| s >= threshold || s.is_nan()).map(|(row, _)| row).collect();
+            self.kept.into_iter().filter(|&(_, upper)| upper >= threshold || upper.is_nan()).map(|(r, _)| r).collect();
         rows.sort_unstable();
         rows
     }
-
-    fn threshold(&self) -> f32 {
-        threshold(&self.best, self.slack)
-    }
 }
 
-/// Rows scoring below this cannot be among the best (−∞, keeping every row,
-/// until there are `k` scores or when the bound is not finite).
-fn threshold(best: &BestScores, slack: f32) -> f32 {
-    let threshold = best.kth().map_or(f32::NEG_INFINITY, |kth| kth - slack);
-    if threshold.is_finite() { threshold } else { f32::NEG_INFINITY }
-}
-
-/// The query's even-indexed and odd-indexed values (an odd width pads a zero).
-fn split_parity(query: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let even = query.iter().step_by(2).copied().collect();
-    let mut odd: Vec<f32> = query.iter().skip(1).step_by(2).copied().collect();
-    odd.resize(query.len().div_ceil(2), 0.0);
-    (even, odd)
+/// Rows whose upper bound is below this cannot be among the best: k rows
+/// score at least their lower bounds, so at least the k-th best of them
+/// (−∞, keeping every row, until there are `k` or when it is not finite).
+fn threshold(best: &BestScores) -> f32 {
+    best.kth().filter(|kth| kth.is_finite()).unwrap_or(f32::NEG_INFINITY)
 }
 
 /// The `k` largest scores offered so far (NaN ignored), best first: a score
@@ -157,17 +173,18 @@ impl BestScores {
     }
 }
 
-/// Scores every packed row and keeps those within `slack` of the k-th best
-/// coarse score seen so far (or NaN). That threshold only rises, so the rows
-/// kept include every row within `slack` of the final k-th best: one pass,
+/// Scores every packed row and keeps those whose upper bound reaches the
+/// k-th best lower bound so far (or is NaN). That threshold only rises, so
+/// the rows kept include every row that reaches the final one: one pass,
 /// and no score per row is stored.
 struct CoarseScan<'a> {
     packed: &'a [u32],
+    scales: &'a [f32],
     first_row: usize,
     lanes_per_row: usize,
-    even: &'a [f32],
-    odd: &'a [f32],
-    slack: f32,
+    parts: [&'a [f32]; 4],
+    offset_sum: f32,
+    bound_per_scale: f32,
     best: &'a mut BestScores,
     kept: &'a mut Vec<(usize, f32)>,
 }
@@ -178,52 +195,58 @@ impl WithSimd for CoarseScan<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         // Loops, not closures: a closure's body would lose the SIMD target features.
-        let mut threshold = self::threshold(self.best, self.slack);
-        for (i, row) in self.packed.chunks_exact(self.lanes_per_row).enumerate() {
-            let score = coarse_dot(simd, row, self.even, self.odd);
-            if score >= threshold || score.is_nan() {
-                self.kept.push((self.first_row + i, score));
-                self.best.offer(score);
-                threshold = self::threshold(self.best, self.slack);
+        let mut threshold = threshold(self.best);
+        let rows = self.packed.chunks_exact(self.lanes_per_row).zip(self.scales);
+        for (i, (row, &scale)) in rows.enumerate() {
+            let score = scale * (256.0 * decoded_dot(simd, row, self.parts) - self.offset_sum);
+            let slack = scale * self.bound_per_scale + f32::MIN_POSITIVE;
+            let upper = score + slack;
+            if upper >= threshold || upper.is_nan() {
+                self.kept.push((self.first_row + i, upper));
+                self.best.offer(score - slack);
+                threshold = self::threshold(self.best);
             }
         }
     }
 }
 
-/// The dot product of a packed row with the query's two halves: a lane's
-/// high half is already an f32's top bits; its low half moves up by 16.
+/// Σ q_i · (1 + byte_i / 256) over a packed row. A byte moved to bits 15–22
+/// under the exponent of 1.0 is that float exactly, so decoding is a shift,
+/// a mask and an or per value, with no conversion instruction.
 #[inline(always)]
-fn coarse_dot<S: Simd>(simd: S, row: &[u32], even: &[f32], odd: &[f32]) -> f32 {
+fn decoded_dot<S: Simd>(simd: S, row: &[u32], parts: [&[f32]; 4]) -> f32 {
     let (lanes, lanes_rest) = S::as_simd_u32s(row);
-    let (even_lanes, even_rest) = S::as_simd_f32s(even);
-    let (odd_lanes, odd_rest) = S::as_simd_f32s(odd);
-    let high_half = simd.splat_u32s(0xffff_0000);
-    let sixteen = simd.splat_u32s(16);
+    let part = |m: usize| S::as_simd_f32s(parts[m]);
+    let ((p0, r0), (p1, r1), (p2, r2), (p3, r3)) = (part(0), part(1), part(2), part(3));
+    let mantissa = simd.splat_u32s(0x007f_8000);
+    let one = simd.splat_u32s(0x3f80_0000);
+    let (left_15, left_7, right_1, right_9) =
+        (simd.splat_u32s(15), simd.splat_u32s(7), simd.splat_u32s(1), simd.splat_u32s(9));
+    // One sum per byte position: four independent chains hide the FMA latency.
     let mut sums = [simd.splat_f32s(0.0); 4];
-    // Two lanes a step into four sums: independent chains hide the FMA latency.
-    let (pairs, single) = pulp::as_arrays::<2, _>(lanes);
-    let (even_pairs, even_single) = pulp::as_arrays::<2, _>(even_lanes);
-    let (odd_pairs, odd_single) = pulp::as_arrays::<2, _>(odd_lanes);
-    for ((lane, even), odd) in pairs.iter().zip(even_pairs).zip(odd_pairs) {
-        for half in 0..2 {
-            let high = simd.transmute_f32s_u32s(simd.and_u32s(lane[half], high_half));
-            let low = simd.transmute_f32s_u32s(simd.wrapping_dyn_shl_u32s(lane[half], sixteen));
-            sums[2 * half] = simd.mul_add_f32s(low, even[half], sums[2 * half]);
-            sums[2 * half + 1] = simd.mul_add_f32s(high, odd[half], sums[2 * half + 1]);
+    let n = lanes.len();
+    let (p0, p1, p2, p3) = (&p0[..n], &p1[..n], &p2[..n], &p3[..n]);
+    for i in 0..n {
+        let lane = lanes[i];
+        let bytes = [
+            simd.wrapping_dyn_shl_u32s(lane, left_15),
+            simd.wrapping_dyn_shl_u32s(lane, left_7),
+            simd.wrapping_dyn_shr_u32s(lane, right_1),
+            simd.wrapping_dyn_shr_u32s(lane, right_9),
+        ];
+        let queries = [p0[i], p1[i], p2[i], p3[i]];
+        for m in 0..4 {
+            let value = simd.transmute_f32s_u32s(simd.or_u32s(simd.and_u32s(bytes[m], mantissa), one));
+            sums[m] = simd.mul_add_f32s(value, queries[m], sums[m]);
         }
     }
-    for ((lane, even), odd) in single.iter().zip(even_single).zip(odd_single) {
-        let high = simd.transmute_f32s_u32s(simd.and_u32s(*lane, high_half));
-        let low = simd.transmute_f32s_u32s(simd.wrapping_dyn_shl_u32s(*lane, sixteen));
-        sums[0] = simd.mul_add_f32s(low, *even, sums[0]);
-        sums[1] = simd.mul_add_f32s(high, *odd, sums[1]);
-    }
     let total = simd.add_f32s(simd.add_f32s(sums[0], sums[1]), simd.add_f32s(sums[2], sums[3]));
-    let tail: f32 = lanes_rest
-        .iter()
-        .zip(even_rest.iter().zip(odd_rest))
-        .map(|(lane, (e, o))| f32::from_bits(lane << 16) * e + f32::from_bits(lane & 0xffff_0000) * o)
-        .sum();
+    let mut tail = 0.0;
+    for (j, &lane) in lanes_rest.iter().enumerate() {
+        for (m, rest) in [r0, r1, r2, r3].iter().enumerate() {
+            tail += (1.0 + ((lane >> (8 * m)) & 0xff) as f32 / 256.0) * rest[j];
+        }
+    }
     simd.reduce_sum_f32s(total) + tail
 }
 
@@ -231,32 +254,47 @@ fn coarse_dot<S: Simd>(simd: S, row: &[u32], even: &[f32], odd: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bfloat16_rounds_to_nearest_within_its_bound() {
-        for value in [1.0f32, -0.3, 1.0e-3, 0.123_456_7, 65_504.0, -7.77e-20] {
-            let back = f32::from_bits(u32::from(bfloat16(value)) << 16);
-            assert!((back - value).abs() <= ROUNDING * value.abs(), "{value} became {back}");
-        }
-        assert!(f32::from_bits(u32::from(bfloat16(f32::NAN)) << 16).is_nan());
-        assert_eq!(f32::from_bits(u32::from(bfloat16(1.0 + 1.0 / 512.0)) << 16), 1.0, "a tie goes to even");
+    /// Every row's coarse score, lower and upper bound (k beyond the rows
+    /// keeps them all).
+    fn coarse_scores(copy: &CoarseCopy, query: &[f32]) -> Vec<f32> {
+        let rows = copy.scales.len();
+        let mut pass = copy.first_pass(query, rows + 1);
+        pass.scan(Arch::new(), 0, rows);
+        let slack = |r: usize| copy.scales[r] * pass.bound_per_scale + f32::MIN_POSITIVE;
+        pass.kept.iter().map(|&(r, upper)| upper - slack(r)).collect()
     }
 
     #[test]
-    fn coarse_scores_stay_within_the_bound_and_keep_every_exact_winner() {
+    fn codes_round_to_the_nearest_step() {
+        let row = [0.5f32, -1.27, 0.0, 0.0049, 0.0051, 1.27];
+        let scale = row_scale(&row);
+        assert!((scale - 0.01).abs() < 1e-7);
+        let codes: Vec<i32> = row.iter().map(|&v| code(v, scale) as i32 - 128).collect();
+        assert_eq!(codes, [50, -127, 0, 0, 1, 127]);
+        assert!(row_scale(&[1.0, f32::NAN]).is_nan() && row_scale(&[f32::INFINITY]).is_nan());
+        assert_eq!(code(3.0, 0.0), 128, "an all-zero row has scale 0");
+    }
+
+    #[test]
+    fn coarse_scores_stay_within_their_bound_and_keep_every_exact_winner() {
         for dim in [384, 37, 2] {
             let rows = 500;
-            let vectors: Vec<f32> = (0..rows * dim).map(|i| (((i * 7919) % 1009) as f32 / 1009.0) - 0.5).collect();
+            let mut vectors: Vec<f32> = (0..rows * dim).map(|i| (((i * 7919) % 1009) as f32 / 1009.0) - 0.5).collect();
+            // Rows of very different sizes: each has its own scale and bound.
+            vectors[3 * dim..4 * dim].iter_mut().for_each(|v| *v *= 40.0);
+            vectors[8 * dim..9 * dim].iter_mut().for_each(|v| *v *= 1e-30);
             let query: Vec<f32> = (0..dim).map(|j| ((j * 31) % 17) as f32 / 17.0 - 0.4).collect();
-            let copy = HalfCopy::new(&vectors, dim);
+            let copy = CoarseCopy::new(&vectors, dim);
             let exact: Vec<f32> =
                 vectors.chunks_exact(dim).map(|r| r.iter().zip(&query).map(|(a, b)| a * b).sum()).collect();
-            // With k beyond the rows the threshold stays at −∞: every score is kept.
-            let mut every_row = copy.first_pass(&query, rows + 1);
-            every_row.scan(Arch::new(), 0, rows);
-            let coarse: Vec<f32> = every_row.kept.iter().map(|&(_, s)| s).collect();
+            let coarse = coarse_scores(&copy, &query);
             assert_eq!(coarse.len(), rows);
-            let bound = copy.error_bound(&query);
-            assert!(exact.iter().zip(&coarse).all(|(e, c)| (e - c).abs() <= bound), "dim {dim}");
+            for (r, (e, c)) in exact.iter().zip(&coarse).enumerate() {
+                let bound = copy.scales[r] * copy.bound_per_scale(&query) + f32::MIN_POSITIVE;
+                assert!((e - c).abs() <= bound, "dim {dim}, row {r}: exact {e}, coarse {c}, bound {bound}");
+            }
+            let mut sorted = exact.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
             for k in [1, 10, 100] {
                 // In uneven ranges, as the parallel scan's threads claim them.
                 let mut pass = copy.first_pass(&query, k);
@@ -264,13 +302,27 @@ mod tests {
                     pass.scan(Arch::new(), start, end);
                 }
                 let kept = pass.candidates();
-                let mut sorted = exact.clone();
-                sorted.sort_by(|a, b| b.total_cmp(a));
-                let kth = sorted[k - 1];
-                let winners = (0..rows).filter(|&r| exact[r] >= kth);
+                let winners = (0..rows).filter(|&r| exact[r] >= sorted[k - 1]);
                 assert!(winners.into_iter().all(|r| kept.contains(&r)), "dim {dim}, k {k}");
                 assert!(kept.len() < rows, "the first pass keeps a shortlist (dim {dim}, k {k}: {})", kept.len());
             }
         }
+    }
+
+    #[test]
+    fn rows_or_queries_that_are_not_finite_are_always_kept() {
+        let dim = 8;
+        let mut vectors: Vec<f32> = (0..40 * dim).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
+        vectors[5 * dim + 2] = f32::NAN;
+        vectors[9 * dim] = f32::INFINITY;
+        let copy = CoarseCopy::new(&vectors, dim);
+        let query = [0.3, -0.1, 0.2, 0.0, 0.5, 0.1, -0.2, 0.4];
+        let mut pass = copy.first_pass(&query, 3);
+        pass.scan(Arch::new(), 0, 40);
+        let kept = pass.candidates();
+        assert!(kept.contains(&5) && kept.contains(&9) && kept.len() < 40, "{kept:?}");
+        let mut pass = copy.first_pass(&[f32::NAN; 8], 3);
+        pass.scan(Arch::new(), 0, 40);
+        assert_eq!(pass.candidates(), (0..40).collect::<Vec<_>>());
     }
 }

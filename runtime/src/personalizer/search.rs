@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::coarse::HalfCopy;
+use super::coarse::CoarseCopy;
 use super::ranker::{Preference, dot};
 use super::scan::{best_listed_rows, best_rows};
 use super::scan_pool;
@@ -23,9 +23,9 @@ pub struct SearchHit {
     pub score: f32,
 }
 
-/// Dense vectors for exact top-k search. Large indexes keep a half-size
-/// bfloat16 copy for a first pass (half the bytes read per query); the rows
-/// it cannot rule out are scored in f32, so results are the f32 scan's.
+/// Dense vectors for exact top-k search. Large indexes keep a quarter-size
+/// 8-bit copy for a first pass (a quarter of the bytes read per query); the
+/// rows it cannot rule out are scored in f32, so results are the f32 scan's.
 #[derive(Debug, Clone)]
 pub struct VectorIndex {
     /// Shared with the scan threads.
@@ -36,7 +36,7 @@ pub struct VectorIndex {
 struct Rows {
     vectors: Vec<f32>,
     dim: usize,
-    half: Option<HalfCopy>,
+    coarse: Option<CoarseCopy>,
     /// The CPU's SIMD, detected once.
     arch: pulp::Arch,
 }
@@ -49,8 +49,8 @@ const MAX_SCAN_THREADS: usize = 4;
 /// Rows a thread claims at a time: enough to make a claim cheap, few enough
 /// that the threads finish together.
 const CLAIM_ROWS: usize = 1_024;
-/// From this many rows a first pass over the half-size copy pays for itself.
-const HALF_COPY_ROWS: usize = 1_024;
+/// From this many rows a first pass over the 8-bit copy pays for itself.
+const COARSE_COPY_ROWS: usize = 1_024;
 /// Semantic results that remembered choices may lift into the top k.
 const RECALL_POOL: usize = 50;
 
@@ -58,8 +58,8 @@ impl VectorIndex {
     /// `vectors` is `n × dim`, row-major.
     pub fn new(vectors: Vec<f32>, dim: usize) -> Self {
         let dim = dim.max(1);
-        let half = (vectors.len() / dim >= HALF_COPY_ROWS).then(|| HalfCopy::new(&vectors, dim));
-        Self { rows: Arc::new(Rows { vectors, dim, half, arch: pulp::Arch::new() }) }
+        let coarse = (vectors.len() / dim >= COARSE_COPY_ROWS).then(|| CoarseCopy::new(&vectors, dim));
+        Self { rows: Arc::new(Rows { vectors, dim, coarse, arch: pulp::Arch::new() }) }
     }
 
     pub fn len(&self) -> usize {
@@ -132,9 +132,9 @@ impl Rows {
 
     /// The top `k` of the rows in `ranges` (each `start..end`).
     fn scan(&self, ranges: impl IntoIterator<Item = (usize, usize)>, query: &[f32], k: usize) -> Vec<(usize, f32)> {
-        match &self.half {
-            Some(half) => {
-                let mut pass = half.first_pass(query, k);
+        match &self.coarse {
+            Some(coarse) => {
+                let mut pass = coarse.first_pass(query, k);
                 ranges.into_iter().for_each(|(start, end)| pass.scan(self.arch, start, end));
                 best_listed_rows(self.arch, &self.vectors, self.dim, &pass.candidates(), query, k)
             }
@@ -228,18 +228,18 @@ mod tests {
     }
 
     #[test]
-    fn the_half_size_first_pass_returns_the_f32_scan_score_for_score() {
+    fn the_8_bit_first_pass_returns_the_f32_scan_score_for_score() {
         // Rows repeat with period 97 (exact ties) and neighbours differ by
-        // less than bfloat16 can tell apart (near ties), in a width with a
-        // remainder; one row of huge values stretches the error bound.
+        // less than 8 bits can tell apart (near ties), in a width with a
+        // remainder; one row of huge values has a coarse bound of its own.
         for dim in [384, 37] {
-            let rows = HALF_COPY_ROWS * 3;
+            let rows = COARSE_COPY_ROWS * 3;
             let mut vectors: Vec<f32> = (0..rows * dim)
                 .map(|i| (((i / dim % 97) * 31 + i % dim * 7) % 101) as f32 / 101.0 - 0.5 + (i / dim) as f32 * 1e-7)
                 .collect();
             vectors[5 * dim..6 * dim].iter_mut().for_each(|v| *v *= 50.0);
             let index = VectorIndex::new(vectors.clone(), dim);
-            assert!(index.rows.half.is_some());
+            assert!(index.rows.coarse.is_some());
             let query: Vec<f32> = (0..dim).map(|j| ((j * 13) % 11) as f32 / 11.0 - 0.45).collect();
             for k in [1, 10, 100, rows + 3] {
                 let f32_scan = best_rows(pulp::Arch::new(), &vectors, dim, 0, &query, k);
