@@ -3,8 +3,8 @@
 
 Not a test. Both score every one of N unit vectors of width 384 against each
 query and keep the best 10 (NumPy: one matrix-vector product and
-argpartition, on its BLAS, which may use every core; Attune: slices of the
-index on up to 4 threads from 2,000 rows, a bfloat16 first pass from 1,024).
+argpartition, on its BLAS, which may use every core; Attune: ranges of rows
+claimed by up to 4 threads from 2,000 rows, an 8-bit first pass from 1,024).
 
   python3 tests/bench/search_peer.py [--docs 10000 100000] [--queries 200]
 """

@@ -151,23 +151,50 @@ fn upgrade_step(transaction: &Transaction<'_>, from: i64) -> Result<()> {
         // Version 2: privacy is recorded with tasks and heads. Heads trained
         // privately before carry their (ε, δ) in their report; a task with
         // private runs keeps a policy whose budget is what it has spent.
-        1 => transaction.execute_batch(
-            "ALTER TABLE tasks ADD COLUMN privacy TEXT;
-             ALTER TABLE heads ADD COLUMN private_epsilon REAL;
-             ALTER TABLE heads ADD COLUMN private_delta REAL;
-             UPDATE heads SET private_epsilon = json_extract(report, '$.privacy.epsilon'),
-                              private_delta = json_extract(report, '$.privacy.delta')
-              WHERE json_valid(report);
-             UPDATE tasks SET privacy = json_object('epsilon',
-                    (SELECT coalesce(max(private_epsilon), 0) FROM heads WHERE heads.task_id = tasks.id))
-              WHERE id IN (SELECT task_id FROM privacy_ledger);",
-        )?,
+        1 => {
+            transaction.execute_batch(
+                "ALTER TABLE tasks ADD COLUMN privacy TEXT;
+                 ALTER TABLE heads ADD COLUMN private_epsilon REAL;
+                 ALTER TABLE heads ADD COLUMN private_delta REAL;",
+            )?;
+            copy_privacy_from_reports(transaction)?;
+        }
         // Version 3: heads adopted from federated rounds are marked; every
         // earlier head was trained on the device.
         2 => transaction.execute_batch(
             "ALTER TABLE heads ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local', 'shared'));",
         )?,
         _ => return Err(Error::Storage(format!("no upgrade path from schema version {from}"))),
+    }
+    Ok(())
+}
+
+/// Version 2's step, in Rust rather than SQL so that SQLite is built without
+/// its JSON functions: each head's (ε, δ) from its report, then a policy for
+/// every task with private runs whose budget is what it has spent.
+fn copy_privacy_from_reports(transaction: &Transaction<'_>) -> Result<()> {
+    let reports: Vec<(i64, String)> = transaction
+        .prepare("SELECT id, report FROM heads")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (head, report) in reports {
+        let Ok(report) = serde_json::from_str::<serde_json::Value>(&report) else { continue };
+        let number = |pointer: &str| report.pointer(pointer).and_then(serde_json::Value::as_f64);
+        transaction.execute(
+            "UPDATE heads SET private_epsilon = ?2, private_delta = ?3 WHERE id = ?1",
+            rusqlite::params![head, number("/privacy/epsilon"), number("/privacy/delta")],
+        )?;
+    }
+    let spent: Vec<(i64, f64)> = transaction
+        .prepare(
+            "SELECT id, coalesce((SELECT max(private_epsilon) FROM heads WHERE heads.task_id = tasks.id), 0.0)
+               FROM tasks WHERE id IN (SELECT task_id FROM privacy_ledger)",
+        )?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (task, epsilon) in spent {
+        let policy = serde_json::json!({ "epsilon": epsilon }).to_string();
+        transaction.execute("UPDATE tasks SET privacy = ?2 WHERE id = ?1", rusqlite::params![task, policy])?;
     }
     Ok(())
 }
@@ -206,6 +233,44 @@ mod tests {
             prepare(&mut old).unwrap();
             assert_eq!(schema_of(&old), schema_of(&fresh), "upgrade from version {version}");
         }
+    }
+
+    #[test]
+    fn version_1_heads_keep_their_privacy_through_the_upgrade() {
+        let mut old = Connection::open_in_memory().unwrap();
+        old.execute_batch(include_str!("schema_history/v1.sql")).unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        old.execute_batch(
+            r#"INSERT INTO tasks (id, name, created_at) VALUES (1, 'private', 0), (2, 'public', 0);
+               INSERT INTO heads (id, task_id, version, kind, format_version, fingerprint, label_map, weights,
+                                  report, metrics, trained_through_example, created_at)
+               VALUES (1, 1, 1, 'linear', 1, 'f', '[]', x'', '{"privacy":{"epsilon":1.5,"delta":1e-5}}', '{}', 0, 0),
+                      (2, 1, 2, 'linear', 1, 'f', '[]', x'', '{"privacy":{"epsilon":2.25,"delta":1e-5}}', '{}', 0, 0),
+                      (3, 2, 1, 'linear', 1, 'f', '[]', x'', '{}', '{}', 0, 0),
+                      (4, 2, 2, 'linear', 1, 'f', '[]', x'', 'not json', '{}', 0, 0);
+               INSERT INTO privacy_ledger (task_id, sampling_rate, noise_multiplier, steps, created_at)
+               VALUES (1, 0.1, 1.0, 10, 0);"#,
+        )
+        .unwrap();
+        prepare(&mut old).unwrap();
+        let heads: Vec<(Option<f64>, Option<f64>)> = old
+            .prepare("SELECT private_epsilon, private_delta FROM heads ORDER BY id")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(heads, [(Some(1.5), Some(1e-5)), (Some(2.25), Some(1e-5)), (None, None), (None, None)]);
+        let policies: Vec<Option<String>> = old
+            .prepare("SELECT privacy FROM tasks ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let spent: serde_json::Value = serde_json::from_str(policies[0].as_deref().unwrap()).unwrap();
+        assert_eq!(spent["epsilon"], 2.25, "the budget spent is the largest ε of the task's heads");
+        assert_eq!(policies[1], None, "a task without private runs has no policy");
     }
 
     #[test]
