@@ -15,6 +15,11 @@ mod numeric;
 mod personalizer;
 mod store;
 mod training;
+// Top layers in our own code, for on-device adaptation (issue 17, being
+// built): only tests use it yet.
+#[cfg(feature = "tract")]
+#[cfg_attr(not(test), allow(dead_code))]
+mod transformer;
 
 pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent};
 #[cfg(feature = "onnx")]

@@ -11,6 +11,11 @@ mod gelu_fusion;
 mod int8;
 #[cfg(feature = "tract")]
 mod int8_ops;
+// The top layers' weights for on-device adaptation (issue 17, being built):
+// only its tests use it yet.
+#[cfg(feature = "tract")]
+#[cfg_attr(not(all(test, feature = "onnx")), allow(dead_code))]
+mod layers;
 #[cfg(feature = "ort")]
 mod ort_engine;
 mod pooling;

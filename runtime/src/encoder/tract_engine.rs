@@ -26,7 +26,7 @@ pub(crate) struct TractEngine {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum InputRole {
+pub(super) enum InputRole {
     Ids,
     Mask,
     TypeIds,
@@ -168,7 +168,7 @@ fn activation_ranges(
 }
 
 /// The batch as the model's inputs, in the model's order.
-fn model_inputs(order: &[InputRole], batch: &TokenBatch) -> Result<TVec<TValue>> {
+pub(super) fn model_inputs(order: &[InputRole], batch: &TokenBatch) -> Result<TVec<TValue>> {
     let shape = [batch.rows, batch.seq];
     let tensor = |data: &[i64]| Tensor::from_shape(&shape, data).map(IntoTValue::into_tvalue);
     order
@@ -243,7 +243,7 @@ impl TractEngine {
 }
 
 /// Names of the graph's inputs, in the graph's order.
-fn input_names<F, O>(model: &Graph<F, O>) -> Result<Vec<String>>
+pub(super) fn input_names<F, O>(model: &Graph<F, O>) -> Result<Vec<String>>
 where
     F: Fact + Clone + 'static,
     O: std::fmt::Debug + std::fmt::Display + AsRef<dyn Op> + AsMut<dyn Op> + Clone + 'static,
@@ -253,7 +253,7 @@ where
 }
 
 /// Maps the model's inputs, in the model's order, to the manifest's names.
-fn match_inputs(model_inputs: &[String], manifest: &ModelManifest) -> Result<Vec<InputRole>> {
+pub(super) fn match_inputs(model_inputs: &[String], manifest: &ModelManifest) -> Result<Vec<InputRole>> {
     let names = &manifest.inputs;
     let roles = model_inputs
         .iter()

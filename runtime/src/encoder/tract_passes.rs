@@ -21,10 +21,17 @@ pub(crate) fn simplify(model: &mut TypedModel) -> TractResult<()> {
 /// generates the optimised graph. Returns the rows of the word-embedding
 /// table when it can be found.
 pub(crate) fn specialise(model: &mut TypedModel) -> TractResult<Option<usize>> {
+    let vocabulary_size = prepare(model)?;
+    model.optimize()?;
+    Ok(vocabulary_size)
+}
+
+/// `specialise` short of generating code: every weight a folded f32
+/// constant, as `layers::find_layers` reads them.
+pub(crate) fn prepare(model: &mut TypedModel) -> TractResult<Option<usize>> {
     fold_constants(model)?;
     let vocabulary_size = word_table_rows(model)?;
     declutter(model)?;
-    model.optimize()?;
     Ok(vocabulary_size)
 }
 

@@ -1,0 +1,443 @@
+//! Finds a BERT encoder's transformer layers in its tract graph and reads
+//! their weights, so that the top layers can run in Attune's own code
+//! (`crate::transformer`). Compiled graphs keep no names for weights, so a
+//! layer is recognised by its shape: one softmax per layer; before it the
+//! query and key products of the layer's input, after it the value product,
+//! the output product, a residual sum and a layer norm; then the
+//! feed-forward products around a GELU, a residual sum and a layer norm.
+//! Runs on the prepared graph (constants folded), where every weight is an
+//! f32 constant.
+
+use ndarray::{Array1, Array2, IxDyn};
+use tract_core::internal::*;
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::change_axes::AxisOp;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::logic::Iff;
+use tract_core::ops::nn::{RmsNorm, Softmax};
+
+use crate::transformer::{Dense, Layer, Norm};
+
+/// A layer, and where its input comes from and its output goes in the graph.
+#[derive(Debug)]
+pub(crate) struct FoundLayer {
+    pub input: OutletId,
+    pub output: OutletId,
+    pub layer: Layer,
+}
+
+/// Every transformer layer of `model`, in order; each layer's input is the
+/// previous one's output.
+pub(crate) fn find_layers(model: &TypedModel) -> TractResult<Vec<FoundLayer>> {
+    let graph = Graph { model };
+    let softmaxes: Vec<usize> = model.eval_order()?.into_iter().filter(|&id| graph.is::<Softmax>(id)).collect();
+    ensure!(!softmaxes.is_empty(), "no attention softmax: not a transformer encoder");
+    let mut layers = Vec::with_capacity(softmaxes.len());
+    for (index, softmax) in softmaxes.into_iter().enumerate() {
+        let found = graph.layer_around(softmax).with_context(|| format!("layer {index} is not a BERT layer"))?;
+        if let Some(previous) = layers.last().map(|l: &FoundLayer| l.output) {
+            ensure!(found.input == previous, "layer {index} does not take the previous layer's output");
+        }
+        layers.push(found);
+    }
+    Ok(layers)
+}
+
+struct Graph<'a> {
+    model: &'a TypedModel,
+}
+
+/// A weight product found by walking back from one of its uses.
+struct Projection {
+    input: OutletId,
+    dense: Dense,
+    /// Scalar factors met on the way (the attention's score scaling).
+    scale: f32,
+}
+
+impl Graph<'_> {
+    fn layer_around(&self, softmax: usize) -> TractResult<FoundLayer> {
+        let scores = self.model.node(softmax).inputs[0];
+        let (product, _mask) = self.scores_product(scores)?;
+        let [query, key] = self.model.node(product).inputs.as_slice() else { bail!("query–key product inputs") };
+        let (query, key) = (self.projection(*query)?, self.projection(*key)?);
+        ensure!(query.input == key.input, "query and key of different inputs");
+        let score_scale = query.scale * key.scale * self.scale_after(product, scores)?;
+        let weighted = self.value_product(softmax)?;
+        let value_input = self.model.node(weighted).inputs.iter().copied().find(|i| !self.leads_to_softmax(*i));
+        let value = self.projection(value_input.context("no value input")?)?;
+        ensure!(value.input == query.input && value.scale == 1.0, "value projection of another input");
+        let (attention_output, attention_residual) = self.output_product(weighted, query.input)?;
+        let (attention_norm, first) = self.layer_norm(attention_residual)?;
+        let (intermediate, activated) = self.product_after(first, "the feed-forward input")?;
+        let gelu = self.single_successor(activated)?;
+        ensure!(self.unary_name(gelu).as_deref() == Some("GeluExact"), "no exact GELU after the first feed-forward");
+        let (output, output_residual) = self.output_product(gelu, first)?;
+        let (output_norm, last) = self.layer_norm(output_residual)?;
+        let heads = self.heads(scores)?;
+        let layer = Layer {
+            heads,
+            score_scale,
+            query: query.dense,
+            key: key.dense,
+            value: value.dense,
+            attention_output,
+            attention_norm,
+            intermediate,
+            output,
+            output_norm,
+        };
+        Ok(FoundLayer { input: query.input, output: last, layer })
+    }
+
+    /// The query–key product behind the softmax's input (through the mask's
+    /// sum and scalar factors), and the mask's outlet.
+    fn scores_product(&self, scores: OutletId) -> TractResult<(usize, OutletId)> {
+        let add = scores.node;
+        ensure!(self.binary_name(add).as_deref() == Some("Add"), "the softmax input is not a masked sum");
+        for (side, other) in [(0, 1), (1, 0)] {
+            let inputs = &self.model.node(add).inputs;
+            if let Some(product) = self.through_scalings(inputs[side]).filter(|&n| self.is::<EinSum>(n)) {
+                return Ok((product, inputs[other]));
+            }
+        }
+        bail!("no query–key product before the softmax")
+    }
+
+    /// Scalar factors between the query–key product and the mask's sum.
+    fn scale_after(&self, product: usize, scores: OutletId) -> TractResult<f32> {
+        let mut scale = 1.0;
+        let mut outlet = OutletId::new(product, 0);
+        while let Some(next) = self.model.outlet_successors(outlet).first().map(|s| s.node) {
+            if next == scores.node {
+                break;
+            }
+            scale *= self.scalar_factor(next).context("an operator between scores and mask")?;
+            outlet = OutletId::new(next, 0);
+        }
+        Ok(scale)
+    }
+
+    /// The node an outlet comes from once reshapes and scalar factors are
+    /// passed.
+    fn through_scalings(&self, mut outlet: OutletId) -> Option<usize> {
+        loop {
+            let node = outlet.node;
+            if self.is::<AxisOp>(node) || self.scalar_factor(node).is_some() {
+                outlet = *self.non_constant_inputs(node).first()?;
+            } else {
+                return Some(node);
+            }
+        }
+    }
+
+    /// Walks back from a use of a projection: reshapes, scalar factors, the
+    /// bias sum, then the product with a constant weight.
+    fn projection(&self, mut outlet: OutletId) -> TractResult<Projection> {
+        let mut scale = 1.0;
+        let mut bias = None;
+        loop {
+            let node = outlet.node;
+            if self.is::<AxisOp>(node) {
+                outlet = self.model.node(node).inputs[0];
+            } else if let Some(factor) = self.scalar_factor(node) {
+                scale *= factor;
+                outlet = self.non_constant_inputs(node)[0];
+            } else if let Some(b) = self.bias_of(node) {
+                ensure!(bias.is_none(), "two bias sums on one projection");
+                bias = Some(b);
+                outlet = self.non_constant_inputs(node)[0];
+            } else if self.is::<EinSum>(node) {
+                let (input, weight) = self.weight_product(node)?;
+                let bias = bias.unwrap_or_else(|| Array1::zeros(weight.ncols()));
+                ensure!(bias.len() == weight.ncols(), "bias of {} for {} outputs", bias.len(), weight.ncols());
+                return Ok(Projection { input, dense: Dense { weight, bias }, scale });
+            } else {
+                bail!("unexpected {} on a projection", self.model.node(node).op().name());
+            }
+        }
+    }
+
+    /// `(activation input, weight as [in, out])` of a product with a
+    /// constant weight: the weight's contracted axes, in the activation's
+    /// order, flatten into rows.
+    fn weight_product(&self, node: usize) -> TractResult<(OutletId, Array2<f32>)> {
+        let einsum = self.model.node(node).op_as::<EinSum>().context("not a product")?;
+        ensure!(einsum.q_params.is_none(), "a quantised product (int8 graph): adaptation needs an f32 model");
+        let inputs = &self.model.node(node).inputs;
+        ensure!(inputs.len() == 2, "a product of {} inputs", inputs.len());
+        let (x_slot, w_slot) = match (self.konst(inputs[0]), self.konst(inputs[1])) {
+            (None, Some(_)) => (0, 1),
+            (Some(_), None) => (1, 0),
+            _ => bail!("a product without exactly one constant weight"),
+        };
+        let weight = self.konst(inputs[w_slot]).expect("checked above");
+        let expression = einsum.axes.to_string();
+        let (operands, output) = expression.split_once("->").context("axes without ->")?;
+        let operands: Vec<&str> = operands.split(',').collect();
+        ensure!(operands.len() == 2, "axes {expression}");
+        let (x_axes, w_axes) = (operands[x_slot], operands[w_slot]);
+        let contracted: Vec<char> = x_axes.chars().filter(|c| w_axes.contains(*c) && !output.contains(*c)).collect();
+        let outputs: Vec<char> = w_axes.chars().filter(|c| output.contains(*c) && !x_axes.contains(*c)).collect();
+        ensure!(
+            contracted.len() + outputs.len() == w_axes.len() && outputs.len() == 1,
+            "weight axes {w_axes} in {expression}"
+        );
+        let position = |c: char| w_axes.chars().position(|a| a == c).expect("a weight axis");
+        let order: Vec<usize> = contracted.iter().chain(&outputs).map(|&c| position(c)).collect();
+        let view = weight.to_plain_array_view::<f32>()?.permuted_axes(IxDyn(&order));
+        let columns = *view.shape().last().expect("one output axis");
+        let rows = view.len() / columns.max(1);
+        let matrix = view.as_standard_layout().into_owned().into_shape_with_order((rows, columns))?;
+        Ok((inputs[x_slot], matrix))
+    }
+
+    /// The product that weights the values by the softmax's output (through
+    /// the NaN guard).
+    fn value_product(&self, softmax: usize) -> TractResult<usize> {
+        let mut frontier = vec![OutletId::new(softmax, 0)];
+        while let Some(outlet) = frontier.pop() {
+            for successor in self.model.outlet_successors(outlet) {
+                let node = successor.node;
+                if self.is::<EinSum>(node) {
+                    return Ok(node);
+                }
+                if self.is::<Iff>(node) || self.unary_name(node).as_deref() == Some("IsNan") {
+                    frontier.push(OutletId::new(node, 0));
+                }
+            }
+        }
+        bail!("no value product after the softmax")
+    }
+
+    fn leads_to_softmax(&self, outlet: OutletId) -> bool {
+        let node = outlet.node;
+        self.is::<Softmax>(node)
+            || ((self.is::<Iff>(node) || self.unary_name(node).is_some())
+                && self.non_constant_inputs(node).iter().any(|i| self.leads_to_softmax(*i)))
+    }
+
+    /// From `after` (reshapes allowed): a product with a constant weight,
+    /// its bias sum and the residual sum with `residual`.
+    fn output_product(&self, after: usize, residual: OutletId) -> TractResult<(Dense, OutletId)> {
+        let (dense, summed) = self.product_after(OutletId::new(after, 0), "an output product")?;
+        let sum = self.single_successor(summed)?;
+        ensure!(self.binary_name(sum).as_deref() == Some("Add"), "no residual sum");
+        ensure!(self.model.node(sum).inputs.contains(&residual), "the residual sum adds another input");
+        Ok((dense, OutletId::new(sum, 0)))
+    }
+
+    /// The product with a constant weight fed by `outlet` (reshapes
+    /// allowed) and its bias sum: the dense layer and the bias sum's outlet.
+    fn product_after(&self, mut outlet: OutletId, what: &str) -> TractResult<(Dense, OutletId)> {
+        let product = loop {
+            let products: Vec<usize> = self
+                .model
+                .outlet_successors(outlet)
+                .iter()
+                .map(|s| s.node)
+                .filter(|&n| self.is::<EinSum>(n) && self.weight_product(n).is_ok())
+                .collect();
+            if let [product] = products.as_slice() {
+                break *product;
+            }
+            let next = self.single_successor(outlet).with_context(|| format!("no {what}"))?;
+            ensure!(self.is::<AxisOp>(next), "no {what}");
+            outlet = OutletId::new(next, 0);
+        };
+        let (_, weight) = self.weight_product(product)?;
+        let after = OutletId::new(product, 0);
+        match self.single_successor(after).ok().and_then(|n| self.bias_of(n).map(|b| (n, b))) {
+            Some((sum, bias)) => Ok((Dense { weight, bias }, OutletId::new(sum, 0))),
+            None => Ok((Dense { bias: Array1::zeros(weight.ncols()), weight }, after)),
+        }
+    }
+
+    /// A layer norm as tract writes it (mean, difference, RmsNorm, scale,
+    /// shift) from `input`; its parameters and output.
+    fn layer_norm(&self, input: OutletId) -> TractResult<(Norm, OutletId)> {
+        let normalised = self
+            .model
+            .outlet_successors(input)
+            .iter()
+            .flat_map(|s| self.model.outlet_successors(OutletId::new(s.node, 0)))
+            .map(|s| s.node)
+            .find(|&n| self.is::<RmsNorm>(n))
+            .context("no layer norm after the residual sum")?;
+        let epsilon =
+            self.model.node(normalised).op_as::<RmsNorm>().expect("found above").eps.cast_to_scalar::<f32>()?;
+        let scaled = self.single_successor(OutletId::new(normalised, 0))?;
+        let gamma = self.constant_operand(scaled, "Mul").context("no layer-norm scale")?;
+        let shifted = self.single_successor(OutletId::new(scaled, 0))?;
+        let beta = self.constant_operand(shifted, "Add").context("no layer-norm shift")?;
+        Ok((Norm { gamma, beta, epsilon }, OutletId::new(shifted, 0)))
+    }
+
+    /// Heads: the axis between batch and positions in rank-4 scores.
+    fn heads(&self, scores: OutletId) -> TractResult<usize> {
+        let shape = &self.model.outlet_fact(scores)?.shape;
+        match shape.rank() {
+            3 => Ok(1),
+            4 => shape[1].to_usize().context("a symbolic number of heads"),
+            rank => bail!("rank-{rank} attention scores"),
+        }
+    }
+
+    fn is<O: Op>(&self, node: usize) -> bool {
+        self.model.node(node).op_as::<O>().is_some()
+    }
+
+    fn binary_name(&self, node: usize) -> Option<String> {
+        self.model.node(node).op_as::<TypedBinOp>().map(|b| b.0.name().to_string())
+    }
+
+    fn unary_name(&self, node: usize) -> Option<String> {
+        self.model.node(node).op_as::<ElementWiseOp>().map(|e| e.0.name())
+    }
+
+    fn konst(&self, outlet: OutletId) -> Option<Arc<Tensor>> {
+        self.model.outlet_fact(outlet).ok()?.konst.clone()
+    }
+
+    fn non_constant_inputs(&self, node: usize) -> Vec<OutletId> {
+        self.model.node(node).inputs.iter().copied().filter(|i| self.konst(*i).is_none()).collect()
+    }
+
+    /// The one constant operand of a binary `op` node, flattened.
+    fn constant_operand(&self, node: usize, op: &str) -> Option<Array1<f32>> {
+        if self.binary_name(node).as_deref() != Some(op) {
+            return None;
+        }
+        let constants: Vec<Arc<Tensor>> = self.model.node(node).inputs.iter().filter_map(|i| self.konst(*i)).collect();
+        let [value] = constants.as_slice() else { return None };
+        let view = value.to_plain_array_view::<f32>().ok()?;
+        Some(view.iter().copied().collect())
+    }
+
+    /// The factor of a multiplication by a one-value constant.
+    fn scalar_factor(&self, node: usize) -> Option<f32> {
+        self.constant_operand(node, "Mul").filter(|v| v.len() == 1).map(|v| v[0])
+    }
+
+    /// The vector of a sum with a constant of more than one value.
+    fn bias_of(&self, node: usize) -> Option<Array1<f32>> {
+        self.constant_operand(node, "Add").filter(|v| v.len() > 1)
+    }
+
+    fn single_successor(&self, outlet: OutletId) -> TractResult<usize> {
+        match self.model.outlet_successors(outlet) {
+            [one] => Ok(one.node),
+            many => bail!("{} uses where one was expected", many.len()),
+        }
+    }
+}
+
+#[cfg(all(test, feature = "onnx"))]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use ndarray::{ArrayView2, Axis};
+
+    use super::*;
+    use crate::encoder::batching::TokenBatch;
+    use crate::encoder::tokenize::TextTokenizer;
+    use crate::encoder::{tract_engine, tract_passes};
+    use crate::model::ModelManifest;
+
+    /// The default model when it was fetched (`models/fetch`); required when
+    /// ATTUNE_REQUIRE_DEFAULT_MODEL is set, as in tests/run.
+    fn default_model() -> Option<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/cache/all-minilm-l6-v2");
+        let present = dir.join("manifest.json").is_file();
+        assert!(present || std::env::var_os("ATTUNE_REQUIRE_DEFAULT_MODEL").is_none(), "run models/fetch");
+        present.then_some(dir)
+    }
+
+    fn mean_pooled(rows: ArrayView2<f32>) -> Vec<f32> {
+        let mean = rows.mean_axis(Axis(0)).expect("a token");
+        let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
+        mean.iter().map(|v| v / norm).collect()
+    }
+
+    fn prepared(manifest: &ModelManifest) -> TypedModel {
+        let mut model = tract_engine::import_onnx(manifest).unwrap();
+        tract_passes::prepare(&mut model).unwrap();
+        model
+    }
+
+    #[test]
+    fn the_default_models_layers_are_found_with_their_weights() {
+        let Some(dir) = default_model() else { return };
+        let manifest = ModelManifest::load(&dir).unwrap();
+        let layers = find_layers(&prepared(&manifest)).unwrap();
+        assert_eq!(layers.len(), 6);
+        for found in &layers {
+            let layer = &found.layer;
+            assert_eq!(layer.heads, 12);
+            assert!((layer.score_scale - 1.0 / 32f32.sqrt()).abs() < 1e-6, "{}", layer.score_scale);
+            assert_eq!(layer.query.weight.dim(), (384, 384));
+            assert_eq!(layer.attention_output.weight.dim(), (384, 384));
+            assert_eq!(layer.intermediate.weight.dim(), (384, 1536));
+            assert_eq!(layer.output.weight.dim(), (1536, 384));
+            assert!(layer.attention_norm.epsilon > 0.0 && layer.attention_norm.epsilon < 1e-4);
+        }
+    }
+
+    #[test]
+    fn the_top_layers_in_our_code_agree_with_tracts_full_forward() {
+        if let Some(dir) = default_model() {
+            let lowest = lowest_cosine_of_split(&dir, 2);
+            eprintln!("default model, trunk + our top 2 layers against tract's full forward: lowest cosine {lowest}");
+            assert!(lowest >= 0.9999, "lowest cosine {lowest}");
+        }
+        // One single-head layer without query, key or value biases.
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny");
+        let lowest = lowest_cosine_of_split(&tiny, 1);
+        assert!(lowest >= 0.9999, "tiny model: lowest cosine {lowest}");
+    }
+
+    /// tract's trunk (all but the top `top` layers) then our own top layers,
+    /// against tract's full forward: the lowest cosine over the project's
+    /// 265 sentences, in padded batches of 8.
+    fn lowest_cosine_of_split(dir: &Path, top: usize) -> f32 {
+        let manifest = ModelManifest::load(dir).unwrap();
+        let model = prepared(&manifest);
+        let layers = find_layers(&model).unwrap();
+        let order = tract_engine::match_inputs(&tract_engine::input_names(&model).unwrap(), &manifest).unwrap();
+        let plan = |outlet: OutletId| {
+            let mut cut = model.clone();
+            cut.select_output_outlets(&[outlet]).unwrap();
+            cut.optimize().unwrap();
+            cut.into_runnable().unwrap()
+        };
+        let full = plan(layers.last().unwrap().output);
+        let trunk = plan(layers[layers.len() - top].input);
+        let tokenizer = TextTokenizer::load(&manifest.tokenizer_path(), manifest.max_tokens).unwrap();
+        let sentences: Vec<&str> = include_str!("../../../tests/data/sentences.txt").lines().collect();
+        assert_eq!(sentences.len(), 265);
+        let mut lowest = 1.0f32;
+        for chunk in sentences.chunks(8) {
+            let tokens: Vec<_> = chunk.iter().map(|t| tokenizer.encode(t).unwrap()).collect();
+            let batch = TokenBatch::pad(&tokens.iter().collect::<Vec<_>>());
+            let run = |plan: &Arc<TypedRunnableModel>| {
+                let out = plan.run(tract_engine::model_inputs(&order, &batch).unwrap()).unwrap();
+                out[0].to_plain_array_view::<f32>().unwrap().to_owned().into_dimensionality::<ndarray::Ix3>().unwrap()
+            };
+            let (expected, states) = (run(&full), run(&trunk));
+            for (row, text) in tokens.iter().enumerate() {
+                let real = |all: &ndarray::Array3<f32>| {
+                    all.index_axis(Axis(0), row).slice_axis(Axis(0), (0..text.ids.len()).into()).to_owned()
+                };
+                let mut hidden = real(&states);
+                for found in &layers[layers.len() - top..] {
+                    hidden = found.layer.forward(hidden.view());
+                }
+                let (ours, theirs) = (mean_pooled(hidden.view()), mean_pooled(real(&expected).view()));
+                let cosine: f32 = ours.iter().zip(&theirs).map(|(a, b)| a * b).sum();
+                lowest = lowest.min(cosine);
+            }
+        }
+        lowest
+    }
+}

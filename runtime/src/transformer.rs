@@ -1,0 +1,162 @@
+//! A BERT transformer layer in Attune's own code (ndarray), so that the top
+//! layers of a backbone can run, and later be trained, outside the inference
+//! engine. One text at a time on its real tokens only: padding never
+//! influences a real token's state, so leaving it out changes nothing.
+
+use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
+
+/// `x · weight + bias`, `weight` of shape `[in, out]`.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    pub weight: Array2<f32>,
+    pub bias: Array1<f32>,
+}
+
+impl Dense {
+    fn apply(&self, x: &ArrayView2<f32>) -> Array2<f32> {
+        x.dot(&self.weight) + &self.bias
+    }
+}
+
+/// Layer normalisation over each token's width.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub gamma: Array1<f32>,
+    pub beta: Array1<f32>,
+    pub epsilon: f32,
+}
+
+impl Norm {
+    fn apply(&self, mut x: Array2<f32>) -> Array2<f32> {
+        for mut row in x.rows_mut() {
+            let mean = row.mean().unwrap_or(0.0);
+            row -= mean;
+            let variance = row.iter().map(|v| v * v).sum::<f32>() / row.len().max(1) as f32;
+            row /= (variance + self.epsilon).sqrt();
+            row *= &self.gamma;
+            row += &self.beta;
+        }
+        x
+    }
+}
+
+/// Self-attention (multi-head, scaled dot products), then the feed-forward
+/// block with exact GELU, each followed by a residual sum and a layer norm.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub heads: usize,
+    /// What each query–key dot product is multiplied by (1/√head width in BERT).
+    pub score_scale: f32,
+    pub query: Dense,
+    pub key: Dense,
+    pub value: Dense,
+    pub attention_output: Dense,
+    pub attention_norm: Norm,
+    pub intermediate: Dense,
+    pub output: Dense,
+    pub output_norm: Norm,
+}
+
+impl Layer {
+    /// The layer's output for one text's token states (`[tokens, width]`).
+    pub fn forward(&self, states: ArrayView2<f32>) -> Array2<f32> {
+        let attended = self.attention(&states);
+        let first = self.attention_norm.apply(&states + &self.attention_output.apply(&attended.view()));
+        let mut inner = self.intermediate.apply(&first.view());
+        inner.mapv_inplace(gelu);
+        let second = &first + &self.output.apply(&inner.view());
+        self.output_norm.apply(second)
+    }
+
+    /// Every head's attention, concatenated back to `[tokens, width]`.
+    fn attention(&self, states: &ArrayView2<f32>) -> Array2<f32> {
+        let (query, key, value) = (self.query.apply(states), self.key.apply(states), self.value.apply(states));
+        let width = query.ncols();
+        let head_width = width / self.heads.max(1);
+        let mut attended = Array2::zeros((states.nrows(), width));
+        for head in 0..self.heads {
+            let columns = Slice::from(head * head_width..(head + 1) * head_width);
+            let head_of = |m: &Array2<f32>| m.slice_axis(Axis(1), columns).to_owned();
+            let mut scores = head_of(&query).dot(&head_of(&key).t()) * self.score_scale;
+            softmax_rows(&mut scores);
+            attended.slice_axis_mut(Axis(1), columns).assign(&scores.dot(&head_of(&value)));
+        }
+        attended
+    }
+}
+
+fn softmax_rows(scores: &mut Array2<f32>) {
+    for mut row in scores.axis_iter_mut(Axis(0)) {
+        let largest = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        row.mapv_inplace(|v| (v - largest).exp());
+        let total = row.sum();
+        row /= total;
+    }
+}
+
+/// Exact GELU: x · Φ(x), with Φ from the error function.
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn identity_dense(width: usize) -> Dense {
+        Dense { weight: Array2::eye(width), bias: Array1::zeros(width) }
+    }
+
+    #[test]
+    fn gelu_matches_known_values() {
+        // Φ(1) = 0.841344746, Φ(-1) = 0.158655254.
+        assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((gelu(-1.0) + 0.158_655_3).abs() < 1e-6);
+        assert_eq!(gelu(0.0), 0.0);
+    }
+
+    #[test]
+    fn layer_norm_centres_and_scales_each_token() {
+        let norm = Norm { gamma: array![1.0, 1.0, 1.0, 1.0], beta: array![0.0, 0.0, 0.0, 0.0], epsilon: 0.0 };
+        let out = norm.apply(array![[1.0, 2.0, 3.0, 4.0]]);
+        let expected = [-1.341_640_8, -0.447_213_6, 0.447_213_6, 1.341_640_8];
+        assert!(out.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-5), "{out}");
+    }
+
+    fn small_layer() -> Layer {
+        let width = 4;
+        Layer {
+            heads: 2,
+            score_scale: 0.5,
+            query: identity_dense(width),
+            key: identity_dense(width),
+            value: Dense { weight: Array2::eye(width) * 2.0, bias: Array1::ones(width) },
+            attention_output: identity_dense(width),
+            attention_norm: Norm { gamma: Array1::ones(width), beta: Array1::zeros(width), epsilon: 1e-12 },
+            intermediate: identity_dense(width),
+            output: identity_dense(width),
+            output_norm: Norm { gamma: Array1::ones(width), beta: Array1::zeros(width), epsilon: 1e-12 },
+        }
+    }
+
+    #[test]
+    fn attention_with_one_token_returns_its_value() {
+        let layer = small_layer();
+        let states = array![[0.5, -1.0, 2.0, 0.0]];
+        // A single token attends only to itself: its value, 2x + 1.
+        assert_eq!(layer.attention(&states.view()), array![[2.0, -1.0, 5.0, 1.0]]);
+    }
+
+    #[test]
+    fn a_layer_keeps_its_tokens_and_ends_in_a_layer_norm() {
+        let states = array![[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.25], [0.0, 0.1, 0.2, 0.3]];
+        let out = small_layer().forward(states.view());
+        assert_eq!(out.dim(), (3, 4));
+        for row in out.rows() {
+            let mean = row.mean().unwrap();
+            let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 4.0;
+            assert!(mean.abs() < 1e-5 && (variance - 1.0).abs() < 1e-4, "{row}");
+        }
+    }
+}
