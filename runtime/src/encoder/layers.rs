@@ -345,12 +345,17 @@ mod tests {
     use crate::encoder::{tract_engine, tract_passes};
     use crate::model::ModelManifest;
 
-    /// The default model when it was fetched (`models/fetch`); required when
-    /// ATTUNE_REQUIRE_DEFAULT_MODEL is set, as in tests/run.
+    /// The default model when it was fetched (`models/fetch`, or
+    /// ATTUNE_DEFAULT_MODEL); required when ATTUNE_REQUIRE_DEFAULT_MODEL=1,
+    /// as in tests/run (the same rule as the integration tests' support).
     fn default_model() -> Option<PathBuf> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/cache/all-minilm-l6-v2");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = std::env::var_os("ATTUNE_DEFAULT_MODEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("models/cache/all-minilm-l6-v2"));
         let present = dir.join("manifest.json").is_file();
-        assert!(present || std::env::var_os("ATTUNE_REQUIRE_DEFAULT_MODEL").is_none(), "run models/fetch");
+        let required = std::env::var("ATTUNE_REQUIRE_DEFAULT_MODEL").as_deref() == Ok("1");
+        assert!(present || !required, "the default model is required but {} is missing", dir.display());
         present.then_some(dir)
     }
 
