@@ -1,7 +1,10 @@
 //! A BERT transformer layer in Attune's own code (ndarray), so that the top
-//! layers of a backbone can run, and later be trained, outside the inference
-//! engine. One text at a time on its real tokens only: padding never
-//! influences a real token's state, so leaving it out changes nothing.
+//! layers of a backbone can run, and be trained, outside the inference
+//! engine: the forward pass here, its gradients in `backward`. One text at a
+//! time on its real tokens only: padding never influences a real token's
+//! state, so leaving it out changes nothing.
+
+mod backward;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
 
@@ -26,17 +29,28 @@ pub struct Norm {
     pub epsilon: f32,
 }
 
+/// A layer norm's output and what its gradient needs.
+#[derive(Debug, Clone)]
+pub struct Normalised {
+    /// (x − mean) / std, before the scale and shift.
+    standardised: Array2<f32>,
+    inverse_std: Array1<f32>,
+    output: Array2<f32>,
+}
+
 impl Norm {
-    fn apply(&self, mut x: Array2<f32>) -> Array2<f32> {
-        for mut row in x.rows_mut() {
+    fn apply(&self, x: Array2<f32>) -> Normalised {
+        let mut standardised = x;
+        let mut inverse_std = Array1::zeros(standardised.nrows());
+        for (mut row, inverse) in standardised.rows_mut().into_iter().zip(inverse_std.iter_mut()) {
             let mean = row.mean().unwrap_or(0.0);
             row -= mean;
             let variance = row.iter().map(|v| v * v).sum::<f32>() / row.len().max(1) as f32;
-            row /= (variance + self.epsilon).sqrt();
-            row *= &self.gamma;
-            row += &self.beta;
+            *inverse = 1.0 / (variance + self.epsilon).sqrt();
+            row *= *inverse;
         }
-        x
+        let output = &standardised * &self.gamma + &self.beta;
+        Normalised { standardised, inverse_std, output }
     }
 }
 
@@ -57,31 +71,75 @@ pub struct Layer {
     pub output_norm: Norm,
 }
 
+/// Everything a forward pass computed that its backward pass needs.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    input: Array2<f32>,
+    query: Array2<f32>,
+    key: Array2<f32>,
+    value: Array2<f32>,
+    /// Per head, `[tokens, tokens]`.
+    probabilities: Vec<Array2<f32>>,
+    attended: Array2<f32>,
+    first: Normalised,
+    /// The first feed-forward product before and after GELU.
+    inner_before: Array2<f32>,
+    inner: Array2<f32>,
+    second: Normalised,
+}
+
 impl Layer {
     /// The layer's output for one text's token states (`[tokens, width]`).
     pub fn forward(&self, states: ArrayView2<f32>) -> Array2<f32> {
-        let attended = self.attention(&states);
-        let first = self.attention_norm.apply(&states + &self.attention_output.apply(&attended.view()));
-        let mut inner = self.intermediate.apply(&first.view());
-        inner.mapv_inplace(gelu);
-        let second = &first + &self.output.apply(&inner.view());
-        self.output_norm.apply(second)
+        self.trace(states).second.output
     }
 
-    /// Every head's attention, concatenated back to `[tokens, width]`.
-    fn attention(&self, states: &ArrayView2<f32>) -> Array2<f32> {
-        let (query, key, value) = (self.query.apply(states), self.key.apply(states), self.value.apply(states));
-        let width = query.ncols();
-        let head_width = width / self.heads.max(1);
-        let mut attended = Array2::zeros((states.nrows(), width));
+    /// The forward pass, keeping what `backward` needs.
+    pub fn trace(&self, states: ArrayView2<f32>) -> Trace {
+        let (query, key, value) = (self.query.apply(&states), self.key.apply(&states), self.value.apply(&states));
+        let (attended, probabilities) = self.attention(&query, &key, &value);
+        let first = self.attention_norm.apply(&states + &self.attention_output.apply(&attended.view()));
+        let inner_before = self.intermediate.apply(&first.output.view());
+        let inner = inner_before.mapv(gelu);
+        let second = self.output_norm.apply(&first.output + &self.output.apply(&inner.view()));
+        Trace {
+            input: states.to_owned(),
+            query,
+            key,
+            value,
+            probabilities,
+            attended,
+            first,
+            inner_before,
+            inner,
+            second,
+        }
+    }
+
+    fn head_width(&self) -> usize {
+        self.query.weight.ncols() / self.heads.max(1)
+    }
+
+    /// Every head's attention, concatenated back to `[tokens, width]`, and
+    /// each head's attention probabilities.
+    fn attention(
+        &self,
+        query: &Array2<f32>,
+        key: &Array2<f32>,
+        value: &Array2<f32>,
+    ) -> (Array2<f32>, Vec<Array2<f32>>) {
+        let head_width = self.head_width();
+        let mut attended = Array2::zeros(query.raw_dim());
+        let mut probabilities = Vec::with_capacity(self.heads);
         for head in 0..self.heads {
             let columns = Slice::from(head * head_width..(head + 1) * head_width);
             let head_of = |m: &Array2<f32>| m.slice_axis(Axis(1), columns).to_owned();
-            let mut scores = head_of(&query).dot(&head_of(&key).t()) * self.score_scale;
+            let mut scores = head_of(query).dot(&head_of(key).t()) * self.score_scale;
             softmax_rows(&mut scores);
-            attended.slice_axis_mut(Axis(1), columns).assign(&scores.dot(&head_of(&value)));
+            attended.slice_axis_mut(Axis(1), columns).assign(&scores.dot(&head_of(value)));
+            probabilities.push(scores);
         }
-        attended
+        (attended, probabilities)
     }
 }
 
@@ -97,6 +155,12 @@ fn softmax_rows(scores: &mut Array2<f32>) {
 /// Exact GELU: x · Φ(x), with Φ from the error function.
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU's derivative: Φ(x) + x · φ(x).
+fn gelu_slope(x: f32) -> f32 {
+    let density = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
+    0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)) + x * density
 }
 
 #[cfg(test)]
@@ -119,7 +183,7 @@ mod tests {
     #[test]
     fn layer_norm_centres_and_scales_each_token() {
         let norm = Norm { gamma: array![1.0, 1.0, 1.0, 1.0], beta: array![0.0, 0.0, 0.0, 0.0], epsilon: 0.0 };
-        let out = norm.apply(array![[1.0, 2.0, 3.0, 4.0]]);
+        let out = norm.apply(array![[1.0, 2.0, 3.0, 4.0]]).output;
         let expected = [-1.341_640_8, -0.447_213_6, 0.447_213_6, 1.341_640_8];
         assert!(out.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-5), "{out}");
     }
@@ -145,7 +209,8 @@ mod tests {
         let layer = small_layer();
         let states = array![[0.5, -1.0, 2.0, 0.0]];
         // A single token attends only to itself: its value, 2x + 1.
-        assert_eq!(layer.attention(&states.view()), array![[2.0, -1.0, 5.0, 1.0]]);
+        let trace = layer.trace(states.view());
+        assert_eq!(trace.attended, array![[2.0, -1.0, 5.0, 1.0]]);
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! Gradients of a layer's output with respect to its weights and its input,
+//! from the forward pass's `Trace`: the chain rule through the layer's
+//! blocks in reverse (output norm, feed-forward, attention norm, attention).
+
+use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
+
+use super::{Dense, Layer, Norm, Normalised, Trace, gelu_slope};
+
+impl Layer {
+    /// The same layer with every weight zero: where gradients add up.
+    pub fn zeros_like(&self) -> Layer {
+        let dense = |d: &Dense| Dense { weight: Array2::zeros(d.weight.raw_dim()), bias: Array1::zeros(d.bias.len()) };
+        let norm = |n: &Norm| Norm {
+            gamma: Array1::zeros(n.gamma.len()),
+            beta: Array1::zeros(n.beta.len()),
+            epsilon: n.epsilon,
+        };
+        Layer {
+            heads: self.heads,
+            score_scale: self.score_scale,
+            query: dense(&self.query),
+            key: dense(&self.key),
+            value: dense(&self.value),
+            attention_output: dense(&self.attention_output),
+            attention_norm: norm(&self.attention_norm),
+            intermediate: dense(&self.intermediate),
+            output: dense(&self.output),
+            output_norm: norm(&self.output_norm),
+        }
+    }
+
+    /// Adds to `gradients` the gradient of a loss with respect to every
+    /// weight, given the loss's gradient with respect to the layer's output
+    /// (`d_output`, `[tokens, width]`); returns its gradient with respect to
+    /// the layer's input.
+    pub fn backward(&self, trace: &Trace, d_output: ArrayView2<f32>, gradients: &mut Layer) -> Array2<f32> {
+        let d_second = norm_backward(&self.output_norm, &trace.second, d_output, &mut gradients.output_norm);
+        let mut d_inner = dense_backward(&self.output, &trace.inner.view(), &d_second.view(), &mut gradients.output);
+        d_inner.zip_mut_with(&trace.inner_before, |d, &x| *d *= gelu_slope(x));
+        let first = trace.first.output.view();
+        let d_first =
+            d_second + dense_backward(&self.intermediate, &first, &d_inner.view(), &mut gradients.intermediate);
+        let d_residual =
+            norm_backward(&self.attention_norm, &trace.first, d_first.view(), &mut gradients.attention_norm);
+        let attended = trace.attended.view();
+        let d_attended =
+            dense_backward(&self.attention_output, &attended, &d_residual.view(), &mut gradients.attention_output);
+        let (d_query, d_key, d_value) = self.attention_backward(trace, &d_attended);
+        let input = trace.input.view();
+        d_residual
+            + dense_backward(&self.query, &input, &d_query.view(), &mut gradients.query)
+            + dense_backward(&self.key, &input, &d_key.view(), &mut gradients.key)
+            + dense_backward(&self.value, &input, &d_value.view(), &mut gradients.value)
+    }
+
+    /// Per head: O = P·V with P = softmax(s·Q·Kᵀ), so dV = Pᵀ·dO, dP = dO·Vᵀ,
+    /// dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = s·dS·K, dK = s·dSᵀ·Q.
+    fn attention_backward(&self, trace: &Trace, d_attended: &Array2<f32>) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+        let head_width = self.head_width();
+        let mut gradients = [(); 3].map(|_| Array2::<f32>::zeros(trace.query.raw_dim()));
+        for (head, probabilities) in trace.probabilities.iter().enumerate() {
+            let columns = Slice::from(head * head_width..(head + 1) * head_width);
+            let head_of = |m: &Array2<f32>| m.slice_axis(Axis(1), columns).to_owned();
+            let (query, key, value, d_out) =
+                (head_of(&trace.query), head_of(&trace.key), head_of(&trace.value), head_of(d_attended));
+            let d_probabilities = d_out.dot(&value.t());
+            let row_sums = (&d_probabilities * probabilities).sum_axis(Axis(1)).insert_axis(Axis(1));
+            let d_scores = probabilities * &(d_probabilities - &row_sums) * self.score_scale;
+            let [d_query, d_key, d_value] = &mut gradients;
+            d_query.slice_axis_mut(Axis(1), columns).assign(&d_scores.dot(&key));
+            d_key.slice_axis_mut(Axis(1), columns).assign(&d_scores.t().dot(&query));
+            d_value.slice_axis_mut(Axis(1), columns).assign(&probabilities.t().dot(&d_out));
+        }
+        let [d_query, d_key, d_value] = gradients;
+        (d_query, d_key, d_value)
+    }
+}
+
+/// y = x·W + b: adds xᵀ·dy to W's gradient and Σ dy to b's; returns dy·Wᵀ.
+fn dense_backward(dense: &Dense, x: &ArrayView2<f32>, dy: &ArrayView2<f32>, gradient: &mut Dense) -> Array2<f32> {
+    gradient.weight += &x.t().dot(dy);
+    gradient.bias += &dy.sum_axis(Axis(0));
+    dy.dot(&dense.weight.t())
+}
+
+/// y = x̂·γ + β with x̂ = (x − mean)·r: adds Σ dy·x̂ to γ's gradient and Σ dy
+/// to β's; returns dx = r/n · (n·dx̂ − Σ dx̂ − x̂·Σ(dx̂·x̂)) per token, dx̂ = dy·γ.
+fn norm_backward(norm: &Norm, normalised: &Normalised, dy: ArrayView2<f32>, gradient: &mut Norm) -> Array2<f32> {
+    let standardised = &normalised.standardised;
+    gradient.gamma += &(&dy * standardised).sum_axis(Axis(0));
+    gradient.beta += &dy.sum_axis(Axis(0));
+    let mut dx = &dy * &norm.gamma;
+    let n = dx.ncols() as f32;
+    for ((mut row, x_hat), &inverse) in dx.rows_mut().into_iter().zip(standardised.rows()).zip(&normalised.inverse_std)
+    {
+        let sum = row.sum();
+        let along = row.dot(&x_hat);
+        row.zip_mut_with(&x_hat, |d, &x| *d = inverse / n * (n * *d - sum - x * along));
+    }
+    dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reproducible values in [-0.5, 0.5).
+    fn values(count: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn matrix(rows: usize, columns: usize, seed: u64) -> Array2<f32> {
+        Array2::from_shape_vec((rows, columns), values(rows * columns, seed)).unwrap()
+    }
+
+    fn dense(inputs: usize, outputs: usize, seed: u64) -> Dense {
+        Dense { weight: matrix(inputs, outputs, seed), bias: Array1::from(values(outputs, seed + 1)) }
+    }
+
+    fn norm(width: usize, seed: u64) -> Norm {
+        let gamma = Array1::from(values(width, seed)) + 1.0;
+        Norm { gamma, beta: Array1::from(values(width, seed + 1)), epsilon: 1e-5 }
+    }
+
+    fn random_layer(width: usize, ffn: usize) -> Layer {
+        Layer {
+            heads: 2,
+            score_scale: 1.0 / ((width / 2) as f32).sqrt(),
+            query: dense(width, width, 1),
+            key: dense(width, width, 3),
+            value: dense(width, width, 5),
+            attention_output: dense(width, width, 7),
+            attention_norm: norm(width, 9),
+            intermediate: dense(width, ffn, 11),
+            output: dense(ffn, width, 13),
+            output_norm: norm(width, 15),
+        }
+    }
+
+    /// The loss Σ output ⊙ weights: its gradient with respect to the output is `weights`.
+    fn loss(layer: &Layer, input: &Array2<f32>, weights: &Array2<f32>) -> f32 {
+        (layer.forward(input.view()) * weights).sum()
+    }
+
+    /// Each parameter a test perturbs, by name.
+    fn parameter<'a>(layer: &'a mut Layer, name: &str) -> &'a mut f32 {
+        match name {
+            "query.weight" => &mut layer.query.weight[[0, 1]],
+            "key.weight" => &mut layer.key.weight[[2, 3]],
+            "key.bias" => &mut layer.key.bias[2],
+            "value.bias" => &mut layer.value.bias[1],
+            "attention_output.weight" => &mut layer.attention_output.weight[[1, 0]],
+            "attention_norm.gamma" => &mut layer.attention_norm.gamma[2],
+            "attention_norm.beta" => &mut layer.attention_norm.beta[0],
+            "intermediate.weight" => &mut layer.intermediate.weight[[3, 5]],
+            "intermediate.bias" => &mut layer.intermediate.bias[4],
+            "output.weight" => &mut layer.output.weight[[5, 2]],
+            "output_norm.gamma" => &mut layer.output_norm.gamma[1],
+            "output_norm.beta" => &mut layer.output_norm.beta[3],
+            other => panic!("no parameter {other}"),
+        }
+    }
+
+    const PARAMETERS: [&str; 12] = [
+        "query.weight",
+        "key.weight",
+        "key.bias",
+        "value.bias",
+        "attention_output.weight",
+        "attention_norm.gamma",
+        "attention_norm.beta",
+        "intermediate.weight",
+        "intermediate.bias",
+        "output.weight",
+        "output_norm.gamma",
+        "output_norm.beta",
+    ];
+
+    fn assert_close(analytic: f32, numeric: f32, what: &str) {
+        let tolerance = 2e-3 + 2e-2 * numeric.abs();
+        assert!((analytic - numeric).abs() <= tolerance, "{what}: backward {analytic}, finite differences {numeric}");
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let (width, ffn, tokens) = (8, 12, 3);
+        let layer = random_layer(width, ffn);
+        let input = matrix(tokens, width, 21) * 2.0;
+        let weights = matrix(tokens, width, 23);
+        let mut gradients = layer.zeros_like();
+        let d_input = layer.backward(&layer.trace(input.view()), weights.view(), &mut gradients);
+        let step = 1e-2;
+        for name in PARAMETERS {
+            let mut shifted = layer.clone();
+            *parameter(&mut shifted, name) += step;
+            let up = loss(&shifted, &input, &weights);
+            *parameter(&mut shifted, name) -= 2.0 * step;
+            let down = loss(&shifted, &input, &weights);
+            let analytic = *parameter(&mut gradients.clone(), name);
+            assert_close(analytic, (up - down) / (2.0 * step), name);
+        }
+        for (row, column) in [(0, 0), (1, 4), (2, 7)] {
+            let mut shifted = input.clone();
+            shifted[[row, column]] += step;
+            let up = loss(&layer, &shifted, &weights);
+            shifted[[row, column]] -= 2.0 * step;
+            let down = loss(&layer, &shifted, &weights);
+            assert_close(d_input[[row, column]], (up - down) / (2.0 * step), "input");
+        }
+    }
+
+    #[test]
+    fn gradients_add_up_over_texts() {
+        let layer = random_layer(8, 12);
+        let (a, b) = (matrix(2, 8, 31), matrix(4, 8, 33));
+        let mut both = layer.zeros_like();
+        let mut only_a = layer.zeros_like();
+        let ones = |x: &Array2<f32>| Array2::<f32>::ones(x.raw_dim());
+        layer.backward(&layer.trace(a.view()), ones(&a).view(), &mut both);
+        layer.backward(&layer.trace(b.view()), ones(&b).view(), &mut both);
+        layer.backward(&layer.trace(a.view()), ones(&a).view(), &mut only_a);
+        let mut only_b = layer.zeros_like();
+        layer.backward(&layer.trace(b.view()), ones(&b).view(), &mut only_b);
+        let summed = &only_a.query.weight + &only_b.query.weight;
+        assert!(both.query.weight.iter().zip(&summed).all(|(x, y)| (x - y).abs() < 1e-5));
+    }
+}
