@@ -250,6 +250,23 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_searches_each_get_their_own_answer() {
+        // Callers share the parked threads and interleave their claims.
+        let (dim, rows) = (16, PARALLEL_SCAN_ROWS * 3 + 5);
+        let vectors: Vec<f32> = (0..rows * dim).map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5).collect();
+        let index = VectorIndex::new(vectors, dim);
+        let queries: Vec<Vec<f32>> =
+            (0..6).map(|q| (0..dim).map(|j| ((j * 31 + q * 17) % 23) as f32 / 23.0 - 0.5).collect()).collect();
+        let expected: Vec<_> = queries.iter().map(|q| index.rows.scan([(0, rows)], q, 10)).collect();
+        std::thread::scope(|scope| {
+            for (query, expected) in queries.iter().zip(&expected) {
+                let index = &index;
+                scope.spawn(move || (0..25).for_each(|_| assert_eq!(index.top_k(query, 10), *expected)));
+            }
+        });
+    }
+
+    #[test]
     fn top_k_is_sorted_exact_and_breaks_ties_by_row() {
         let index = VectorIndex::new(vec![0.1, 0.0, 0.9, 0.0, 0.5, 0.0, 0.9, 0.0], 2);
         assert_eq!(index.top_k(&[1.0, 0.0], 3), vec![(1, 0.9), (3, 0.9), (2, 0.5)]);
