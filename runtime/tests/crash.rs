@@ -70,9 +70,13 @@ fn crash_child() {
         ..TrainOptions::default()
     };
     // A budget no run exhausts: the point is that head and ledger entry
-    // are written together.
+    // are written together. Each run spends a share of what is left, so the
+    // share is small: at the default ½, some ten runs over all the child's
+    // lives left too little for another (BudgetExceeded, and the child died
+    // before its next write); at 1/1000 each run still gets ε ≈ 10 after
+    // hundreds of runs.
     let private = TrainOptions {
-        privacy: Some(PrivacyOptions { epochs: 1, ..PrivacyOptions::with_budget(1e4) }),
+        privacy: Some(PrivacyOptions { epochs: 1, run_share: 1e-3, ..PrivacyOptions::with_budget(1e4) }),
         ..TrainOptions::default()
     };
     let private_rows: Vec<_> = (0..2 * ROWS_PER_BATCH)
