@@ -231,22 +231,21 @@ impl Graph<'_> {
     /// The product with a constant weight fed by `outlet` (reshapes
     /// allowed) and its bias sum: the dense layer and the bias sum's outlet.
     fn product_after(&self, mut outlet: OutletId, what: &str) -> TractResult<(Dense, OutletId)> {
-        let product = loop {
-            let products: Vec<usize> = self
+        let (product, weight) = loop {
+            let mut products: Vec<(usize, Array2<f32>)> = self
                 .model
                 .outlet_successors(outlet)
                 .iter()
-                .map(|s| s.node)
-                .filter(|&n| self.is::<EinSum>(n) && self.weight_product(n).is_ok())
+                .filter(|s| self.is::<EinSum>(s.node))
+                .filter_map(|s| Some((s.node, self.weight_product(s.node).ok()?.1)))
                 .collect();
-            if let [product] = products.as_slice() {
-                break *product;
+            if products.len() == 1 {
+                break products.pop().expect("one product");
             }
             let next = self.single_successor(outlet).with_context(|| format!("no {what}"))?;
             ensure!(self.is::<AxisOp>(next), "no {what}");
             outlet = OutletId::new(next, 0);
         };
-        let (_, weight) = self.weight_product(product)?;
         let after = OutletId::new(product, 0);
         match self.single_successor(after).ok().and_then(|n| self.bias_of(n).map(|b| (n, b))) {
             Some((sum, bias)) => Ok((Dense { weight, bias }, OutletId::new(sum, 0))),

@@ -9,6 +9,8 @@
 
 use pulp::{Arch, Simd, WithSimd};
 
+use super::scan::TopK;
+
 /// Codes run from −127 to 127 and are stored offset by 128 (1 to 255).
 const LEVELS: f32 = 127.0;
 const OFFSET: u32 = 128;
@@ -57,7 +59,7 @@ impl CoarseCopy {
             parts,
             offset_sum: (f64::from(256 + OFFSET) * sum) as f32,
             bound_per_scale: self.bound_per_scale(query),
-            best: BestScores::new(k),
+            best: TopK::new(k),
             kept: Vec::new(),
         }
     }
@@ -103,7 +105,8 @@ pub(super) struct FirstPass<'a> {
     /// is what the decoding and the offset add to a row's sum.
     offset_sum: f32,
     bound_per_scale: f32,
-    best: BestScores,
+    /// The best `k` lower bounds.
+    best: TopK,
     /// (row, upper bound of its score)
     kept: Vec<(usize, f32)>,
 }
@@ -141,36 +144,8 @@ impl FirstPass<'_> {
 /// Rows whose upper bound is below this cannot be among the best: k rows
 /// score at least their lower bounds, so at least the k-th best of them
 /// (−∞, keeping every row, until there are `k` or when it is not finite).
-fn threshold(best: &BestScores) -> f32 {
+fn threshold(best: &TopK) -> f32 {
     best.kth().filter(|kth| kth.is_finite()).unwrap_or(f32::NEG_INFINITY)
-}
-
-/// The `k` largest scores offered so far (NaN ignored), best first: a score
-/// rarely beats the k-th, so offering costs one comparison.
-struct BestScores {
-    k: usize,
-    best: Vec<f32>,
-}
-
-impl BestScores {
-    fn new(k: usize) -> Self {
-        Self { k, best: Vec::with_capacity(k + 1) }
-    }
-
-    #[inline(always)]
-    fn offer(&mut self, score: f32) {
-        if self.k == 0 || score.is_nan() || (self.best.len() == self.k && score <= self.best[self.k - 1]) {
-            return;
-        }
-        let at = self.best.partition_point(|&kept| kept >= score);
-        self.best.insert(at, score);
-        self.best.truncate(self.k);
-    }
-
-    /// The k-th largest score, once there are `k`.
-    fn kth(&self) -> Option<f32> {
-        (self.k > 0 && self.best.len() == self.k).then(|| self.best[self.k - 1])
-    }
 }
 
 /// Scores every packed row and keeps those whose upper bound reaches the
@@ -185,7 +160,7 @@ struct CoarseScan<'a> {
     parts: [&'a [f32]; 4],
     offset_sum: f32,
     bound_per_scale: f32,
-    best: &'a mut BestScores,
+    best: &'a mut TopK,
     kept: &'a mut Vec<(usize, f32)>,
 }
 
@@ -199,15 +174,22 @@ impl WithSimd for CoarseScan<'_> {
         let rows = self.packed.chunks_exact(self.lanes_per_row).zip(self.scales);
         for (i, (row, &scale)) in rows.enumerate() {
             let score = scale * (256.0 * decoded_dot(simd, row, self.parts) - self.offset_sum);
-            let slack = scale * self.bound_per_scale + f32::MIN_POSITIVE;
+            let slack = slack(scale, self.bound_per_scale);
             let upper = score + slack;
+            let row = self.first_row + i;
             if upper >= threshold || upper.is_nan() {
-                self.kept.push((self.first_row + i, upper));
-                self.best.offer(score - slack);
+                self.kept.push((row, upper));
+                self.best.offer(row, score - slack);
                 threshold = self::threshold(self.best);
             }
         }
     }
+}
+
+/// How far a row of `scale` may score from its f32 score (the smallest
+/// normal float on top covers an underflowing product).
+fn slack(scale: f32, bound_per_scale: f32) -> f32 {
+    scale * bound_per_scale + f32::MIN_POSITIVE
 }
 
 /// Σ q_i · (1 + byte_i / 256) over a packed row. A byte moved to bits 15–22
@@ -260,8 +242,7 @@ mod tests {
         let rows = copy.scales.len();
         let mut pass = copy.first_pass(query, rows + 1);
         pass.scan(Arch::new(), 0, rows);
-        let slack = |r: usize| copy.scales[r] * pass.bound_per_scale + f32::MIN_POSITIVE;
-        pass.kept.iter().map(|&(r, upper)| upper - slack(r)).collect()
+        pass.kept.iter().map(|&(r, upper)| upper - slack(copy.scales[r], pass.bound_per_scale)).collect()
     }
 
     #[test]
@@ -290,7 +271,7 @@ mod tests {
             let coarse = coarse_scores(&copy, &query);
             assert_eq!(coarse.len(), rows);
             for (r, (e, c)) in exact.iter().zip(&coarse).enumerate() {
-                let bound = copy.scales[r] * copy.bound_per_scale(&query) + f32::MIN_POSITIVE;
+                let bound = slack(copy.scales[r], copy.bound_per_scale(&query));
                 assert!((e - c).abs() <= bound, "dim {dim}, row {r}: exact {e}, coarse {c}, bound {bound}");
             }
             let mut sorted = exact.clone();

@@ -77,18 +77,19 @@ fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
 
 /// The best `k` (row, score) pairs offered so far, best first; of equal
 /// scores the earlier row ranks first. Rows are offered in ascending order.
-struct TopK {
+/// A score rarely beats the k-th, so offering costs one comparison.
+pub(super) struct TopK {
     k: usize,
     kept: Vec<(usize, f32)>,
 }
 
 impl TopK {
-    fn new(k: usize) -> Self {
+    pub fn new(k: usize) -> Self {
         Self { k, kept: Vec::with_capacity(k + 1) }
     }
 
     #[inline(always)]
-    fn offer(&mut self, row: usize, score: f32) {
+    pub fn offer(&mut self, row: usize, score: f32) {
         let full = self.kept.len() == self.k;
         // NaN never ranks; nor does a score not better than the worst kept
         // (a later row loses a tie).
@@ -98,6 +99,11 @@ impl TopK {
         let at = self.kept.partition_point(|&(_, kept)| kept >= score);
         self.kept.insert(at, (row, score));
         self.kept.truncate(self.k);
+    }
+
+    /// The k-th best score, once there are `k`.
+    pub fn kth(&self) -> Option<f32> {
+        (self.k > 0 && self.kept.len() == self.k).then(|| self.kept[self.k - 1].1)
     }
 
     fn into_sorted(self) -> Vec<(usize, f32)> {

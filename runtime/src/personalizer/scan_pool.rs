@@ -1,7 +1,7 @@
 //! Threads that stay parked between searches. Starting a thread costs about
 //! as much as scanning a few thousand rows (measured: a 10,000-row search on
 //! two freshly spawned threads took as long as on one), so large scans hand
-//! their slices to these instead. A parked thread blocks on a channel and
+//! ranges of rows to these instead. A parked thread blocks on a channel and
 //! uses no CPU; they are started on the first large scan, once per process.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -59,7 +59,7 @@ fn work(queue: &Mutex<Receiver<Job>>) {
         };
         let Ok(job) = job else { return };
         // A panicking job drops its answer channel (the caller sees the
-        // disconnect and scans the slice itself); the thread stays.
+        // disconnect and scans every row itself); the thread stays.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
     }
 }

@@ -244,7 +244,7 @@ mod tests {
             for k in [1, 10, 100, rows + 3] {
                 let f32_scan = best_rows(pulp::Arch::new(), &vectors, dim, 0, &query, k);
                 assert_eq!(index.rows.scan([(0, rows)], &query, k), f32_scan, "dim {dim}, k {k}");
-                assert_eq!(index.top_k(&query, k), f32_scan, "dim {dim}, k {k}, in parallel slices");
+                assert_eq!(index.top_k(&query, k), f32_scan, "dim {dim}, k {k}, in claimed ranges");
             }
         }
     }
