@@ -336,6 +336,20 @@ pub(crate) mod tests {
         assert!(ModelCatalog::parse(r#"{"format":1,"default":"x","models":{}}"#).is_err());
     }
 
+    /// The default model when it was fetched (`models/fetch`, or
+    /// ATTUNE_DEFAULT_MODEL); required when ATTUNE_REQUIRE_DEFAULT_MODEL=1,
+    /// as in tests/run (the same rule as the integration tests' support).
+    pub(crate) fn default_model() -> Option<PathBuf> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = std::env::var_os("ATTUNE_DEFAULT_MODEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("models/cache/all-minilm-l6-v2"));
+        let present = dir.join("manifest.json").is_file();
+        let required = std::env::var("ATTUNE_REQUIRE_DEFAULT_MODEL").as_deref() == Ok("1");
+        assert!(present || !required, "the default model is required but {} is missing", dir.display());
+        present.then_some(dir)
+    }
+
     pub(crate) fn tempdir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("attune-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -334,7 +334,7 @@ impl Graph<'_> {
 
 #[cfg(all(test, feature = "onnx"))]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use ndarray::{ArrayView2, Axis};
 
@@ -343,20 +343,7 @@ mod tests {
     use crate::encoder::tokenize::TextTokenizer;
     use crate::encoder::{tract_engine, tract_passes};
     use crate::model::ModelManifest;
-
-    /// The default model when it was fetched (`models/fetch`, or
-    /// ATTUNE_DEFAULT_MODEL); required when ATTUNE_REQUIRE_DEFAULT_MODEL=1,
-    /// as in tests/run (the same rule as the integration tests' support).
-    fn default_model() -> Option<PathBuf> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let dir = std::env::var_os("ATTUNE_DEFAULT_MODEL")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join("models/cache/all-minilm-l6-v2"));
-        let present = dir.join("manifest.json").is_file();
-        let required = std::env::var("ATTUNE_REQUIRE_DEFAULT_MODEL").as_deref() == Ok("1");
-        assert!(present || !required, "the default model is required but {} is missing", dir.display());
-        present.then_some(dir)
-    }
+    use crate::model::tests::default_model;
 
     fn mean_pooled(rows: ArrayView2<f32>) -> Vec<f32> {
         let mean = rows.mean_axis(Axis(0)).expect("a token");
