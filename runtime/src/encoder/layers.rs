@@ -422,7 +422,7 @@ mod tests {
                 };
                 let mut hidden = real(&states);
                 for found in &layers[layers.len() - top..] {
-                    hidden = found.layer.forward(hidden.view());
+                    hidden = found.layer.forward(hidden.view(), &[text.ids.len()]);
                 }
                 let (ours, theirs) = (mean_pooled(hidden.view()), mean_pooled(real(&expected).view()));
                 let cosine: f32 = ours.iter().zip(&theirs).map(|(a, b)| a * b).sum();

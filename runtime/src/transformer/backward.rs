@@ -2,7 +2,7 @@
 //! from the forward pass's `Trace`: the chain rule through the layer's
 //! blocks in reverse (output norm, feed-forward, attention norm, attention).
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::{Dense, Layer, Norm, Normalised, Trace, gelu_slope};
 
@@ -32,7 +32,7 @@ impl Layer {
     /// Adds to `gradients` the gradient of a loss with respect to every
     /// weight, given the loss's gradient with respect to the layer's output
     /// (`d_output`, `[tokens, width]`); returns its gradient with respect to
-    /// the layer's input.
+    /// the layer's input. Gradients of several batches add up.
     pub fn backward(&self, trace: &Trace, d_output: ArrayView2<f32>, gradients: &mut Layer) -> Array2<f32> {
         let d_second = norm_backward(&self.output_norm, &trace.second, d_output, &mut gradients.output_norm);
         let mut d_inner = dense_backward(&self.output, &trace.inner.view(), &d_second.view(), &mut gradients.output);
@@ -56,20 +56,21 @@ impl Layer {
     /// Per head: O = P·V with P = softmax(s·Q·Kᵀ), so dV = Pᵀ·dO, dP = dO·Vᵀ,
     /// dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = s·dS·K, dK = s·dSᵀ·Q.
     fn attention_backward(&self, trace: &Trace, d_attended: &Array2<f32>) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
-        let head_width = self.head_width();
         let mut gradients = [(); 3].map(|_| Array2::<f32>::zeros(trace.query.raw_dim()));
-        for (head, probabilities) in trace.probabilities.iter().enumerate() {
-            let columns = Slice::from(head * head_width..(head + 1) * head_width);
-            let head_of = |m: &Array2<f32>| m.slice_axis(Axis(1), columns).to_owned();
+        for ((rows, columns), probabilities) in self.blocks(&trace.lengths).zip(&trace.probabilities) {
+            let block = |m: &Array2<f32>| m.slice_axis(Axis(0), rows).slice_axis_move(Axis(1), columns).to_owned();
             let (query, key, value, d_out) =
-                (head_of(&trace.query), head_of(&trace.key), head_of(&trace.value), head_of(d_attended));
+                (block(&trace.query), block(&trace.key), block(&trace.value), block(d_attended));
             let d_probabilities = d_out.dot(&value.t());
             let row_sums = (&d_probabilities * probabilities).sum_axis(Axis(1)).insert_axis(Axis(1));
             let d_scores = probabilities * &(d_probabilities - &row_sums) * self.score_scale;
             let [d_query, d_key, d_value] = &mut gradients;
-            d_query.slice_axis_mut(Axis(1), columns).assign(&d_scores.dot(&key));
-            d_key.slice_axis_mut(Axis(1), columns).assign(&d_scores.t().dot(&query));
-            d_value.slice_axis_mut(Axis(1), columns).assign(&probabilities.t().dot(&d_out));
+            let mut assign = |gradient: &mut Array2<f32>, value: Array2<f32>| {
+                gradient.slice_axis_mut(Axis(0), rows).slice_axis_mut(Axis(1), columns).assign(&value);
+            };
+            assign(d_query, d_scores.dot(&key));
+            assign(d_key, d_scores.t().dot(&query));
+            assign(d_value, probabilities.t().dot(&d_out));
         }
         let [d_query, d_key, d_value] = gradients;
         (d_query, d_key, d_value)
@@ -147,7 +148,7 @@ mod tests {
 
     /// The loss Σ output ⊙ weights: its gradient with respect to the output is `weights`.
     fn loss(layer: &Layer, input: &Array2<f32>, weights: &Array2<f32>) -> f32 {
-        (layer.forward(input.view()) * weights).sum()
+        (layer.forward(input.view(), &[1, input.nrows() - 1]) * weights).sum()
     }
 
     /// Each parameter a test perturbs, by name.
@@ -191,12 +192,12 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        let (width, ffn, tokens) = (8, 12, 3);
+        let (width, ffn, tokens) = (8, 12, 4);
         let layer = random_layer(width, ffn);
         let input = matrix(tokens, width, 21) * 2.0;
         let weights = matrix(tokens, width, 23);
         let mut gradients = layer.zeros_like();
-        let d_input = layer.backward(&layer.trace(input.view()), weights.view(), &mut gradients);
+        let d_input = layer.backward(&layer.trace(input.view(), &[1, tokens - 1]), weights.view(), &mut gradients);
         let step = 1e-2;
         for name in PARAMETERS {
             let mut shifted = layer.clone();
@@ -218,18 +219,26 @@ mod tests {
     }
 
     #[test]
-    fn gradients_add_up_over_texts() {
+    fn a_packed_batch_is_its_texts_run_apart() {
         let layer = random_layer(8, 12);
         let (a, b) = (matrix(2, 8, 31), matrix(4, 8, 33));
-        let mut both = layer.zeros_like();
-        let mut only_a = layer.zeros_like();
+        let packed = ndarray::concatenate(Axis(0), &[a.view(), b.view()]).unwrap();
+        let together = layer.forward(packed.view(), &[2, 4]);
+        let apart = ndarray::concatenate(
+            Axis(0),
+            &[layer.forward(a.view(), &[2]).view(), layer.forward(b.view(), &[4]).view()],
+        )
+        .unwrap();
+        assert!(together.iter().zip(&apart).all(|(x, y)| (x - y).abs() < 1e-5));
+
         let ones = |x: &Array2<f32>| Array2::<f32>::ones(x.raw_dim());
-        layer.backward(&layer.trace(a.view()), ones(&a).view(), &mut both);
-        layer.backward(&layer.trace(b.view()), ones(&b).view(), &mut both);
-        layer.backward(&layer.trace(a.view()), ones(&a).view(), &mut only_a);
-        let mut only_b = layer.zeros_like();
-        layer.backward(&layer.trace(b.view()), ones(&b).view(), &mut only_b);
-        let summed = &only_a.query.weight + &only_b.query.weight;
-        assert!(both.query.weight.iter().zip(&summed).all(|(x, y)| (x - y).abs() < 1e-5));
+        let mut both = layer.zeros_like();
+        let d_packed = layer.backward(&layer.trace(packed.view(), &[2, 4]), ones(&packed).view(), &mut both);
+        let mut each = layer.zeros_like();
+        let d_a = layer.backward(&layer.trace(a.view(), &[2]), ones(&a).view(), &mut each);
+        let d_b = layer.backward(&layer.trace(b.view(), &[4]), ones(&b).view(), &mut each);
+        let close = |x: &Array2<f32>, y: &Array2<f32>| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-4);
+        assert!(close(&both.query.weight, &each.query.weight) && close(&both.output.weight, &each.output.weight));
+        assert!(close(&d_packed, &ndarray::concatenate(Axis(0), &[d_a.view(), d_b.view()]).unwrap()));
     }
 }

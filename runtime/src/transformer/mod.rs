@@ -1,8 +1,10 @@
 //! A BERT transformer layer in Attune's own code (ndarray), so that the top
 //! layers of a backbone can run, and be trained, outside the inference
-//! engine: the forward pass here, its gradients in `backward`. One text at a
-//! time on its real tokens only: padding never influences a real token's
-//! state, so leaving it out changes nothing.
+//! engine: the forward pass here, its gradients in `backward`. A batch is
+//! its texts' real tokens one after another (`[tokens, width]`, with each
+//! text's token count): padding never influences a real token's state, so
+//! leaving it out changes nothing, and the per-token products run on the
+//! whole batch at once while attention stays within each text.
 
 mod backward;
 
@@ -74,11 +76,12 @@ pub struct Layer {
 /// Everything a forward pass computed that its backward pass needs.
 #[derive(Debug, Clone)]
 pub struct Trace {
+    lengths: Vec<usize>,
     input: Array2<f32>,
     query: Array2<f32>,
     key: Array2<f32>,
     value: Array2<f32>,
-    /// Per head, `[tokens, tokens]`.
+    /// Per text and head (text-major), `[tokens, tokens]`.
     probabilities: Vec<Array2<f32>>,
     attended: Array2<f32>,
     first: Normalised,
@@ -89,20 +92,23 @@ pub struct Trace {
 }
 
 impl Layer {
-    /// The layer's output for one text's token states (`[tokens, width]`).
-    pub fn forward(&self, states: ArrayView2<f32>) -> Array2<f32> {
-        self.trace(states).second.output
+    /// The layer's output for a batch's token states (`[tokens, width]`,
+    /// texts one after another, `lengths` tokens each).
+    pub fn forward(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Array2<f32> {
+        self.trace(states, lengths).second.output
     }
 
     /// The forward pass, keeping what `backward` needs.
-    pub fn trace(&self, states: ArrayView2<f32>) -> Trace {
+    pub fn trace(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Trace {
+        assert_eq!(lengths.iter().sum::<usize>(), states.nrows(), "the texts' lengths cover the batch");
         let (query, key, value) = (self.query.apply(&states), self.key.apply(&states), self.value.apply(&states));
-        let (attended, probabilities) = self.attention(&query, &key, &value);
+        let (attended, probabilities) = self.attention(lengths, &query, &key, &value);
         let first = self.attention_norm.apply(&states + &self.attention_output.apply(&attended.view()));
         let inner_before = self.intermediate.apply(&first.output.view());
         let inner = inner_before.mapv(gelu);
         let second = self.output_norm.apply(&first.output + &self.output.apply(&inner.view()));
         Trace {
+            lengths: lengths.to_vec(),
             input: states.to_owned(),
             query,
             key,
@@ -120,23 +126,33 @@ impl Layer {
         self.query.weight.ncols() / self.heads.max(1)
     }
 
-    /// Every head's attention, concatenated back to `[tokens, width]`, and
-    /// each head's attention probabilities.
+    /// Each (text, head) block of a batch-wide matrix: its rows, its columns.
+    fn blocks(&self, lengths: &[usize]) -> impl Iterator<Item = (Slice, Slice)> + use<> {
+        let (heads, head_width) = (self.heads, self.head_width());
+        let starts = lengths.iter().scan(0, |next, &len| Some((std::mem::replace(next, *next + len), len)));
+        let texts: Vec<(usize, usize)> = starts.collect();
+        texts.into_iter().flat_map(move |(start, len)| {
+            (0..heads)
+                .map(move |h| (Slice::from(start..start + len), Slice::from(h * head_width..(h + 1) * head_width)))
+        })
+    }
+
+    /// Every head's attention within each text, concatenated back to
+    /// `[tokens, width]`, and the attention probabilities per text and head.
     fn attention(
         &self,
+        lengths: &[usize],
         query: &Array2<f32>,
         key: &Array2<f32>,
         value: &Array2<f32>,
     ) -> (Array2<f32>, Vec<Array2<f32>>) {
-        let head_width = self.head_width();
         let mut attended = Array2::zeros(query.raw_dim());
-        let mut probabilities = Vec::with_capacity(self.heads);
-        for head in 0..self.heads {
-            let columns = Slice::from(head * head_width..(head + 1) * head_width);
-            let head_of = |m: &Array2<f32>| m.slice_axis(Axis(1), columns).to_owned();
-            let mut scores = head_of(query).dot(&head_of(key).t()) * self.score_scale;
+        let mut probabilities = Vec::with_capacity(lengths.len() * self.heads);
+        for (rows, columns) in self.blocks(lengths) {
+            let block = |m: &Array2<f32>| m.slice_axis(Axis(0), rows).slice_axis_move(Axis(1), columns).to_owned();
+            let mut scores = block(query).dot(&block(key).t()) * self.score_scale;
             softmax_rows(&mut scores);
-            attended.slice_axis_mut(Axis(1), columns).assign(&scores.dot(&head_of(value)));
+            attended.slice_axis_mut(Axis(0), rows).slice_axis_mut(Axis(1), columns).assign(&scores.dot(&block(value)));
             probabilities.push(scores);
         }
         (attended, probabilities)
@@ -209,14 +225,14 @@ mod tests {
         let layer = small_layer();
         let states = array![[0.5, -1.0, 2.0, 0.0]];
         // A single token attends only to itself: its value, 2x + 1.
-        let trace = layer.trace(states.view());
+        let trace = layer.trace(states.view(), &[1]);
         assert_eq!(trace.attended, array![[2.0, -1.0, 5.0, 1.0]]);
     }
 
     #[test]
     fn a_layer_keeps_its_tokens_and_ends_in_a_layer_norm() {
         let states = array![[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.25], [0.0, 0.1, 0.2, 0.3]];
-        let out = small_layer().forward(states.view());
+        let out = small_layer().forward(states.view(), &[3]);
         assert_eq!(out.dim(), (3, 4));
         for row in out.rows() {
             let mean = row.mean().unwrap();
