@@ -25,6 +25,10 @@ pub enum Error {
     /// The tokenizer file could not be loaded or applied.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The backbone's top layers cannot be adapted (an int8-compiled graph,
+    /// a layer shape Attune does not recognise, an engine without it).
+    #[error("the backbone cannot be adapted: {0}")]
+    CannotAdapt(String),
     /// An inference backend failed while running a batch.
     #[error("inference failed: {0}")]
     Inference(String),

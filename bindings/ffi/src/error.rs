@@ -72,6 +72,7 @@ impl From<attune::Error> for AttuneError {
             | E::ModelLoad { .. }
             | E::ModelMismatch(_)
             | E::Tokenizer(_)
+            | E::CannotAdapt(_)
             | E::Inference(_)
             | E::HeadModelMismatch { .. } => Self::Model { reason },
             E::BackendUnavailable { .. } => Self::BackendUnavailable { reason },

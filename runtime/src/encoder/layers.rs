@@ -339,9 +339,7 @@ mod tests {
     use ndarray::{ArrayView2, Axis};
 
     use super::*;
-    use crate::encoder::batching::TokenBatch;
-    use crate::encoder::tokenize::TextTokenizer;
-    use crate::encoder::{tract_engine, tract_passes};
+    use crate::encoder::{Encoder, tract_engine, tract_passes};
     use crate::model::ModelManifest;
     use crate::model::tests::default_model;
 
@@ -388,46 +386,25 @@ mod tests {
         assert!(lowest >= 0.9999, "tiny model: lowest cosine {lowest}");
     }
 
-    /// tract's trunk (all but the top `top` layers) then our own top layers,
-    /// against tract's full forward: the lowest cosine over the project's
-    /// 265 sentences, in padded batches of 8.
+    /// The encoder's trunk states (all but the top `top` layers) through
+    /// the top layers in our code, mean-pooled, against the encoder's own
+    /// vectors: the lowest cosine over the project's 265 sentences.
     fn lowest_cosine_of_split(dir: &Path, top: usize) -> f32 {
-        let manifest = ModelManifest::load(dir).unwrap();
-        let model = prepared(&manifest);
-        let layers = find_layers(&model).unwrap();
-        let order = tract_engine::match_inputs(&tract_engine::input_names(&model).unwrap(), &manifest).unwrap();
-        let plan = |outlet: OutletId| {
-            let mut cut = model.clone();
-            cut.select_output_outlets(&[outlet]).unwrap();
-            cut.optimize().unwrap();
-            cut.into_runnable().unwrap()
-        };
-        let full = plan(layers.last().unwrap().output);
-        let trunk = plan(layers[layers.len() - top].input);
-        let tokenizer = TextTokenizer::load(&manifest.tokenizer_path(), manifest.max_tokens).unwrap();
+        let encoder = crate::OnnxEncoder::load(dir, &crate::EncoderOptions::default()).unwrap();
         let sentences: Vec<&str> = include_str!("../../../tests/data/sentences.txt").lines().collect();
         assert_eq!(sentences.len(), 265);
+        let expected = encoder.embed(&sentences).unwrap();
+        let layers = encoder.top_layers(top).unwrap().layers;
+        assert_eq!(layers.len(), top);
+        let states = encoder.trunk_states(&sentences, top, &crate::SILENT).unwrap();
         let mut lowest = 1.0f32;
-        for chunk in sentences.chunks(8) {
-            let tokens: Vec<_> = chunk.iter().map(|t| tokenizer.encode(t).unwrap()).collect();
-            let batch = TokenBatch::pad(&tokens.iter().collect::<Vec<_>>());
-            let run = |plan: &Arc<TypedRunnableModel>| {
-                let out = plan.run(tract_engine::model_inputs(&order, &batch).unwrap()).unwrap();
-                out[0].to_plain_array_view::<f32>().unwrap().to_owned().into_dimensionality::<ndarray::Ix3>().unwrap()
-            };
-            let (expected, states) = (run(&full), run(&trunk));
-            for (row, text) in tokens.iter().enumerate() {
-                let real = |all: &ndarray::Array3<f32>| {
-                    all.index_axis(Axis(0), row).slice_axis(Axis(0), (0..text.ids.len()).into()).to_owned()
-                };
-                let mut hidden = real(&states);
-                for found in &layers[layers.len() - top..] {
-                    hidden = found.layer.forward(hidden.view(), &[text.ids.len()]);
-                }
-                let (ours, theirs) = (mean_pooled(hidden.view()), mean_pooled(real(&expected).view()));
-                let cosine: f32 = ours.iter().zip(&theirs).map(|(a, b)| a * b).sum();
-                lowest = lowest.min(cosine);
+        for (text_states, theirs) in states.iter().zip(expected.rows()) {
+            let mut hidden = text_states.clone();
+            for layer in &layers {
+                hidden = layer.forward(hidden.view(), &[hidden.nrows()]);
             }
+            let cosine: f32 = mean_pooled(hidden.view()).iter().zip(theirs).map(|(a, b)| a * b).sum();
+            lowest = lowest.min(cosine);
         }
         lowest
     }

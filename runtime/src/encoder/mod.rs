@@ -11,10 +11,7 @@ mod gelu_fusion;
 mod int8;
 #[cfg(feature = "tract")]
 mod int8_ops;
-// The top layers' weights for on-device adaptation (issue 17, being built):
-// only its tests use it yet.
 #[cfg(feature = "tract")]
-#[cfg_attr(not(all(test, feature = "onnx")), allow(dead_code))]
 mod layers;
 #[cfg(feature = "ort")]
 mod ort_engine;
@@ -30,7 +27,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
+
+use ndarray::Array2;
 
 use batching::{TokenBatch, plan_batches};
 #[cfg(feature = "onnx")]
@@ -38,7 +37,8 @@ pub use compile::{COMPILED_FILE, CompileReport, compile_model};
 use tokenize::{TextTokenizer, Tokens};
 
 use crate::error::{Error, Result};
-use crate::model::ModelManifest;
+use crate::model::{ModelManifest, Pooling};
+use crate::transformer::Layer;
 
 /// Texts are cut to this many bytes per allowed token before tokenising, so a
 /// multi-megabyte text costs no more than one that fills the model's window.
@@ -59,6 +59,29 @@ pub trait Encoder: Send + Sync {
     fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
         self.embed_with(texts, &SILENT)
     }
+
+    /// The backbone's top `count` transformer layers, for adapting them on
+    /// the device. Encoders that cannot be split refuse with `CannotAdapt`.
+    fn top_layers(&self, count: usize) -> Result<TopLayers> {
+        let _ = count;
+        Err(Error::CannotAdapt("this encoder cannot be split into trunk and top layers".into()))
+    }
+
+    /// Each text's token states below its top `count` layers (what
+    /// `top_layers(count)` takes), `[tokens, width]` over its real tokens.
+    fn trunk_states(&self, texts: &[&str], count: usize, listener: &dyn EncodeListener) -> Result<Vec<Array2<f32>>> {
+        let _ = (texts, count, listener);
+        Err(Error::CannotAdapt("this encoder cannot be split into trunk and top layers".into()))
+    }
+}
+
+/// The top of a backbone: its transformer layers' weights, and how their
+/// output becomes a sentence vector.
+#[derive(Debug, Clone)]
+pub struct TopLayers {
+    pub layers: Vec<Layer>,
+    pub pooling: Pooling,
+    pub normalize: bool,
 }
 
 /// Observes a long embedding call and may cancel it between batches.
@@ -206,6 +229,17 @@ pub struct OnnxEncoder {
     tokenizer: TextTokenizer,
     engine: Box<dyn Engine>,
     options: EncoderOptions,
+    /// Built on first use by adaptation, for one layer count at a time.
+    #[cfg(feature = "tract")]
+    trunk: Mutex<Option<Arc<Trunk>>>,
+}
+
+/// The graph cut below its top layers, and those layers.
+#[cfg(feature = "tract")]
+struct Trunk {
+    count: usize,
+    engine: tract_engine::TractEngine,
+    top: Vec<Layer>,
 }
 
 impl fmt::Debug for OnnxEncoder {
@@ -250,7 +284,14 @@ impl OnnxEncoder {
                 });
             }
         };
-        let encoder = Self { manifest, tokenizer, engine, options: options.clone() };
+        let encoder = Self {
+            manifest,
+            tokenizer,
+            engine,
+            options: options.clone(),
+            #[cfg(feature = "tract")]
+            trunk: Mutex::new(None),
+        };
         encoder.probe()?;
         Ok(encoder)
     }
@@ -375,6 +416,61 @@ impl Encoder for OnnxEncoder {
             }
         }
         Embeddings::from_values(dim, values)
+    }
+
+    #[cfg(feature = "tract")]
+    fn top_layers(&self, count: usize) -> Result<TopLayers> {
+        let trunk = self.trunk(count)?;
+        Ok(TopLayers { layers: trunk.top.clone(), pooling: self.manifest.pooling, normalize: self.manifest.normalize })
+    }
+
+    #[cfg(feature = "tract")]
+    fn trunk_states(&self, texts: &[&str], count: usize, listener: &dyn EncodeListener) -> Result<Vec<Array2<f32>>> {
+        if texts.is_empty() {
+            return Err(Error::InvalidInput("no texts to run through the trunk".into()));
+        }
+        let trunk = self.trunk(count)?;
+        let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>>>()?;
+        let lengths: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
+        let mut states: Vec<Option<Array2<f32>>> = vec![None; texts.len()];
+        let mut done = 0;
+        for members in plan_batches(&lengths, self.options.max_batch) {
+            if listener.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let batch = TokenBatch::pad(&members.iter().map(|&i| &tokens[i]).collect::<Vec<_>>());
+            trunk.engine.run(&batch, &mut |hidden, width| {
+                for (row, &index) in members.iter().enumerate() {
+                    let start = row * batch.seq * width;
+                    let real = &hidden[start..start + lengths[index] * width];
+                    states[index] =
+                        Some(Array2::from_shape_vec((lengths[index], width), real.to_vec()).expect("sized"));
+                }
+                Ok(())
+            })?;
+            done += members.len();
+            listener.on_progress(done, texts.len());
+        }
+        Ok(states.into_iter().map(|s| s.expect("every text is in a batch")).collect())
+    }
+}
+
+#[cfg(feature = "tract")]
+impl OnnxEncoder {
+    /// The trunk for `count` top layers, built once (a second count
+    /// replaces it: a task adapts one count at a time).
+    fn trunk(&self, count: usize) -> Result<Arc<Trunk>> {
+        let mut slot = self.trunk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(trunk) = slot.as_ref().filter(|t| t.count == count) {
+            return Ok(Arc::clone(trunk));
+        }
+        if self.manifest.precision() == crate::model::Precision::Int8 {
+            return Err(Error::CannotAdapt("an int8-compiled model has no f32 weights to adapt".into()));
+        }
+        let (engine, top) = tract_engine::TractEngine::load_trunk(&self.manifest, self.options.threads, count)?;
+        let trunk = Arc::new(Trunk { count, engine, top });
+        *slot = Some(Arc::clone(&trunk));
+        Ok(trunk)
     }
 }
 

@@ -10,9 +10,11 @@ use tract_core::ops::matmul::optimized::OptMatMul;
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
 
 use super::batching::TokenBatch;
+use super::layers::find_layers;
 use super::{Engine, compiled_graph, tract_passes};
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
+use crate::transformer::Layer;
 
 /// Fewer tokens than this in a batch run on the calling thread alone.
 const MULTITHREAD_MIN_TOKENS: usize = 64;
@@ -36,16 +38,7 @@ impl TractEngine {
     /// Loads the compiled graph when the manifest names one, else imports the
     /// ONNX file (cargo feature `onnx`).
     pub fn load(manifest: &ModelManifest, threads: usize) -> Result<Self> {
-        let (typed, path) = match manifest.compiled_path() {
-            Some(path) => {
-                // A damaged file may hold a graph tract's checks let through
-                // and then trip over: that is a load error, not a crash.
-                let read = catch_unwind(|| compiled_graph::read(&path, &manifest.model_sha256));
-                let graph = read.unwrap_or_else(|_| Err(format_err!("tract panicked"))).map_err(load_error(&path))?;
-                (graph, path)
-            }
-            None => (import_onnx(manifest)?, manifest.model_path()),
-        };
+        let (typed, path) = read_graph(manifest)?;
         let input_order = match_inputs(&input_names(&typed)?, manifest)?;
         let specialised = catch_unwind(AssertUnwindSafe(move || {
             let mut typed = typed;
@@ -55,6 +48,50 @@ impl TractEngine {
         let (plan, vocabulary_size) =
             specialised.unwrap_or_else(|_| Err(format_err!("tract panicked"))).map_err(load_error(&path))?;
         Ok(Self { plan, input_order, executor: executor(threads), vocabulary_size })
+    }
+
+    /// The graph cut below its top `count` transformer layers (the trunk:
+    /// it returns the token states those layers take), and the weights of
+    /// those layers, for adapting them on the device. An int8-compiled
+    /// graph is refused: adaptation starts from f32 weights.
+    pub fn load_trunk(manifest: &ModelManifest, threads: usize, count: usize) -> Result<(Self, Vec<Layer>)> {
+        let (typed, path) = read_graph(manifest)?;
+        let input_order = match_inputs(&input_names(&typed)?, manifest)?;
+        let split = catch_unwind(AssertUnwindSafe(move || -> TractResult<_> {
+            let mut typed = typed;
+            let vocabulary_size = tract_passes::prepare(&mut typed)?;
+            let found = match find_layers(&typed) {
+                Ok(found) => found,
+                Err(reason) => return Ok(Err(format!("{reason:#}"))),
+            };
+            if count == 0 || count > found.len() {
+                return Ok(Err(format!("{count} top layers asked of a model with {}", found.len())));
+            }
+            let first = found.len() - count;
+            typed.select_output_outlets(&[found[first].input])?;
+            typed.optimize()?;
+            let top = found.into_iter().skip(first).map(|f| f.layer).collect();
+            Ok(Ok((typed.into_runnable()?, vocabulary_size, top)))
+        }));
+        let (plan, vocabulary_size, top) = split
+            .unwrap_or_else(|_| Err(format_err!("tract panicked")))
+            .map_err(load_error(&path))?
+            .map_err(Error::CannotAdapt)?;
+        Ok((Self { plan, input_order, executor: executor(threads), vocabulary_size }, top))
+    }
+}
+
+/// The compiled graph when the manifest names one, else the imported ONNX file.
+fn read_graph(manifest: &ModelManifest) -> Result<(TypedModel, std::path::PathBuf)> {
+    match manifest.compiled_path() {
+        Some(path) => {
+            // A damaged file may hold a graph tract's checks let through
+            // and then trip over: that is a load error, not a crash.
+            let read = catch_unwind(|| compiled_graph::read(&path, &manifest.model_sha256));
+            let graph = read.unwrap_or_else(|_| Err(format_err!("tract panicked"))).map_err(load_error(&path))?;
+            Ok((graph, path))
+        }
+        None => Ok((import_onnx(manifest)?, manifest.model_path())),
     }
 }
 

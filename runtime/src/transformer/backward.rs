@@ -65,7 +65,7 @@ impl Layer {
             let row_sums = (&d_probabilities * probabilities).sum_axis(Axis(1)).insert_axis(Axis(1));
             let d_scores = probabilities * &(d_probabilities - &row_sums) * self.score_scale;
             let [d_query, d_key, d_value] = &mut gradients;
-            let mut assign = |gradient: &mut Array2<f32>, value: Array2<f32>| {
+            let assign = |gradient: &mut Array2<f32>, value: Array2<f32>| {
                 gradient.slice_axis_mut(Axis(0), rows).slice_axis_mut(Axis(1), columns).assign(&value);
             };
             assign(d_query, d_scores.dot(&key));
