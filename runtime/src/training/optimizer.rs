@@ -15,8 +15,8 @@ pub enum OptimizerKind {
 /// State of one optimiser over a list of parameter tensors.
 pub(crate) struct Optimizer {
     kind: OptimizerKind,
-    first: Vec<ArrayD<f32>>,
-    second: Vec<ArrayD<f32>>,
+    first: Vec<Vec<f32>>,
+    second: Vec<Vec<f32>>,
     step: i32,
 }
 
@@ -27,7 +27,13 @@ const MOMENTUM: f32 = 0.9;
 
 impl Optimizer {
     pub fn new(kind: OptimizerKind, shapes: &[&[usize]]) -> Self {
-        let zeros = || shapes.iter().map(|s| ArrayD::zeros(s.to_vec())).collect::<Vec<_>>();
+        let sizes: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+        Self::for_sizes(kind, &sizes)
+    }
+
+    /// For parameters of `sizes` values each.
+    pub fn for_sizes(kind: OptimizerKind, sizes: &[usize]) -> Self {
+        let zeros = || sizes.iter().map(|&n| vec![0.0; n]).collect::<Vec<_>>();
         Self { kind, first: zeros(), second: zeros(), step: 0 }
     }
 
@@ -41,17 +47,31 @@ impl Optimizer {
         lr: f32,
         decay: &[f32],
     ) {
+        let mut params: Vec<&mut [f32]> =
+            params.iter_mut().map(|p| p.as_slice_mut().expect("parameters are contiguous")).collect();
+        let grads: Vec<&[f32]> = grads.iter().map(|g| g.as_slice().expect("gradients are contiguous")).collect();
+        let anchors: Vec<Option<&[f32]>> =
+            anchors.iter().map(|a| a.as_ref().map(|a| a.as_slice().expect("anchors are contiguous"))).collect();
+        self.step_slices(&mut params, &grads, &anchors, lr, decay);
+    }
+
+    /// `step` on plain slices: the compiler vectorises these loops, which an
+    /// `IxDyn` zip does not.
+    pub fn step_slices(
+        &mut self,
+        params: &mut [&mut [f32]],
+        grads: &[&[f32]],
+        anchors: &[Option<&[f32]>],
+        lr: f32,
+        decay: &[f32],
+    ) {
         self.step += 1;
         let (bias1, bias2) = (1.0 - BETA1.powi(self.step), 1.0 - BETA2.powi(self.step));
         for (i, param) in params.iter_mut().enumerate() {
-            // Plain slices: the compiler vectorises these loops, which an
-            // `IxDyn` zip does not.
-            let param = param.as_slice_mut().expect("parameters are contiguous");
-            let grad = grads[i].as_slice().expect("gradients are contiguous");
-            let first = self.first[i].as_slice_mut().expect("optimiser state is contiguous");
+            let (grad, first) = (grads[i], &mut self.first[i]);
             match self.kind {
                 OptimizerKind::AdamW => {
-                    let second = self.second[i].as_slice_mut().expect("optimiser state is contiguous");
+                    let second = &mut self.second[i];
                     let (step1, step2) = (lr / bias1, 1.0 / bias2);
                     for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(first.iter_mut()).zip(second.iter_mut()) {
                         *m = BETA1 * *m + (1.0 - BETA1) * g;
@@ -68,11 +88,8 @@ impl Optimizer {
             }
             if decay[i] > 0.0 {
                 let rate = (decay[i] * lr).min(1.0);
-                match &anchors[i] {
-                    Some(anchor) => {
-                        let anchor = anchor.as_slice().expect("anchors are contiguous");
-                        param.iter_mut().zip(anchor).for_each(|(p, &a)| *p -= rate * (*p - a));
-                    }
+                match anchors[i] {
+                    Some(anchor) => param.iter_mut().zip(anchor).for_each(|(p, &a)| *p -= rate * (*p - a)),
                     None => param.iter_mut().for_each(|p| *p *= 1.0 - rate),
                 }
             }

@@ -91,6 +91,13 @@ pub struct Trace {
     second: Normalised,
 }
 
+impl Trace {
+    /// The layer's output, `[tokens, width]`.
+    pub fn output(&self) -> &Array2<f32> {
+        &self.second.output
+    }
+}
+
 impl Layer {
     /// The layer's output for a batch's token states (`[tokens, width]`,
     /// texts one after another, `lengths` tokens each).
@@ -120,6 +127,26 @@ impl Layer {
             inner,
             second,
         }
+    }
+
+    /// Every trainable tensor as a flat slice, in a fixed order, with
+    /// whether weight decay applies to it (the matrices, not biases or
+    /// norms).
+    pub fn parameters_mut(&mut self) -> Vec<(&mut [f32], bool)> {
+        let mut all = Vec::with_capacity(16);
+        for dense in [&mut self.query, &mut self.key, &mut self.value, &mut self.attention_output] {
+            all.push((dense.weight.as_slice_mut().expect("standard layout"), true));
+            all.push((dense.bias.as_slice_mut().expect("standard layout"), false));
+        }
+        all.push((self.attention_norm.gamma.as_slice_mut().expect("standard layout"), false));
+        all.push((self.attention_norm.beta.as_slice_mut().expect("standard layout"), false));
+        for dense in [&mut self.intermediate, &mut self.output] {
+            all.push((dense.weight.as_slice_mut().expect("standard layout"), true));
+            all.push((dense.bias.as_slice_mut().expect("standard layout"), false));
+        }
+        all.push((self.output_norm.gamma.as_slice_mut().expect("standard layout"), false));
+        all.push((self.output_norm.beta.as_slice_mut().expect("standard layout"), false));
+        all
     }
 
     fn head_width(&self) -> usize {
