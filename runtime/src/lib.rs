@@ -37,7 +37,8 @@ pub use personalizer::{
 };
 pub use store::{
     AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, LabelCount,
-    NewDocument, NewExample, NewFeedback, Retention, Signal, Store, StoreOptions, TaskId, TaskInfo, VectorEncoding,
+    NewDocument, NewExample, NewFeedback, Retention, Signal, Store, StoreOptions, TaskId, TaskInfo, TrunkKey,
+    TrunkStateRows, VectorEncoding,
 };
 pub use training::{
     CandidateHead, CandidateReport, EpochProgress, FederatedOptions, HeadChoice, OptimizerKind, PrivacyOptions,
@@ -53,4 +54,7 @@ pub mod internal {
     pub use crate::personalizer::VectorIndex;
     pub use crate::store::{HeadPrivacy, LedgerEntry, NewHead, StoredHead};
     pub use crate::training::{ActiveHeadEvidence, decide_promotion, noise_for_budget, privacy_spent};
+    /// Adaptation of the backbone's top layers (issue 17), before it is part
+    /// of `train`: `attune bench adapt` measures it.
+    pub use crate::training::{AdaptOptions, AdaptedTop, TrunkStates};
 }

@@ -1,7 +1,8 @@
 //! Deletion that is real, through the `Personalizer`: after `forget` (which
 //! compacts), no forgotten text is left in any byte of any file Attune wrote,
 //! their cached vectors are gone, and the head that was trained on them is
-//! retrained and can no longer predict the forgotten label. With encryption
+//! retrained and can no longer predict the forgotten label; the trunk states
+//! cached for adapting the backbone go with their examples. With encryption
 //! on, the same holds for everything the key can decrypt.
 
 mod support;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use attune::{
     Encoder, EncoderOptions, EncryptionKey, Forget, NewDocument, NewExample, NewFeedback, Personalizer,
-    PersonalizerConfig, PredictionSource, QuietTraining, Signal, TrainOptions,
+    PersonalizerConfig, PredictionSource, QuietTraining, SILENT, Signal, TrainOptions, TrunkKey, TrunkStateRows,
 };
 
 /// Distinctive strings that appear nowhere else: an example of the label to
@@ -47,6 +48,12 @@ fn found_in_files<'a>(dir: &Path, needles: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
+fn bytes_in_files(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .any(|entry| std::fs::read(entry.unwrap().path()).unwrap().windows(needle.len()).any(|window| window == needle))
+}
+
 /// Fills the task with the secrets among many ordinary rows, trains, and
 /// returns the version of the head trained on the secret label.
 fn fill(p: &Personalizer) -> u32 {
@@ -74,10 +81,39 @@ fn fill(p: &Personalizer) -> u32 {
     };
     p.record_feedback("notes", &feedback).unwrap();
     p.search("notes", SECRET_QUERY, 2).unwrap();
+    cache_trunk_states(p);
     let trained = p.train("notes", &TrainOptions::default(), &QuietTraining).unwrap();
     assert!(trained.promotion.promote);
     assert!(p.heads("notes").unwrap().iter().any(|h| h.active && h.version == trained.version));
     trained.version
+}
+
+/// The health examples' trunk states below the tiny model's one layer, as a
+/// task that adapts it caches them; a document's are refused.
+const HEALTH_TEXTS: [&str; 2] = [SECRET_EXAMPLE, "doctor visit 0 next week"];
+
+fn trunk_key(fingerprint: &str) -> TrunkKey<'_> {
+    TrunkKey { fingerprint, layers: 1 }
+}
+
+fn cache_trunk_states(p: &Personalizer) {
+    let texts = [HEALTH_TEXTS[0], HEALTH_TEXTS[1], SECRET_DOCUMENT];
+    let states = p.encoder().trunk_states(&texts, 1, &SILENT).unwrap();
+    let rows: Vec<TrunkStateRows> = states
+        .iter()
+        .map(|s| TrunkStateRows { tokens: s.nrows(), width: s.ncols(), values: s.iter().copied().collect() })
+        .collect();
+    let entries: Vec<(&str, &TrunkStateRows)> = texts.iter().copied().zip(&rows).collect();
+    let fingerprint = p.encoder().fingerprint().to_string();
+    let stored = p.store().cache_trunk_states(trunk_key(&fingerprint), &entries).unwrap();
+    assert_eq!(stored, 2, "a document's states are refused");
+}
+
+/// The cached trunk states' raw bytes, straight from the database file.
+fn trunk_state_blobs(dir: &Path) -> Vec<Vec<u8>> {
+    let connection = rusqlite::Connection::open(dir.join("user.db")).unwrap();
+    let mut statement = connection.prepare("SELECT states FROM trunk_states").unwrap();
+    statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
 }
 
 /// Forgets the secret label, document and query, and checks what the
@@ -91,6 +127,13 @@ fn forget_and_check(p: &Personalizer, secret_head: u32) {
     let cached = p.store().cached_features(&fingerprint, &[SECRET_EXAMPLE, SECRET_DOCUMENT, SECRET_QUERY]).unwrap();
     let left: Vec<bool> = cached.iter().map(Option::is_some).collect();
     assert_eq!(left, [false; 3], "cached vectors left of the example, document, query");
+    let states = p.store().cached_trunk_states(trunk_key(&fingerprint), &HEALTH_TEXTS).unwrap();
+    assert_eq!(
+        states.iter().map(Option::is_some).collect::<Vec<_>>(),
+        [false; 2],
+        "trunk states of forgotten examples"
+    );
+    assert_eq!(p.store().trunk_state_size().unwrap(), (0, 0));
 
     let heads = p.heads("notes").unwrap();
     let old = heads.iter().find(|h| h.version == secret_head).unwrap();
@@ -119,10 +162,17 @@ fn forgotten_texts_leave_no_byte_in_any_file() {
     let head = fill(&p);
     let secrets = [SECRET_EXAMPLE, SECRET_DOCUMENT, SECRET_QUERY];
     assert_eq!(found_in_files(&dir, &secrets), secrets, "the secrets are on disk before forgetting");
+    let blobs = trunk_state_blobs(&dir);
+    assert_eq!(blobs.len(), 2);
+    // 64 bytes of each: 32 f16 values of the first tokens' states.
+    let state_bytes: Vec<&[u8]> = blobs.iter().map(|b| &b[..64]).collect();
+    assert!(state_bytes.iter().all(|b| bytes_in_files(&dir, b)), "the states are on disk before forgetting");
     forget_and_check(&p, head);
     assert_eq!(found_in_files(&dir, &secrets), Vec::<&str>::new(), "with the Personalizer open");
+    assert!(!state_bytes.iter().any(|b| bytes_in_files(&dir, b)), "trunk states with the Personalizer open");
     drop(p);
     assert_eq!(found_in_files(&dir, &secrets), Vec::<&str>::new(), "after closing");
+    assert!(!state_bytes.iter().any(|b| bytes_in_files(&dir, b)), "trunk states after closing");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

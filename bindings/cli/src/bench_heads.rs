@@ -53,26 +53,34 @@ pub struct HeadsBenchArgs {
 }
 
 #[derive(Deserialize)]
-struct Clinc {
-    train: Vec<(String, String)>,
-    val: Vec<(String, String)>,
-    test: Vec<(String, String)>,
-    oos_test: Vec<(String, String)>,
+pub(crate) struct Clinc {
+    pub train: Vec<(String, String)>,
+    pub val: Vec<(String, String)>,
+    pub test: Vec<(String, String)>,
+    pub oos_test: Vec<(String, String)>,
 }
 
-struct Split {
-    rows: Vec<usize>,
-    labels: Vec<usize>,
+pub(crate) struct Split {
+    pub rows: Vec<usize>,
+    pub labels: Vec<usize>,
+}
+
+impl Clinc {
+    /// Reads `data_full.json`; also returns the sorted intent names.
+    pub fn load(path: &std::path::Path) -> Result<(Self, Vec<String>), Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::InvalidInput(format!("{}: {e} (CLINC150 lives in ../shared/datasets when present)", path.display()))
+        })?;
+        let clinc: Clinc = serde_json::from_str(&text).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let mut intents: Vec<String> = clinc.train.iter().map(|(_, l)| l.clone()).collect();
+        intents.sort();
+        intents.dedup();
+        Ok((clinc, intents))
+    }
 }
 
 pub fn run(cli: &Cli, args: &HeadsBenchArgs) -> Result<(), Error> {
-    let text = std::fs::read_to_string(&args.data).map_err(|e| {
-        Error::InvalidInput(format!("{}: {e} (CLINC150 lives in ../shared/datasets when present)", args.data.display()))
-    })?;
-    let clinc: Clinc = serde_json::from_str(&text).map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let mut intents: Vec<String> = clinc.train.iter().map(|(_, l)| l.clone()).collect();
-    intents.sort();
-    intents.dedup();
+    let (clinc, intents) = Clinc::load(&args.data)?;
     let index = |label: &str| intents.binary_search_by(|l| l.as_str().cmp(label)).ok();
 
     let all: Vec<&str> = [&clinc.train, &clinc.val, &clinc.test, &clinc.oos_test]
@@ -213,12 +221,12 @@ fn out_of_scope(
     }))
 }
 
-fn mean(values: &[f64]) -> f64 {
+pub(crate) fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
 /// `k` examples per intent, drawn reproducibly with `seed`.
-fn sample_k(split: &Split, classes: usize, k: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn sample_k(split: &Split, classes: usize, k: usize, seed: u64) -> Vec<usize> {
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &label) in split.labels.iter().enumerate() {
         by_class[label].push(i);

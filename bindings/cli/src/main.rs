@@ -1,6 +1,7 @@
 //! `attune`: the command line over the Attune runtime.
 
 mod bench;
+mod bench_adapt;
 mod bench_heads;
 mod bench_ranking;
 mod bench_search;
@@ -158,6 +159,8 @@ enum BenchCommand {
     Store(bench_store::StoreBenchArgs),
     /// Head training on CLINC150 (from ../shared/datasets when present).
     Heads(bench_heads::HeadsBenchArgs),
+    /// Adapting the backbone's top layers on CLINC150, against the frozen backbone.
+    Adapt(bench_adapt::AdaptBenchArgs),
     /// Exact top-k search latency over many documents.
     Search(bench_search::SearchBenchArgs),
     /// NDCG@10 of personalised search for simulated users on CLINC150.
@@ -231,6 +234,7 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),
         Command::Bench { what: BenchCommand::Store(args) } => bench_store::run(cli.json, args),
         Command::Bench { what: BenchCommand::Heads(args) } => bench_heads::run(&cli, args),
+        Command::Bench { what: BenchCommand::Adapt(args) } => bench_adapt::run(&cli, args),
         Command::Bench { what: BenchCommand::Search(args) } => bench_search::run(cli.json, args),
         Command::Bench { what: BenchCommand::Ranking(args) } => bench_ranking::run(&cli, args),
     };

@@ -12,6 +12,7 @@ mod heads;
 mod items;
 mod rights;
 mod schema;
+mod trunk_states;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub use features::VectorEncoding;
 pub use heads::{HeadInfo, HeadPrivacy, LedgerEntry, NewHead, StoredHead};
 pub use items::{Document, FeedbackEvent, NewDocument, NewFeedback, Signal};
 pub use rights::{Forget, ForgetOutcome, Retention};
+pub use trunk_states::{TrunkKey, TrunkStateRows};
 
 use crate::error::{Error, Result};
 

@@ -35,7 +35,7 @@ pub struct ForgetOutcome {
     pub examples: u64,
     pub documents: u64,
     pub feedback: u64,
-    /// Cached vectors that no remaining row used.
+    /// Cached vectors (and examples' trunk states) that no remaining row used.
     pub vectors: u64,
     /// Heads trained on forgotten data: erased, and deactivated if active.
     pub heads_invalidated: u64,
@@ -83,6 +83,7 @@ impl Store {
                     outcome.add(forget_task(tx, TaskId(id))?);
                 }
                 outcome.vectors += tx.execute("DELETE FROM features", [])? as u64;
+                outcome.vectors += tx.execute("DELETE FROM trunk_states", [])? as u64;
                 return Ok(outcome);
             }
             let name = task.ok_or_else(|| Error::InvalidInput("forgetting needs a task".into()))?;
@@ -321,17 +322,21 @@ fn invalidate_heads(tx: &Transaction<'_>, task: TaskId, trained: Trained) -> Res
 }
 
 /// Removes cached vectors of `hashes` that no example, document or feedback
-/// query still uses.
+/// query still uses, and cached trunk states that no example uses (only
+/// examples have them); returns how many of both went.
 pub(crate) fn drop_unreferenced_features(tx: &Transaction<'_>, hashes: &[Vec<u8>]) -> Result<u64> {
-    let mut statement = tx.prepare_cached(
+    let mut vectors = tx.prepare_cached(
         "DELETE FROM features WHERE text_hash = ?1
            AND NOT EXISTS (SELECT 1 FROM examples WHERE text_hash = ?1)
            AND NOT EXISTS (SELECT 1 FROM documents WHERE text_hash = ?1)
            AND NOT EXISTS (SELECT 1 FROM feedback WHERE query_hash = ?1)",
     )?;
+    let mut states = tx.prepare_cached(
+        "DELETE FROM trunk_states WHERE text_hash = ?1 AND NOT EXISTS (SELECT 1 FROM examples WHERE text_hash = ?1)",
+    )?;
     let mut removed = 0;
     for hash in hashes {
-        removed += statement.execute([hash])? as u64;
+        removed += vectors.execute([hash])? as u64 + states.execute([hash])? as u64;
     }
     Ok(removed)
 }

@@ -7,7 +7,7 @@ use rusqlite::{Connection, Transaction};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes.
-pub(crate) const VERSION: i64 = 3;
+pub(crate) const VERSION: i64 = 4;
 
 /// The current schema, for a new file. Every table hangs off `tasks`, so
 /// forgetting a task cascades; `features` is shared across tasks and keyed by
@@ -18,6 +18,9 @@ pub(crate) const VERSION: i64 = 3;
 /// a private head's task ledger when it was trained, `heads.origin` whether
 /// the device trained it (`local`) or adopted it from federated rounds
 /// (`shared`).
+/// `trunk_states` caches, for tasks that adapt the backbone's top layers,
+/// examples' token states below them (f16), keyed like `features` plus the
+/// number of layers above the trunk.
 /// `features` keeps a rowid: a 1.5 KB vector overflows a WITHOUT ROWID row
 /// (~1 KB local payload) into its own page, tripling the file.
 const CREATE: &str = "
@@ -86,6 +89,17 @@ CREATE TABLE features (
     encoding INTEGER NOT NULL,
     vector BLOB NOT NULL,
     UNIQUE (text_hash, fingerprint)
+);
+
+CREATE TABLE trunk_states (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    layers INTEGER NOT NULL,
+    text_hash BLOB NOT NULL,
+    tokens INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    states BLOB NOT NULL,
+    UNIQUE (text_hash, fingerprint, layers)
 );
 
 CREATE TABLE heads (
@@ -164,6 +178,19 @@ fn upgrade_step(transaction: &Transaction<'_>, from: i64) -> Result<()> {
         2 => transaction.execute_batch(
             "ALTER TABLE heads ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local', 'shared'));",
         )?,
+        // Version 4: the trunk-state cache of adapting tasks.
+        3 => transaction.execute_batch(
+            "CREATE TABLE trunk_states (
+                id INTEGER PRIMARY KEY,
+                fingerprint TEXT NOT NULL,
+                layers INTEGER NOT NULL,
+                text_hash BLOB NOT NULL,
+                tokens INTEGER NOT NULL,
+                width INTEGER NOT NULL,
+                states BLOB NOT NULL,
+                UNIQUE (text_hash, fingerprint, layers)
+            );",
+        )?,
         _ => return Err(Error::Storage(format!("no upgrade path from schema version {from}"))),
     }
     Ok(())
@@ -224,6 +251,7 @@ mod tests {
             (1, include_str!("schema_history/v1.sql")),
             (2, include_str!("schema_history/v2.sql")),
             (3, include_str!("schema_history/v3.sql")),
+            (4, include_str!("schema_history/v4.sql")),
         ];
         assert_eq!(history.last().unwrap().0, VERSION, "freeze the current schema in schema_history/");
         for (version, sql) in history {

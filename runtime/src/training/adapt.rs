@@ -11,6 +11,7 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::optimizer::{Optimizer, OptimizerKind, learning_rate};
+use super::parallel::in_parallel;
 use super::rng::SplitMix;
 use crate::error::{Error, Result};
 use crate::model::Pooling;
@@ -122,16 +123,14 @@ fn step(optimizer: &mut Optimizer, layers: &mut [Layer], gradients: &mut [Layer]
     optimizer.step_slices(&mut slices, &grads, &vec![None; grads.len()], lr, &decays);
 }
 
-/// The sentence vectors of texts given their trunk states, through `top`.
+/// The sentence vectors of texts given their trunk states, through `top`
+/// (runs of 64 texts, spread over the cores).
 pub(crate) fn embed(top: &Top, states: &[Array2<f32>]) -> Vec<Vec<f32>> {
     const TEXTS_PER_RUN: usize = 64;
-    let mut vectors = Vec::with_capacity(states.len());
-    for chunk in states.chunks(TEXTS_PER_RUN) {
-        let members: Vec<usize> = (0..chunk.len()).collect();
-        let (pooled, _) = forward(top, chunk, &members);
-        vectors.extend(pooled.rows().into_iter().map(|row| row.to_vec()));
-    }
-    vectors
+    let runs: Vec<Vec<usize>> =
+        (0..states.len()).collect::<Vec<_>>().chunks(TEXTS_PER_RUN).map(<[usize]>::to_vec).collect();
+    let pooled = in_parallel(&runs, |members| forward(top, states, members).0);
+    pooled.iter().flat_map(|run| run.rows().into_iter().map(|row| row.to_vec())).collect()
 }
 
 /// A forward pass over `members` of `states` packed into one batch: the

@@ -32,6 +32,7 @@ mod promotion;
 mod report;
 mod rng;
 mod split;
+mod top_layers;
 mod validation;
 
 use std::time::{Duration, Instant};
@@ -44,6 +45,7 @@ pub(crate) use federated::{clip_update, fit_from_shared, privatize};
 pub use optimizer::OptimizerKind;
 pub use promotion::{ActiveHeadEvidence, PromotionBasis, PromotionDecision, decide_promotion};
 pub use report::{CandidateHead, CandidateReport, EpochProgress, TrainReport, ValidationMethod};
+pub use top_layers::{AdaptOptions, AdaptedTop, TrunkStates};
 
 use crate::error::{Error, Result};
 use crate::heads::{Head, HeadKind, Params};

@@ -29,6 +29,13 @@ impl Layer {
         }
     }
 
+    /// Adds `other`'s weights to this layer's (gradients of two batches).
+    pub fn add(&mut self, mut other: Layer) {
+        for ((sum, _), (part, _)) in self.parameters_mut().into_iter().zip(other.parameters_mut()) {
+            sum.iter_mut().zip(part.iter()).for_each(|(s, p)| *s += p);
+        }
+    }
+
     /// Adds to `gradients` the gradient of a loss with respect to every
     /// weight, given the loss's gradient with respect to the layer's output
     /// (`d_output`, `[tokens, width]`); returns its gradient with respect to

@@ -1,0 +1,127 @@
+//! Adaptation of a backbone's top layers as the runtime's callers see it:
+//! texts' trunk states from an encoder, adaptation on them, and sentence
+//! vectors through the adapted (or unmodified) top. No ndarray on this
+//! surface.
+
+use ndarray::Array2;
+
+use super::adapt::{self, AdaptSettings, Top};
+use crate::encoder::{EncodeListener, Encoder};
+use crate::error::{Error, Result};
+
+/// Texts' token states below the top layers, one `[tokens, width]` block each.
+#[derive(Debug, Clone)]
+pub struct TrunkStates {
+    layers: usize,
+    states: Vec<Array2<f32>>,
+}
+
+impl TrunkStates {
+    /// Runs `texts` through `encoder`'s trunk below its top `layers` layers.
+    pub fn compute(
+        encoder: &dyn Encoder,
+        layers: usize,
+        texts: &[&str],
+        listener: &dyn EncodeListener,
+    ) -> Result<Self> {
+        Ok(Self { layers, states: encoder.trunk_states(texts, layers, listener)? })
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// The states of `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> Self {
+        Self { layers: self.layers, states: rows.iter().map(|&r| self.states[r].clone()).collect() }
+    }
+}
+
+/// Settings of `AdaptedTop::adapt`; the defaults are the issue's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptOptions {
+    pub steps: usize,
+    pub labels_per_batch: usize,
+    pub examples_per_label: usize,
+    pub temperature: f32,
+    pub learning_rate: f32,
+    pub weight_decay: f32,
+    pub seed: u64,
+}
+
+impl Default for AdaptOptions {
+    fn default() -> Self {
+        let d = AdaptSettings::default();
+        Self {
+            steps: d.steps,
+            labels_per_batch: d.labels_per_batch,
+            examples_per_label: d.examples_per_label,
+            temperature: d.temperature,
+            learning_rate: d.learning_rate,
+            weight_decay: d.weight_decay,
+            seed: d.seed,
+        }
+    }
+}
+
+/// A backbone's top layers, as loaded or after adaptation.
+#[derive(Debug, Clone)]
+pub struct AdaptedTop {
+    top: Top,
+    /// Steps taken and the first and last batch's loss (none when unmodified).
+    pub steps: usize,
+    pub first_loss: f32,
+    pub last_loss: f32,
+}
+
+impl AdaptedTop {
+    /// `encoder`'s top `layers` layers, unmodified.
+    pub fn of(encoder: &dyn Encoder, layers: usize) -> Result<Self> {
+        let top = encoder.top_layers(layers)?;
+        let top = Top { layers: top.layers, pooling: top.pooling, normalize: top.normalize };
+        Ok(Self { top, steps: 0, first_loss: f32::NAN, last_loss: f32::NAN })
+    }
+
+    /// This top adapted to `labels` (one per row of `states`).
+    pub fn adapt(
+        &self,
+        states: &TrunkStates,
+        labels: &[usize],
+        options: &AdaptOptions,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Self> {
+        self.check(states)?;
+        let settings = AdaptSettings {
+            steps: options.steps,
+            labels_per_batch: options.labels_per_batch,
+            examples_per_label: options.examples_per_label,
+            temperature: options.temperature,
+            learning_rate: options.learning_rate,
+            weight_decay: options.weight_decay,
+            seed: options.seed,
+        };
+        let done = adapt::adapt(&self.top, &states.states, labels, &settings, should_stop)?;
+        Ok(Self { top: done.top, steps: done.steps, first_loss: done.first_loss, last_loss: done.last_loss })
+    }
+
+    /// The sentence vectors of `states`' texts, row after row.
+    pub fn embed(&self, states: &TrunkStates) -> Result<Vec<f32>> {
+        self.check(states)?;
+        Ok(adapt::embed(&self.top, &states.states).concat())
+    }
+
+    fn check(&self, states: &TrunkStates) -> Result<()> {
+        if states.layers != self.top.layers.len() {
+            return Err(Error::InvalidInput(format!(
+                "trunk states below {} layers given to a top of {}",
+                states.layers,
+                self.top.layers.len()
+            )));
+        }
+        Ok(())
+    }
+}
