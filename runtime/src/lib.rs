@@ -17,9 +17,6 @@ mod store;
 mod training;
 // Top layers in our own code, for on-device adaptation (issue 17, being
 // built): only tests use it yet.
-// Adaptation of the top layers (issue 17) is being built: training does not
-// call it yet.
-#[cfg_attr(not(test), allow(dead_code))]
 mod transformer;
 
 pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent};

@@ -107,6 +107,9 @@ fn cache_trunk_states(p: &Personalizer) {
     let fingerprint = p.encoder().fingerprint().to_string();
     let stored = p.store().cache_trunk_states(trunk_key(&fingerprint), &entries).unwrap();
     assert_eq!(stored, 2, "a document's states are refused");
+    let stats = p.stats("notes").unwrap();
+    let bytes: usize = rows[..2].iter().map(|r| r.values.len() * 2).sum();
+    assert_eq!((stats.trunk_states, stats.trunk_state_bytes), (2, bytes as u64), "stats report the cache");
 }
 
 /// The cached trunk states' raw bytes, straight from the database file.
@@ -134,6 +137,7 @@ fn forget_and_check(p: &Personalizer, secret_head: u32) {
         "trunk states of forgotten examples"
     );
     assert_eq!(p.store().trunk_state_size().unwrap(), (0, 0));
+    assert_eq!(p.stats("notes").unwrap().trunk_state_bytes, 0);
 
     let heads = p.heads("notes").unwrap();
     let old = heads.iter().find(|h| h.version == secret_head).unwrap();

@@ -37,6 +37,17 @@ pub struct AdaptBenchArgs {
     labels_per_batch: usize,
     #[arg(long, default_value_t = AdaptOptions::default().examples_per_label)]
     examples_per_label: usize,
+    /// Low-rank adaptation of this rank instead of every weight.
+    #[arg(long)]
+    rank: Option<usize>,
+}
+
+/// One sample's accuracy and training seconds, frozen and adapted.
+struct Run {
+    frozen_accuracy: f64,
+    frozen_s: f64,
+    adapted_accuracy: f64,
+    adapted_s: f64,
 }
 
 pub fn run(cli: &Cli, args: &AdaptBenchArgs) -> Result<(), Error> {
@@ -63,10 +74,12 @@ pub fn run(cli: &Cli, args: &AdaptBenchArgs) -> Result<(), Error> {
         temperature: args.temperature,
         labels_per_batch: args.labels_per_batch,
         examples_per_label: args.examples_per_label,
+        rank: args.rank,
         ..AdaptOptions::default()
     };
     let dim = encoder.dim();
     let mut results = Vec::new();
+    let mut stored_values = 0;
     for &k in &args.shots {
         let mut rows = Vec::new();
         for seed in 0..args.seeds {
@@ -102,19 +115,22 @@ pub fn run(cli: &Cli, args: &AdaptBenchArgs) -> Result<(), Error> {
                  (adapt {adapt_s:.1} s, loss {:.3} -> {:.3})",
                 adapted.first_loss, adapted.last_loss
             );
-            rows.push((frozen_accuracy, frozen_s, adapted_accuracy, adapt_s + head_s));
+            rows.push(Run { frozen_accuracy, frozen_s, adapted_accuracy, adapted_s: adapt_s + head_s });
+            stored_values = adapted.trained_values;
         }
-        let column = |f: &dyn Fn(&(f64, f64, f64, f64)) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+        let column = |f: &dyn Fn(&Run) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
         results.push(serde_json::json!({
             "setting": format!("k={k}"),
-            "frozen_accuracy": mean(&column(&|r| r.0)), "frozen_train_s": mean(&column(&|r| r.1)),
-            "adapted_accuracy": mean(&column(&|r| r.2)), "adapted_train_s": mean(&column(&|r| r.3)),
-            "frozen_per_seed": column(&|r| r.0), "adapted_per_seed": column(&|r| r.2),
+            "frozen_accuracy": mean(&column(&|r| r.frozen_accuracy)), "frozen_train_s": mean(&column(&|r| r.frozen_s)),
+            "adapted_accuracy": mean(&column(&|r| r.adapted_accuracy)),
+            "adapted_train_s": mean(&column(&|r| r.adapted_s)),
+            "frozen_per_seed": column(&|r| r.frozen_accuracy), "adapted_per_seed": column(&|r| r.adapted_accuracy),
         }));
     }
     let document = serde_json::json!({
         "model": encoder.manifest().id, "layers": args.layers, "trunk_states_s": trunk_s,
         "steps": args.steps, "learning_rate": args.learning_rate, "temperature": args.temperature,
+        "rank": args.rank, "adapted_values_stored": stored_values,
         "results": results,
     });
     println!("{}", serde_json::to_string_pretty(&document).map_err(|e| Error::Storage(e.to_string()))?);

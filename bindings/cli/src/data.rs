@@ -416,16 +416,20 @@ pub fn stats(cli: &Cli) -> Result<(), Error> {
     let info = open(cli)?.stats(&cli.task)?;
     if cli.json {
         print_json(&serde_json::json!({"task": info.name, "examples": info.examples, "labels": info.labels,
-            "documents": info.documents, "feedback": info.feedback, "active_head": info.active_head_version}));
+            "documents": info.documents, "feedback": info.feedback, "active_head": info.active_head_version,
+            "trunk_states": info.trunk_states, "trunk_state_bytes": info.trunk_state_bytes}));
     } else {
         println!(
-            "{}: {} examples in {} labels, {} documents, {} feedback events, active head {}",
+            "{}: {} examples in {} labels, {} documents, {} feedback events, active head {}, \
+             trunk states of {} examples ({:.1} MB)",
             info.name,
             info.examples,
             info.labels,
             info.documents,
             info.feedback,
-            info.active_head_version.map_or("none".to_string(), |v| format!("v{v}"))
+            info.active_head_version.map_or("none".to_string(), |v| format!("v{v}")),
+            info.trunk_states,
+            info.trunk_state_bytes as f64 / 1e6
         );
     }
     Ok(())

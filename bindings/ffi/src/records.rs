@@ -534,6 +534,10 @@ pub struct TaskStats {
     pub feedback: u64,
     /// The head predictions come from, if one is trained.
     pub active_head_version: Option<u32>,
+    /// Examples with cached trunk states (tasks that adapt the backbone's
+    /// top layers), and the bytes those states take.
+    pub trunk_states: u64,
+    pub trunk_state_bytes: u64,
 }
 
 impl From<attune::TaskInfo> for TaskStats {
@@ -545,6 +549,8 @@ impl From<attune::TaskInfo> for TaskStats {
             documents: t.documents,
             feedback: t.feedback,
             active_head_version: t.active_head_version,
+            trunk_states: t.trunk_states,
+            trunk_state_bytes: t.trunk_state_bytes,
         }
     }
 }

@@ -27,7 +27,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
+#[cfg(feature = "tract")]
+use std::sync::{Arc, Mutex};
 
 use ndarray::Array2;
 

@@ -115,6 +115,10 @@ pub struct TaskInfo {
     pub feedback: u64,
     pub retention: Retention,
     pub active_head_version: Option<u32>,
+    /// Examples' texts with cached trunk states (tasks that adapt the
+    /// backbone's top layers), and those states' bytes.
+    pub trunk_states: u64,
+    pub trunk_state_bytes: u64,
 }
 
 /// The on-device database. `Send + Sync`: share it behind an `Arc`.
@@ -243,8 +247,14 @@ fn task_info(tx: &Transaction<'_>, name: &str) -> Result<TaskInfo> {
             max_age: max_age_ms.map(|ms| Duration::from_millis(ms as u64)),
         },
         active_head_version: active.map(|v| v as u32),
+        trunk_states: count(&format!("SELECT count(*) FROM trunk_states WHERE {OF_TASK_EXAMPLES}"))?,
+        trunk_state_bytes: count(&format!(
+            "SELECT coalesce(sum(length(states)), 0) FROM trunk_states WHERE {OF_TASK_EXAMPLES}"
+        ))?,
     })
 }
+
+const OF_TASK_EXAMPLES: &str = "text_hash IN (SELECT text_hash FROM examples WHERE task_id = ?1)";
 
 pub(crate) fn task_id(tx: &Connection, name: &str) -> Result<TaskId> {
     tx.query_row("SELECT id FROM tasks WHERE name = ?1", [name], |row| row.get(0))

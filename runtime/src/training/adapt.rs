@@ -10,6 +10,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
+use super::low_rank::LowRank;
 use super::optimizer::{Optimizer, OptimizerKind, learning_rate};
 use super::parallel::in_parallel;
 use super::rng::SplitMix;
@@ -27,6 +28,8 @@ pub(crate) struct AdaptSettings {
     pub temperature: f32,
     pub learning_rate: f32,
     pub weight_decay: f32,
+    /// Low-rank factors of this rank instead of every weight (`low_rank`).
+    pub rank: Option<usize>,
     pub seed: u64,
 }
 
@@ -41,6 +44,7 @@ impl Default for AdaptSettings {
             temperature: 0.1,
             learning_rate: 3e-5,
             weight_decay: 0.01,
+            rank: None,
             seed: 0,
         }
     }
@@ -59,6 +63,8 @@ pub(crate) struct Top {
 #[derive(Debug, Clone)]
 pub(crate) struct Adaptation {
     pub top: Top,
+    /// The trained factors, when adaptation was low-rank.
+    pub low_rank: Option<LowRank>,
     pub steps: usize,
     /// The contrastive loss of the first and the last batch.
     pub first_loss: f32,
@@ -82,9 +88,11 @@ pub(crate) fn adapt(
     if sampler.eligible.len() < 2 {
         return Err(Error::InvalidInput("adaptation needs two labels with at least two examples each".into()));
     }
+    // Biases and norms are trained here, and the weights too unless a
+    // low-rank adaptation trains factors of them instead.
     let mut adapted = top.clone();
-    let sizes: Vec<usize> = adapted.layers.iter_mut().flat_map(|l| l.parameters_mut()).map(|(p, _)| p.len()).collect();
-    let mut optimizer = Optimizer::for_sizes(OptimizerKind::AdamW, &sizes);
+    let mut low_rank = settings.rank.map(|rank| LowRank::new(&top.layers, rank.max(1), settings.seed));
+    let mut optimizer = Optimizer::for_sizes(OptimizerKind::AdamW, &trained_sizes(&mut adapted, low_rank.as_mut()));
     let warmup = (settings.steps / 10).max(1);
     let (mut first_loss, mut last_loss, mut steps) = (f32::NAN, f32::NAN, 0);
     while steps < settings.steps {
@@ -92,7 +100,10 @@ pub(crate) fn adapt(
             break;
         }
         let batch = sampler.next_batch();
-        let (loss, mut gradients) = loss_and_gradients(&adapted, states, labels, &batch, settings.temperature);
+        let merged =
+            low_rank.as_ref().map(|factors| Top { layers: factors.merged(&adapted.layers), ..adapted.clone() });
+        let current = merged.as_ref().unwrap_or(&adapted);
+        let (loss, mut gradients) = loss_and_gradients(current, states, labels, &batch, settings.temperature);
         if !loss.is_finite() {
             return Err(Error::InvalidInput(format!("the contrastive loss became {loss} at step {steps}")));
         }
@@ -101,23 +112,55 @@ pub(crate) fn adapt(
         }
         last_loss = loss;
         let lr = learning_rate(settings.learning_rate, steps, warmup, settings.steps);
-        step(&mut optimizer, &mut adapted.layers, &mut gradients, lr, settings.weight_decay);
+        step(&mut optimizer, &mut adapted.layers, low_rank.as_mut(), &mut gradients, lr, settings.weight_decay);
         steps += 1;
     }
     if steps == 0 {
         return Err(Error::Cancelled);
+    }
+    if let Some(factors) = &low_rank {
+        adapted.layers = factors.merged(&adapted.layers);
     }
     let finite =
         adapted.layers.iter_mut().flat_map(|l| l.parameters_mut()).all(|(p, _)| p.iter().all(|v| v.is_finite()));
     if !finite {
         return Err(Error::InvalidInput("adaptation produced non-finite weights".into()));
     }
-    Ok(Adaptation { top: adapted, steps, first_loss, last_loss })
+    Ok(Adaptation { top: adapted, low_rank, steps, first_loss, last_loss })
 }
 
-fn step(optimizer: &mut Optimizer, layers: &mut [Layer], gradients: &mut [Layer], lr: f32, weight_decay: f32) {
-    let mut params: Vec<(&mut [f32], bool)> = layers.iter_mut().flat_map(Layer::parameters_mut).collect();
-    let grads: Vec<&[f32]> = gradients.iter_mut().flat_map(Layer::parameters_mut).map(|(g, _)| &*g).collect();
+/// The sizes of what the optimiser updates, in `step`'s order.
+fn trained_sizes(top: &mut Top, low_rank: Option<&mut LowRank>) -> Vec<usize> {
+    let mut sizes: Vec<usize> = low_rank.map(|f| f.values_mut().iter().map(|v| v.len()).collect()).unwrap_or_default();
+    let full = sizes.is_empty();
+    let own = top.layers.iter_mut().flat_map(Layer::parameters_mut).filter(|&(_, matrix)| full || !matrix);
+    sizes.extend(own.map(|(p, _)| p.len()));
+    sizes
+}
+
+/// One optimiser step: the factors (if low-rank) then the layers' own
+/// tensors (all of them, or only biases and norms when low-rank).
+fn step(
+    optimizer: &mut Optimizer,
+    layers: &mut [Layer],
+    low_rank: Option<&mut LowRank>,
+    gradients: &mut [Layer],
+    lr: f32,
+    weight_decay: f32,
+) {
+    let factor_gradients = low_rank.as_ref().map(|f| f.gradients(gradients));
+    let full = low_rank.is_none();
+    let mut params: Vec<(&mut [f32], bool)> = Vec::new();
+    let mut grads: Vec<&[f32]> = Vec::new();
+    if let (Some(factors), Some(factor_gradients)) = (low_rank, &factor_gradients) {
+        params.extend(factors.values_mut().into_iter().map(|v| (v, true)));
+        for (a, b) in factor_gradients.iter().flatten() {
+            grads.extend([a.as_slice().expect("standard layout"), b.as_slice().expect("standard layout")]);
+        }
+    }
+    params.extend(layers.iter_mut().flat_map(Layer::parameters_mut).filter(|&(_, matrix)| full || !matrix));
+    let own = gradients.iter_mut().flat_map(Layer::parameters_mut).filter(|&(_, matrix)| full || !matrix);
+    grads.extend(own.map(|(g, _)| &*g));
     let decays: Vec<f32> = params.iter().map(|&(_, decays)| if decays { weight_decay } else { 0.0 }).collect();
     let mut slices: Vec<&mut [f32]> = params.iter_mut().map(|(p, _)| &mut **p).collect();
     optimizer.step_slices(&mut slices, &grads, &vec![None; grads.len()], lr, &decays);
@@ -227,7 +270,7 @@ fn contrastive_loss(vectors: &Array2<f32>, labels: &[usize], temperature: f32) -
 /// z = u / ‖u‖: du = (dz − z (z·dz)) / ‖u‖ per row.
 fn normalisation_backward(vectors: &Array2<f32>, norms: &Array1<f32>, d_vectors: &Array2<f32>) -> Array2<f32> {
     let along = (vectors * d_vectors).sum_axis(Axis(1)).insert_axis(Axis(1));
-    (d_vectors - &(vectors * &along)) / &norms.view().insert_axis(Axis(1))
+    (d_vectors - &(vectors * &along)) / norms.view().insert_axis(Axis(1))
 }
 
 /// Each text's pooled gradient back onto its tokens.
@@ -390,6 +433,63 @@ mod tests {
         assert_eq!(embed(&first.top, &states), embed(&again.top, &states));
         let other = adapt(&top, &states, &labels, &AdaptSettings { seed: 7, ..settings }, &|| false).unwrap();
         assert_ne!(embed(&first.top, &states), embed(&other.top, &states));
+    }
+
+    #[test]
+    fn low_rank_adaptation_lowers_the_loss_with_few_values() {
+        let (top, states, labels) = toy(Pooling::Mean);
+        let settings = AdaptSettings {
+            steps: 40,
+            labels_per_batch: 4,
+            examples_per_label: 3,
+            learning_rate: 3e-2,
+            rank: Some(2),
+            ..Default::default()
+        };
+        let adapted = adapt(&top, &states, &labels, &settings, &|| false).unwrap();
+        assert!(adapted.last_loss < 0.7 * adapted.first_loss, "{} -> {}", adapted.first_loss, adapted.last_loss);
+        let factors = adapted.low_rank.expect("low-rank factors");
+        assert_eq!(factors.len(), 2 * (4 * (8 * 2 + 2 * 8) + (8 * 2 + 2 * 16) + (16 * 2 + 2 * 8)));
+        // The adapted weights are the frozen ones plus the factors' product.
+        let merged = factors.merged(&top.layers);
+        let differs = |a: &Layer, b: &Layer| a.query.weight.iter().zip(&b.query.weight).any(|(x, y)| x != y);
+        assert!(differs(&merged[0], &top.layers[0]) && !differs(&merged[0], &adapted.top.layers[0]));
+    }
+
+    #[test]
+    fn low_rank_gradients_match_finite_differences() {
+        let (top, states, labels) = toy(Pooling::Mean);
+        let mut factors = LowRank::new(&top.layers, 2, 3);
+        for value in factors.values_mut().into_iter().flatten() {
+            *value += 0.05;
+        }
+        let members: Vec<usize> = (0..12).collect();
+        let loss_at = |factors: &LowRank| {
+            let merged = Top { layers: factors.merged(&top.layers), ..top.clone() };
+            batch_loss(&merged, &states, &labels, &members)
+        };
+        let merged = Top { layers: factors.merged(&top.layers), ..top.clone() };
+        let (_, gradients) = loss_and_gradients(&merged, &states, &labels, &members, 0.1);
+        let analytic = factors.gradients(&gradients);
+        for (layer, product, b_side, index) in [(0, 0, false, 3), (1, 4, true, 5), (0, 5, true, 1), (1, 2, false, 0)] {
+            let pick = |g: &(Array2<f32>, Array2<f32>)| {
+                if b_side { g.1.as_slice().unwrap()[index] } else { g.0.as_slice().unwrap()[index] }
+            };
+            let step = 1e-2;
+            let shifted = |delta: f32| {
+                let mut f = factors.clone();
+                let (a, b) = &mut f.factors[layer][product];
+                let target = if b_side { b } else { a };
+                target.as_slice_mut().unwrap()[index] += delta;
+                loss_at(&f)
+            };
+            let numeric = (shifted(step) - shifted(-step)) / (2.0 * step);
+            let value = pick(&analytic[layer][product]);
+            assert!(
+                (value - numeric).abs() <= 2e-3 + 3e-2 * numeric.abs(),
+                "layer {layer} product {product}: {value} vs {numeric}"
+            );
+        }
     }
 
     #[test]

@@ -15,9 +15,6 @@
 //! active one), `dp` (differentially private training and its accountant),
 //! `adapt` (contrastive adaptation of the backbone's top layers).
 
-// Adaptation of the top layers (issue 17) is being built: `train` does not
-// call it yet.
-#[cfg_attr(not(test), allow(dead_code))]
 mod adapt;
 mod calibration;
 mod candidates;
@@ -25,6 +22,7 @@ mod data;
 mod dp;
 mod federated;
 mod fit;
+mod low_rank;
 mod optimizer;
 mod parallel;
 mod plan;

@@ -50,6 +50,8 @@ pub struct AdaptOptions {
     pub temperature: f32,
     pub learning_rate: f32,
     pub weight_decay: f32,
+    /// Low-rank factors of this rank instead of every weight.
+    pub rank: Option<usize>,
     pub seed: u64,
 }
 
@@ -63,6 +65,7 @@ impl Default for AdaptOptions {
             temperature: d.temperature,
             learning_rate: d.learning_rate,
             weight_decay: d.weight_decay,
+            rank: d.rank,
             seed: d.seed,
         }
     }
@@ -72,6 +75,9 @@ impl Default for AdaptOptions {
 #[derive(Debug, Clone)]
 pub struct AdaptedTop {
     top: Top,
+    /// Values a head must store for this top beyond the backbone's own
+    /// weights: every weight, or low-rank factors with biases and norms.
+    pub trained_values: usize,
     /// Steps taken and the first and last batch's loss (none when unmodified).
     pub steps: usize,
     pub first_loss: f32,
@@ -83,7 +89,7 @@ impl AdaptedTop {
     pub fn of(encoder: &dyn Encoder, layers: usize) -> Result<Self> {
         let top = encoder.top_layers(layers)?;
         let top = Top { layers: top.layers, pooling: top.pooling, normalize: top.normalize };
-        Ok(Self { top, steps: 0, first_loss: f32::NAN, last_loss: f32::NAN })
+        Ok(Self { top, trained_values: 0, steps: 0, first_loss: f32::NAN, last_loss: f32::NAN })
     }
 
     /// This top adapted to `labels` (one per row of `states`).
@@ -102,10 +108,32 @@ impl AdaptedTop {
             temperature: options.temperature,
             learning_rate: options.learning_rate,
             weight_decay: options.weight_decay,
+            rank: options.rank,
             seed: options.seed,
         };
-        let done = adapt::adapt(&self.top, &states.states, labels, &settings, should_stop)?;
-        Ok(Self { top: done.top, steps: done.steps, first_loss: done.first_loss, last_loss: done.last_loss })
+        let mut done = adapt::adapt(&self.top, &states.states, labels, &settings, should_stop)?;
+        let all: usize = done.top.layers.iter_mut().flat_map(|l| l.parameters_mut()).map(|(p, _)| p.len()).sum();
+        let trained_values = match &done.low_rank {
+            Some(factors) => {
+                let matrices: usize = done
+                    .top
+                    .layers
+                    .iter_mut()
+                    .flat_map(|l| l.parameters_mut())
+                    .filter(|p| p.1)
+                    .map(|(p, _)| p.len())
+                    .sum();
+                factors.len() + all - matrices
+            }
+            None => all,
+        };
+        Ok(Self {
+            top: done.top,
+            trained_values,
+            steps: done.steps,
+            first_loss: done.first_loss,
+            last_loss: done.last_loss,
+        })
     }
 
     /// The sentence vectors of `states`' texts, row after row.

@@ -129,6 +129,17 @@ impl Layer {
         }
     }
 
+    /// The six weight products: query, key, value, attention output,
+    /// intermediate, output.
+    pub fn products(&self) -> [&Dense; 6] {
+        [&self.query, &self.key, &self.value, &self.attention_output, &self.intermediate, &self.output]
+    }
+
+    pub fn products_mut(&mut self) -> [&mut Dense; 6] {
+        let Layer { query, key, value, attention_output, intermediate, output, .. } = self;
+        [query, key, value, attention_output, intermediate, output]
+    }
+
     /// Every trainable tensor as a flat slice, in a fixed order, with
     /// whether weight decay applies to it (the matrices, not biases or
     /// norms).
