@@ -34,11 +34,12 @@ pub(crate) struct AdaptSettings {
 }
 
 impl Default for AdaptSettings {
-    /// The settings the experiment found (32 labels × 4, τ 0.1,
-    /// AdamW at 2e-5 to 5e-5 for 60 steps).
+    /// The experiment's settings (32 labels × 4, τ 0.1, AdamW at
+    /// 3e-5), with 80 steps: on CLINC150 k = 10 60 steps gained 0.99
+    /// points, 80 gained 1.02 (README, "Adapting the top layers").
     fn default() -> Self {
         Self {
-            steps: 60,
+            steps: 80,
             labels_per_batch: 32,
             examples_per_label: 4,
             temperature: 0.1,
