@@ -9,6 +9,23 @@ use crate::error::{Error, Result};
 /// Schema version this build writes.
 pub(crate) const VERSION: i64 = 4;
 
+/// The trunk-state cache table, shared by `CREATE` and version 4's step.
+macro_rules! trunk_states_table {
+    () => {
+        "CREATE TABLE trunk_states (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    layers INTEGER NOT NULL,
+    text_hash BLOB NOT NULL,
+    tokens INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    states BLOB NOT NULL,
+    UNIQUE (text_hash, fingerprint, layers)
+);
+"
+    };
+}
+
 /// The current schema, for a new file. Every table hangs off `tasks`, so
 /// forgetting a task cascades; `features` is shared across tasks and keyed by
 /// (text hash, model fingerprint), so a text is embedded once per model.
@@ -23,7 +40,8 @@ pub(crate) const VERSION: i64 = 4;
 /// number of layers above the trunk.
 /// `features` keeps a rowid: a 1.5 KB vector overflows a WITHOUT ROWID row
 /// (~1 KB local payload) into its own page, tripling the file.
-const CREATE: &str = "
+const CREATE: &str = concat!(
+    "
 CREATE TABLE tasks (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -91,17 +109,9 @@ CREATE TABLE features (
     UNIQUE (text_hash, fingerprint)
 );
 
-CREATE TABLE trunk_states (
-    id INTEGER PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    layers INTEGER NOT NULL,
-    text_hash BLOB NOT NULL,
-    tokens INTEGER NOT NULL,
-    width INTEGER NOT NULL,
-    states BLOB NOT NULL,
-    UNIQUE (text_hash, fingerprint, layers)
-);
-
+",
+    trunk_states_table!(),
+    "
 CREATE TABLE heads (
     id INTEGER PRIMARY KEY,
     task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
@@ -130,7 +140,8 @@ CREATE TABLE privacy_ledger (
     steps INTEGER NOT NULL,
     created_at INTEGER NOT NULL
 );
-";
+"
+);
 
 /// Brings `connection` to `VERSION`: creates a new file, upgrades an old one,
 /// refuses a newer one without writing to it.
@@ -179,18 +190,7 @@ fn upgrade_step(transaction: &Transaction<'_>, from: i64) -> Result<()> {
             "ALTER TABLE heads ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local', 'shared'));",
         )?,
         // Version 4: the trunk-state cache of adapting tasks.
-        3 => transaction.execute_batch(
-            "CREATE TABLE trunk_states (
-                id INTEGER PRIMARY KEY,
-                fingerprint TEXT NOT NULL,
-                layers INTEGER NOT NULL,
-                text_hash BLOB NOT NULL,
-                tokens INTEGER NOT NULL,
-                width INTEGER NOT NULL,
-                states BLOB NOT NULL,
-                UNIQUE (text_hash, fingerprint, layers)
-            );",
-        )?,
+        3 => transaction.execute_batch(trunk_states_table!())?,
         _ => return Err(Error::Storage(format!("no upgrade path from schema version {from}"))),
     }
     Ok(())

@@ -18,9 +18,9 @@ use crate::error::{Error, Result};
 use crate::model::Pooling;
 use crate::transformer::{Layer, Trace};
 
-/// How the top layers are adapted.
+/// How the top layers are adapted; the defaults are the issue's.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct AdaptSettings {
+pub struct AdaptOptions {
     pub steps: usize,
     pub labels_per_batch: usize,
     pub examples_per_label: usize,
@@ -33,7 +33,7 @@ pub(crate) struct AdaptSettings {
     pub seed: u64,
 }
 
-impl Default for AdaptSettings {
+impl Default for AdaptOptions {
     /// The experiment's settings (32 labels × 4, τ 0.1, AdamW at
     /// 3e-5), with 80 steps: on CLINC150 k = 10 60 steps gained 0.99
     /// points, 80 gained 1.02 (README, "Adapting the top layers").
@@ -79,7 +79,7 @@ pub(crate) fn adapt(
     top: &Top,
     states: &[Array2<f32>],
     labels: &[usize],
-    settings: &AdaptSettings,
+    settings: &AdaptOptions,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<Adaptation> {
     if states.len() != labels.len() || states.is_empty() {
@@ -302,7 +302,7 @@ struct BatchSampler {
 }
 
 impl BatchSampler {
-    fn new(labels: &[usize], settings: &AdaptSettings) -> Self {
+    fn new(labels: &[usize], settings: &AdaptOptions) -> Self {
         let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
         let mut by_label = vec![Vec::new(); classes];
         for (index, &label) in labels.iter().enumerate() {
@@ -417,36 +417,28 @@ mod tests {
         }
     }
 
+    /// 40 steps over the toy's four labels, three examples each.
+    fn toy_options(learning_rate: f32) -> AdaptOptions {
+        AdaptOptions { steps: 40, labels_per_batch: 4, examples_per_label: 3, learning_rate, ..Default::default() }
+    }
+
     #[test]
     fn adaptation_lowers_the_loss_and_repeats_given_a_seed() {
         let (top, states, labels) = toy(Pooling::Mean);
-        let settings = AdaptSettings {
-            steps: 40,
-            labels_per_batch: 4,
-            examples_per_label: 3,
-            learning_rate: 1e-2,
-            ..Default::default()
-        };
+        let settings = toy_options(1e-2);
         let first = adapt(&top, &states, &labels, &settings, &|| false).unwrap();
         assert_eq!(first.steps, 40);
         assert!(first.last_loss < 0.5 * first.first_loss, "{} -> {}", first.first_loss, first.last_loss);
         let again = adapt(&top, &states, &labels, &settings, &|| false).unwrap();
         assert_eq!(embed(&first.top, &states), embed(&again.top, &states));
-        let other = adapt(&top, &states, &labels, &AdaptSettings { seed: 7, ..settings }, &|| false).unwrap();
+        let other = adapt(&top, &states, &labels, &AdaptOptions { seed: 7, ..settings }, &|| false).unwrap();
         assert_ne!(embed(&first.top, &states), embed(&other.top, &states));
     }
 
     #[test]
     fn low_rank_adaptation_lowers_the_loss_with_few_values() {
         let (top, states, labels) = toy(Pooling::Mean);
-        let settings = AdaptSettings {
-            steps: 40,
-            labels_per_batch: 4,
-            examples_per_label: 3,
-            learning_rate: 3e-2,
-            rank: Some(2),
-            ..Default::default()
-        };
+        let settings = AdaptOptions { rank: Some(2), ..toy_options(3e-2) };
         let adapted = adapt(&top, &states, &labels, &settings, &|| false).unwrap();
         assert!(adapted.last_loss < 0.7 * adapted.first_loss, "{} -> {}", adapted.first_loss, adapted.last_loss);
         let factors = adapted.low_rank.expect("low-rank factors");
@@ -513,10 +505,10 @@ mod tests {
         let (top, states, _) = toy(Pooling::Mean);
         let one_each: Vec<usize> = (0..12).collect();
         assert!(matches!(
-            adapt(&top, &states, &one_each, &AdaptSettings::default(), &|| false),
+            adapt(&top, &states, &one_each, &AdaptOptions::default(), &|| false),
             Err(Error::InvalidInput(_))
         ));
         let labels: Vec<usize> = (0..12).map(|i| i % 4).collect();
-        assert!(matches!(adapt(&top, &states, &labels, &AdaptSettings::default(), &|| true), Err(Error::Cancelled)));
+        assert!(matches!(adapt(&top, &states, &labels, &AdaptOptions::default(), &|| true), Err(Error::Cancelled)));
     }
 }

@@ -5,7 +5,8 @@
 
 use ndarray::Array2;
 
-use super::adapt::{self, AdaptSettings, Top};
+pub use super::adapt::AdaptOptions;
+use super::adapt::{self, Top};
 use crate::encoder::{EncodeListener, Encoder};
 use crate::error::{Error, Result};
 
@@ -41,36 +42,6 @@ impl TrunkStates {
     }
 }
 
-/// Settings of `AdaptedTop::adapt`; the defaults are the issue's.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdaptOptions {
-    pub steps: usize,
-    pub labels_per_batch: usize,
-    pub examples_per_label: usize,
-    pub temperature: f32,
-    pub learning_rate: f32,
-    pub weight_decay: f32,
-    /// Low-rank factors of this rank instead of every weight.
-    pub rank: Option<usize>,
-    pub seed: u64,
-}
-
-impl Default for AdaptOptions {
-    fn default() -> Self {
-        let d = AdaptSettings::default();
-        Self {
-            steps: d.steps,
-            labels_per_batch: d.labels_per_batch,
-            examples_per_label: d.examples_per_label,
-            temperature: d.temperature,
-            learning_rate: d.learning_rate,
-            weight_decay: d.weight_decay,
-            rank: d.rank,
-            seed: d.seed,
-        }
-    }
-}
-
 /// A backbone's top layers, as loaded or after adaptation.
 #[derive(Debug, Clone)]
 pub struct AdaptedTop {
@@ -101,17 +72,7 @@ impl AdaptedTop {
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Self> {
         self.check(states)?;
-        let settings = AdaptSettings {
-            steps: options.steps,
-            labels_per_batch: options.labels_per_batch,
-            examples_per_label: options.examples_per_label,
-            temperature: options.temperature,
-            learning_rate: options.learning_rate,
-            weight_decay: options.weight_decay,
-            rank: options.rank,
-            seed: options.seed,
-        };
-        let mut done = adapt::adapt(&self.top, &states.states, labels, &settings, should_stop)?;
+        let mut done = adapt::adapt(&self.top, &states.states, labels, options, should_stop)?;
         let all: usize = done.top.layers.iter_mut().flat_map(|l| l.parameters_mut()).map(|(p, _)| p.len()).sum();
         let trained_values = match &done.low_rank {
             Some(factors) => {
