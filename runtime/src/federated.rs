@@ -71,6 +71,11 @@ impl SharedModel {
     /// A linear head as a shared model (its calibration is dropped: rounds
     /// average raw weights).
     pub(crate) fn from_head(head: Head) -> Result<Self> {
+        if head.top.is_some() {
+            return Err(Error::InvalidHead(
+                "a shared model is over the frozen features: it carries no adapted layers".into(),
+            ));
+        }
         match head.params {
             Params::Linear { weights, bias } => {
                 let (weights, _) = weights.into_raw_vec_and_offset();

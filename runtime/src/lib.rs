@@ -25,7 +25,7 @@ pub use encoder::{COMPILED_FILE, CompileReport, compile_model};
 pub use error::{Error, Result};
 pub use evaluation::{ClassMetrics, Metrics, evaluate};
 pub use federated::SharedModel;
-pub use heads::{Head, HeadKind, Prediction};
+pub use heads::{Head, HeadKind, Prediction, TopChanges};
 pub use import::{Columns, ImportFormat, read_labelled, read_labelled_file};
 pub use model::{CatalogEntry, CompiledFile, InputNames, ModelCatalog, ModelManifest, Pooling, Precision};
 pub use personalizer::{
@@ -38,9 +38,10 @@ pub use store::{
     TrunkStateRows, VectorEncoding,
 };
 pub use training::{
-    CandidateHead, CandidateReport, EpochProgress, FederatedOptions, HeadChoice, OptimizerKind, PrivacyOptions,
-    PrivacySpent, PrivateRun, PromotionBasis, PromotionDecision, QuietTraining, TrainListener, TrainOptions,
-    TrainReport, TrainingSet, UpdatePrivacy, ValidationMethod, train, zero_shot_head,
+    AdaptChoice, AdaptOptions, AdaptationReport, CandidateHead, CandidateReport, EpochProgress, FederatedOptions,
+    HeadChoice, OptimizerKind, PrivacyOptions, PrivacySpent, PrivateRun, PromotionBasis, PromotionDecision,
+    QuietTraining, TrainListener, TrainOptions, TrainReport, TrainingSet, UpdatePrivacy, ValidationMethod, train,
+    zero_shot_head,
 };
 
 /// Building blocks that the CLI's benchmarks and the tests reach for —
@@ -51,7 +52,7 @@ pub mod internal {
     pub use crate::personalizer::VectorIndex;
     pub use crate::store::{HeadPrivacy, LedgerEntry, NewHead, StoredHead};
     pub use crate::training::{ActiveHeadEvidence, decide_promotion, noise_for_budget, privacy_spent};
-    /// Adaptation of the backbone's top layers (issue 17), before it is part
-    /// of `train`: `attune bench adapt` measures it.
-    pub use crate::training::{AdaptOptions, AdaptedTop, TrunkStates};
+    /// Adaptation of the backbone's top layers on its own: `attune bench
+    /// adapt` measures it.
+    pub use crate::training::{AdaptedTop, TrunkStates};
 }

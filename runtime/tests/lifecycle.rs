@@ -129,6 +129,7 @@ fn promotion_forgetting_and_retraining() {
         unseen: &nothing_new,
         validation_accuracy: first_accuracy,
         shared: false,
+        features: None,
     };
     let decision = decide_promotion(&worse_report, Some(evidence), &set(&loaded)).unwrap();
     assert!(!decision.promote, "{decision:?}");

@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use attune::internal::{AdaptOptions, AdaptedTop, TrunkStates};
-use attune::{Encoder, Error, QuietTraining, SILENT, TrainOptions, TrainingSet, evaluate, train};
+use attune::internal::{AdaptedTop, TrunkStates};
+use attune::{
+    AdaptChoice, AdaptOptions, Encoder, Error, QuietTraining, SILENT, TrainOptions, TrainingSet, evaluate, train,
+};
 
 use crate::Cli;
 use crate::bench_heads::{Clinc, Split, mean, sample_k};
@@ -40,6 +42,13 @@ pub struct AdaptBenchArgs {
     /// Low-rank adaptation of this rank instead of every weight.
     #[arg(long)]
     rank: Option<usize>,
+    /// Through `Personalizer::train` instead, with its defaults (the other
+    /// adaptation settings do not apply): frozen against `--choice`.
+    #[arg(long)]
+    through_train: bool,
+    /// With `--through-train`: `auto` (the automatic choice) or `always`.
+    #[arg(long, default_value = "auto")]
+    choice: String,
 }
 
 /// One sample's accuracy and training seconds, frozen and adapted.
@@ -51,6 +60,17 @@ struct Run {
 }
 
 pub fn run(cli: &Cli, args: &AdaptBenchArgs) -> Result<(), Error> {
+    if args.through_train {
+        let choice = match args.choice.as_str() {
+            "auto" => AdaptChoice::Auto,
+            "always" => AdaptChoice::Always,
+            other => return Err(Error::InvalidInput(format!("--choice {other}: auto or always"))),
+        };
+        let encoder = std::sync::Arc::new(cli.load_encoder()?);
+        let document = crate::bench_adapt_train::run(encoder, &args.data, &args.shots, args.seeds, choice)?;
+        println!("{}", serde_json::to_string_pretty(&document).map_err(|e| Error::Storage(e.to_string()))?);
+        return Ok(());
+    }
     let (clinc, intents) = Clinc::load(&args.data)?;
     let label_of = |l: &str| intents.binary_search_by(|i| i.as_str().cmp(l)).expect("a training intent");
     let train_split = Split {

@@ -5,9 +5,9 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use attune::{
-    Columns, EncryptionKey, EpochProgress, Error, Forget, HeadChoice, HeadKind, ImportFormat, NewDocument, NewExample,
-    NewFeedback, Personalizer, PersonalizerConfig, PrivacyOptions, Retrain, Signal, TrainListener, TrainOptions,
-    read_labelled_file,
+    AdaptChoice, AdaptationReport, Columns, EncryptionKey, EpochProgress, Error, Forget, HeadChoice, HeadKind,
+    ImportFormat, NewDocument, NewExample, NewFeedback, Personalizer, PersonalizerConfig, PrivacyOptions, Retrain,
+    Signal, TrainListener, TrainOptions, read_labelled_file,
 };
 use clap::{Args, Subcommand};
 
@@ -53,6 +53,13 @@ pub struct TrainArgs {
     /// Train a differentially private linear head within this total ε.
     #[arg(long)]
     dp_epsilon: Option<f64>,
+    /// Adapt the backbone's top layers to the task first, even when the
+    /// automatic choice would not.
+    #[arg(long, conflicts_with = "no_adapt")]
+    adapt: bool,
+    /// Never adapt the backbone's top layers: a head on the frozen features.
+    #[arg(long)]
+    no_adapt: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +221,11 @@ pub fn train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         seed: args.seed,
         time_budget: args.time_budget_ms.map(std::time::Duration::from_millis),
         privacy: args.dp_epsilon.map(PrivacyOptions::with_budget),
+        adapt: match (args.adapt, args.no_adapt) {
+            (true, _) => AdaptChoice::Always,
+            (_, true) => AdaptChoice::Never,
+            _ => AdaptChoice::Auto,
+        },
         ..TrainOptions::default()
     };
     // Progress redraws one line: only worth it on a terminal.
@@ -247,12 +259,33 @@ pub fn train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
             m.accuracy, m.macro_f1, m.log_loss, m.ece
         );
     }
+    if let Some(adaptation) = &report.adaptation {
+        print_adaptation(adaptation);
+    }
     if let Some(privacy) = &report.privacy {
         println!("privacy: ε = {:.2} at δ = {:.0e} for this task so far", privacy.epsilon, privacy.delta);
     }
     let verdict = if outcome.promotion.promote { "promoted" } else { "kept as a candidate" };
     println!("head version {}: {verdict} ({})", outcome.version, outcome.promotion.reason);
     Ok(())
+}
+
+fn print_adaptation(adaptation: &AdaptationReport) {
+    let percent = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
+    let judged = format!(
+        "held out {}: frozen {}, adapted {}",
+        adaptation.holdout_rows,
+        percent(adaptation.frozen_accuracy),
+        percent(adaptation.adapted_accuracy)
+    );
+    match (&adaptation.skipped, adaptation.adapted) {
+        (_, true) => println!(
+            "adapted the top {} layers: {} steps in {} ms, {} values ({judged})",
+            adaptation.layers, adaptation.steps, adaptation.adapt_ms, adaptation.trained_values
+        ),
+        (Some(reason), false) => println!("not adapted: {reason}"),
+        (None, false) => {}
+    }
 }
 
 pub fn predict(cli: &Cli, top_k: usize, texts: &[String]) -> Result<(), Error> {

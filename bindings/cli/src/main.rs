@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_adapt;
+mod bench_adapt_train;
 mod bench_heads;
 mod bench_ranking;
 mod bench_search;

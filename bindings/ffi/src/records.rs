@@ -162,6 +162,17 @@ pub enum HeadType {
     Mlp,
 }
 
+/// Whether training adapts the backbone's top layers before the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum AdaptMode {
+    /// When every label has enough examples and it validates better on
+    /// held-out examples.
+    Auto,
+    /// Whenever labels have pairs to contrast (refused for a private task).
+    Always,
+    Never,
+}
+
 /// Training settings; the defaults need no tuning.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct TrainSettings {
@@ -179,6 +190,9 @@ pub struct TrainSettings {
     /// Trains a differentially private linear head within this task-wide ε.
     #[uniffi(default = None)]
     pub dp_epsilon: Option<f64>,
+    /// Default: `Auto`.
+    #[uniffi(default = None)]
+    pub adapt: Option<AdaptMode>,
 }
 
 impl From<TrainSettings> for attune::TrainOptions {
@@ -195,6 +209,11 @@ impl From<TrainSettings> for attune::TrainOptions {
             time_budget: s.time_budget_ms.map(Duration::from_millis),
             seed: s.seed,
             privacy: s.dp_epsilon.map(attune::PrivacyOptions::with_budget),
+            adapt: match s.adapt.unwrap_or(AdaptMode::Auto) {
+                AdaptMode::Auto => attune::AdaptChoice::Auto,
+                AdaptMode::Always => attune::AdaptChoice::Always,
+                AdaptMode::Never => attune::AdaptChoice::Never,
+            },
             ..attune::TrainOptions::default()
         }
     }
@@ -362,6 +381,11 @@ pub struct TrainSummary {
     /// For private training: the task's total (ε, δ) so far.
     pub privacy_epsilon: Option<f64>,
     pub privacy_delta: Option<f64>,
+    /// The head's features come from the backbone's top layers adapted to
+    /// the task (it carries them); otherwise `adaptation_note` says why not,
+    /// when adaptation was allowed.
+    pub adapted: bool,
+    pub adaptation_note: Option<String>,
 }
 
 impl From<attune::TrainOutcome> for TrainSummary {
@@ -392,6 +416,8 @@ impl From<attune::TrainOutcome> for TrainSummary {
             budget_exhausted: report.budget_exhausted,
             privacy_epsilon: report.privacy.as_ref().map(|p| p.epsilon),
             privacy_delta: report.privacy.as_ref().map(|p| p.delta),
+            adapted: report.adaptation.as_ref().is_some_and(|a| a.adapted),
+            adaptation_note: report.adaptation.and_then(|a| a.skipped),
         }
     }
 }

@@ -9,18 +9,31 @@
 //!          linear:    weights (labels × dim), bias (labels)
 //!          mlp:       hidden u32, w1 (hidden × dim), b1 (hidden), w2 (labels × hidden), b2 (labels)
 //!          mlp with a skip connection: as mlp, then skip (labels × dim)
+//! format 2 adds, after params:
+//!   has_top u8 [layers u32 | tensors u32 | per tensor: values u32 + f16…]
 //! ```
+//!
+//! The top changes are differences from the model's weights, small enough
+//! for f16's three digits; format 1 (no top) is still read.
 //!
 //! Decoding checks every length against what is left before allocating, so
 //! hostile bytes give `Error::InvalidHead`, never a panic or a huge allocation.
 
+use half::f16;
 use ndarray::{Array1, Array2};
 
-use super::{Head, Params};
+use super::{Head, Params, TopChanges};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"ATHD";
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The first format, without adapted top layers.
+const FORMAT_WITHOUT_TOP: u32 = 1;
+/// More layers than any backbone Attune runs; more tensors than such layers hold.
+const MAX_TOP_LAYERS: usize = 64;
+const MAX_TOP_TENSORS: usize = 64 * 16;
+/// Values in one tensor: a 4096 × 16384 feed-forward matrix.
+const MAX_TOP_TENSOR: usize = 1 << 26;
 const MAX_LABELS: usize = 100_000;
 const MAX_DIM: usize = 16_384;
 /// Trained weights stay far below this; larger ones (found by fuzzing) make
@@ -67,7 +80,22 @@ pub(crate) fn encode(head: &Head) -> Vec<u8> {
     for values in floats {
         values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
     }
+    put_top(&mut out, head.top.as_ref());
     out
+}
+
+fn put_top(out: &mut Vec<u8>, top: Option<&TopChanges>) {
+    let Some(top) = top else {
+        out.push(0);
+        return;
+    };
+    out.push(1);
+    out.extend_from_slice(&(top.layers as u32).to_le_bytes());
+    out.extend_from_slice(&(top.tensors.len() as u32).to_le_bytes());
+    for tensor in &top.tensors {
+        out.extend_from_slice(&(tensor.len() as u32).to_le_bytes());
+        tensor.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes()));
+    }
 }
 
 fn slice(array: &Array2<f32>) -> &[f32] {
@@ -89,7 +117,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head> {
         return Err(invalid("not a head checkpoint"));
     }
     let format = reader.u32()?;
-    if format != FORMAT_VERSION {
+    if format != FORMAT_VERSION && format != FORMAT_WITHOUT_TOP {
         return Err(invalid(&format!("format {format} is not supported (this build reads {FORMAT_VERSION})")));
     }
     let kind = reader.take(1)?[0];
@@ -140,10 +168,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head> {
         }
         other => return Err(invalid(&format!("unknown head kind {other}"))),
     };
+    let top = if format == FORMAT_WITHOUT_TOP { None } else { reader.top()? };
     if reader.at != bytes.len() {
         return Err(invalid("trailing bytes"));
     }
-    Ok(Head { fingerprint, labels, dim, params, temperature, abstain_below, prototypes, novelty_below })
+    Ok(Head { fingerprint, labels, dim, params, temperature, abstain_below, prototypes, novelty_below, top })
 }
 
 fn invalid(reason: &str) -> Error {
@@ -203,6 +232,32 @@ impl<'a> Reader<'a> {
     fn vector(&mut self, n: usize) -> Result<Array1<f32>> {
         Ok(Array1::from_vec(self.floats(n)?))
     }
+
+    fn top(&mut self) -> Result<Option<TopChanges>> {
+        match self.take(1)?[0] {
+            0 => return Ok(None),
+            1 => {}
+            other => return Err(invalid(&format!("top flag {other}"))),
+        }
+        let layers = self.count(MAX_TOP_LAYERS)?;
+        let count = self.count(MAX_TOP_TENSORS)?;
+        if layers == 0 || count == 0 {
+            return Err(invalid("adapted top layers without layers or tensors"));
+        }
+        let tensors = (0..count)
+            .map(|_| {
+                let n = self.count(MAX_TOP_TENSOR)?;
+                let bytes = self.take(n * 2)?;
+                let values: Vec<f32> =
+                    bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+                if values.iter().any(|v| !v.is_finite()) {
+                    return Err(invalid("an adapted layer holds NaN or infinity"));
+                }
+                Ok(values)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(TopChanges { layers, tensors }))
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +290,11 @@ mod tests {
         head
     }
 
+    fn with_top(mut head: Head) -> Head {
+        head.top = Some(TopChanges { layers: 2, tensors: vec![vec![0.5, -0.25, 1e-3], vec![], vec![2.0]] });
+        head
+    }
+
     #[test]
     fn every_kind_round_trips() {
         for kind in 0..4 {
@@ -244,8 +304,44 @@ mod tests {
     }
 
     #[test]
+    fn top_changes_round_trip_at_f16_precision() {
+        let head = with_top(sample(1));
+        let decoded = decode(&encode(&head)).unwrap();
+        let tensors = &decoded.top.as_ref().unwrap().tensors;
+        assert_eq!(tensors[0][..2], [0.5, -0.25]);
+        assert!((tensors[0][2] - 1e-3).abs() < 1e-6, "{}", tensors[0][2]);
+        assert_eq!(decoded.top_changes().map(TopChanges::values), Some(4));
+        assert_eq!(Head { top: head.top.clone(), ..decoded.clone() }, head);
+    }
+
+    #[test]
+    fn format_one_heads_are_still_read() {
+        let head = sample(2);
+        let mut bytes = encode(&head);
+        bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(bytes.pop(), Some(0), "a head without a top ends with its flag");
+        assert_eq!(decode(&bytes).unwrap(), head);
+    }
+
+    #[test]
+    fn damaged_top_layers_are_refused() {
+        let bytes = encode(&with_top(sample(1)));
+        let top_at = encode(&sample(1)).len() - 1;
+        for cut in top_at..bytes.len() {
+            assert!(matches!(decode(&bytes[..cut]), Err(Error::InvalidHead(_))), "cut at {cut}");
+        }
+        let mut nan = bytes.clone();
+        let last = nan.len() - 2;
+        nan[last..].copy_from_slice(&f16::NAN.to_le_bytes());
+        assert!(matches!(decode(&nan), Err(Error::InvalidHead(reason)) if reason.contains("NaN")));
+        let mut huge = bytes.clone();
+        huge[top_at + 5..top_at + 9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&huge), Err(Error::InvalidHead(reason)) if reason.contains("limit")));
+    }
+
+    #[test]
     fn every_truncation_and_corruption_is_an_error_not_a_panic() {
-        let bytes = encode(&sample(3));
+        let bytes = encode(&with_top(sample(3)));
         for cut in 0..bytes.len() {
             assert!(matches!(decode(&bytes[..cut]), Err(Error::InvalidHead(_))), "cut at {cut}");
         }
@@ -262,8 +358,9 @@ mod tests {
     #[test]
     fn a_prototype_scale_that_is_not_a_positive_number_is_refused() {
         let bytes = encode(&sample(0));
-        // The scale is the last four bytes before the centroids (3 × 4 f32).
-        let at = bytes.len() - 3 * 4 * 4 - 4;
+        // The scale is the four bytes before the centroids (3 × 4 f32) and
+        // the top flag.
+        let at = bytes.len() - 1 - 3 * 4 * 4 - 4;
         assert_eq!(bytes[at..at + 4], 12.0f32.to_le_bytes());
         for bad in [f32::NAN, f32::INFINITY, 0.0, -1.0, 1e30] {
             let mut damaged = bytes.clone();

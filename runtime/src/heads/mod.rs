@@ -1,6 +1,8 @@
 //! Heads: small models over the frozen encoder's features. A head is a
 //! value — parameters, label map, calibration and the fingerprint of the
-//! backbone it was trained for — that serialises to versioned bytes.
+//! backbone it was trained for — that serialises to versioned bytes. A head
+//! trained on adapted features also carries what adaptation changed in the
+//! backbone's top layers.
 
 mod codec;
 
@@ -51,6 +53,33 @@ pub(crate) enum Params {
     Mlp { w1: Array2<f32>, b1: Array1<f32>, w2: Array2<f32>, b2: Array1<f32>, skip: Option<Array2<f32>> },
 }
 
+/// What adapting a backbone's top `layers` layers changed: per parameter
+/// tensor, in the layers' own order, the difference from the model's weights
+/// (the head's fingerprint names the model). Opaque to heads; the trainer
+/// makes and applies it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopChanges {
+    pub(crate) layers: usize,
+    pub(crate) tensors: Vec<Vec<f32>>,
+}
+
+impl TopChanges {
+    /// How many of the backbone's top layers the changes are for.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// How many values they hold.
+    pub fn values(&self) -> usize {
+        self.tensors.iter().map(Vec::len).sum()
+    }
+
+    /// Values per tensor, in the layers' order.
+    pub fn tensor_lengths(&self) -> Vec<usize> {
+        self.tensors.iter().map(Vec::len).collect()
+    }
+}
+
 /// A trained (or zero-shot) head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Head {
@@ -67,6 +96,8 @@ pub struct Head {
     /// Inputs whose cosine to every prototype is below this abstain too:
     /// far from everything the head was trained on.
     pub(crate) novelty_below: f32,
+    /// For a head over adapted features: the top layers those came from.
+    pub(crate) top: Option<TopChanges>,
 }
 
 /// A ranked answer of a head.
@@ -95,6 +126,7 @@ impl Head {
             abstain_below: 0.0,
             prototypes: None,
             novelty_below: -1.0,
+            top: None,
         }
     }
 
@@ -124,6 +156,11 @@ impl Head {
 
     pub fn abstain_threshold(&self) -> f32 {
         self.abstain_below
+    }
+
+    /// The adapted top layers its features come from, if any.
+    pub fn top_changes(&self) -> Option<&TopChanges> {
+        self.top.as_ref()
     }
 
     /// Raw scores, `n × labels` row-major, for `features` (`n × dim`).

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::ActiveHead;
 use super::ranker::Preference;
 use super::search::Index;
-use super::{ActiveHead, PredictionSource};
 use crate::error::Result;
 
 /// One value per task name, built on first use.
@@ -66,8 +66,8 @@ impl Caches {
         self.heads.get(task).filter(|active| active.head.fingerprint() == fingerprint)
     }
 
-    pub fn keep_head(&self, task: &str, head: crate::heads::Head, source: PredictionSource) -> Arc<ActiveHead> {
-        self.heads.insert(task, ActiveHead { head, source })
+    pub fn keep_head(&self, task: &str, active: ActiveHead) -> Arc<ActiveHead> {
+        self.heads.insert(task, active)
     }
 
     pub fn index(&self, task: &str, build: impl FnOnce() -> Result<Index>) -> Result<Arc<Index>> {

@@ -7,6 +7,7 @@
 //! trained with differential privacy stays private: every head made for it
 //! afterwards is private too, or it falls back to its label descriptions.
 
+mod adaptation;
 mod cache;
 mod coarse;
 mod federated;
@@ -35,9 +36,10 @@ use crate::store::{
     NewHead, Store, StoreOptions, StoredHead, TaskId, TaskInfo, VectorEncoding,
 };
 use crate::training::{
-    ActiveHeadEvidence, HeadChoice, PromotionDecision, QuietTraining, TrainListener, TrainOptions, TrainReport,
-    TrainingSet, decide_promotion, train, zero_shot_head,
+    ActiveHeadEvidence, AdaptedTop, HeadChoice, PromotionDecision, QuietTraining, TrainListener, TrainOptions,
+    TrainReport, TrainingSet, decide_promotion, train, zero_shot_head,
 };
+use adaptation::Decision;
 
 /// Where the user's data and the model are, and how to run the model.
 #[derive(Debug, Clone)]
@@ -72,6 +74,8 @@ pub enum PredictionSource {
 pub(crate) struct ActiveHead {
     pub head: Head,
     pub source: PredictionSource,
+    /// The adapted top layers the head's features come from, if any.
+    pub top: Option<AdaptedTop>,
 }
 
 /// What `forget` did: the rows it removed and what became of the task's head.
@@ -228,13 +232,33 @@ impl Personalizer {
         // A task with a shared head keeps its labels and starts from it.
         let shared = self.shared_head(id, encoder)?;
         let shared_labels = shared.as_ref().map_or(&[][..], |head| head.labels());
-        let data = self.training_data_with(id, encoder, shared_labels)?;
+        let frozen = self.training_data_with(id, encoder, shared_labels)?;
         let stored_active = self.stored_active_head(id, encoder)?;
         let mut options = privacy::with_task_privacy(&self.store, id, options)?;
         options.independent_warm_start = shared.is_some();
+        let decision = self.adapt_for_training(encoder, &frozen, &options, shared.is_some(), listener)?;
+        let (data, adapted, adaptation) = match decision {
+            Decision::Adapted(adapted) => {
+                let data = frozen.with_features(adapted.features.clone(), adapted.priors.clone());
+                let report = adapted.report.clone();
+                (data, Some(adapted), Some(report))
+            }
+            Decision::Frozen(report) => (frozen, None, report),
+        };
         let set = data.set(encoder.fingerprint());
-        let warm_start = shared.as_ref().or(stored_active.as_ref().map(|(head, _)| head));
-        let (head, report) = train(&set, warm_start, &options, listener)?;
+        // A warm start is only a start in its own feature space.
+        let active_space_matches =
+            stored_active.as_ref().is_some_and(|(head, _)| head.top.is_none()) && adapted.is_none();
+        let warm_start =
+            shared.as_ref().or(stored_active.as_ref().filter(|_| active_space_matches).map(|(head, _)| head));
+        let (mut head, mut report) = train(&set, warm_start, &options, listener)?;
+        report.adaptation = adaptation;
+        if let Some(adapted) = adapted {
+            head = adaptation::with_top(head, adapted.changes);
+            report.validation_rows = adapted.held_out;
+            report.validation_predictions = adapted.predictions;
+            report.validation = Some(adapted.metrics);
+        }
         let replaces_public =
             report.private_run.is_some() && stored_active.as_ref().is_some_and(|(_, info)| info.privacy.is_none());
         let promotion = match activation {
@@ -248,12 +272,19 @@ impl Personalizer {
                     true => vec![true; data.example_ids.len()],
                     false => data.unseen_by(info),
                 });
+                let active_features = match &stored_active {
+                    Some((active, _)) if active.top.is_some() || head.top.is_some() => {
+                        Some(self.features_of_head(encoder, active, &data.texts)?)
+                    }
+                    _ => None,
+                };
                 let active =
                     stored_active.as_ref().zip(unseen.as_deref()).map(|((head, info), unseen)| ActiveHeadEvidence {
                         head,
                         unseen,
                         validation_accuracy: validation_accuracy(info),
                         shared: info.shared,
+                        features: active_features.as_deref(),
                     });
                 decide_promotion(&report, active, &set)?
             }
@@ -267,6 +298,31 @@ impl Personalizer {
         Ok(TrainOutcome { report, promotion, version })
     }
 
+    /// `head`'s features of stored `texts`: through its adapted top layers
+    /// when it has them (trunk states from the cache), else the frozen ones.
+    fn features_of_head(&self, encoder: &OnnxEncoder, head: &Head, texts: &[String]) -> Result<Vec<f32>> {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        match self.adapted_top(encoder, head)? {
+            Some(top) => self.stored_adapted_features(encoder, &top, &texts),
+            None => self.stored_features(encoder, &texts),
+        }
+    }
+
+    /// The adapted top layers `head` carries, applied to `encoder`'s own.
+    fn adapted_top(&self, encoder: &OnnxEncoder, head: &Head) -> Result<Option<AdaptedTop>> {
+        let Some(changes) = head.top_changes() else { return Ok(None) };
+        Ok(Some(AdaptedTop::of(encoder, changes.layers())?.with_changes(changes)?))
+    }
+
+    /// The features `active` predicts from, for texts the app asks about
+    /// (nothing of them is stored).
+    fn prediction_features(&self, encoder: &OnnxEncoder, active: &ActiveHead, texts: &[&str]) -> Result<Vec<f32>> {
+        match &active.top {
+            Some(top) => adaptation::adapted_features(encoder, top, texts),
+            None => self.transient_features(encoder, texts),
+        }
+    }
+
     /// Top-`k` labels (`k` ≥ 1) with calibrated probabilities and an abstain flag, per text.
     pub fn predict(&self, task: &str, texts: &[&str], top_k: usize) -> Result<(Vec<Prediction>, PredictionSource)> {
         if top_k == 0 {
@@ -274,8 +330,8 @@ impl Personalizer {
         }
         let encoder = self.encoder();
         let active = self.current_head(task, &encoder)?;
-        let features = self.transient_features(&encoder, texts)?;
-        let dim = encoder.dim();
+        let features = self.prediction_features(&encoder, &active, texts)?;
+        let dim = active.head.dim();
         let predictions =
             features.chunks_exact(dim).map(|row| active.head.predict(row, top_k)).collect::<Result<_>>()?;
         Ok((predictions, active.source))
@@ -291,7 +347,7 @@ impl Personalizer {
         let active = self.current_head(task, &encoder)?;
         let head = &active.head;
         let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
-        let probabilities = head.probabilities(&self.transient_features(&encoder, &texts)?)?;
+        let probabilities = head.probabilities(&self.prediction_features(&encoder, &active, &texts)?)?;
         let truth: Vec<usize> = examples
             .iter()
             .map(|(_, label)| head.labels().iter().position(|l| l == label).unwrap_or(usize::MAX))
@@ -491,6 +547,8 @@ impl Personalizer {
             }
         }
         Ok(TrainingData {
+            texts: examples.iter().map(|e| e.text.clone()).collect(),
+            described: described.iter().map(|&(i, text)| (i, text.to_string())).collect(),
             example_ids: examples.iter().map(|e| e.id).collect(),
             label_index: examples.iter().map(|e| labels.binary_search(&e.label).unwrap_or(0)).collect(),
             weights: examples.iter().map(|e| e.weight as f32).collect(),
@@ -523,13 +581,14 @@ impl Personalizer {
         }
         let id = self.store.task_id(task)?;
         let (head, source) = match self.stored_active_head(id, encoder)? {
-            Some((head, info)) if head.kind() == HeadKind::Prototype => {
+            Some((head, info)) if head.kind() == HeadKind::Prototype && head.top.is_none() => {
                 (self.with_current_prototypes(id, encoder, head, &info)?, PredictionSource::TrainedHead)
             }
             Some((head, info)) => (head, federated::source_of(info.shared)),
             None => self.untrained_head(task, id, encoder)?,
         };
-        Ok(self.caches.keep_head(task, head, source))
+        let top = self.adapted_top(encoder, &head)?;
+        Ok(self.caches.keep_head(task, ActiveHead { head, source, top }))
     }
 
     /// A stored prototype head never freezes the prototypes: with examples
@@ -617,7 +676,11 @@ fn stored_head(
 }
 
 /// A task's examples as the trainer wants them.
+#[derive(Clone)]
 struct TrainingData {
+    texts: Vec<String>,
+    /// Labels with a description, and the description.
+    described: Vec<(usize, String)>,
     example_ids: Vec<i64>,
     features: Vec<f32>,
     label_index: Vec<usize>,
@@ -632,6 +695,29 @@ impl TrainingData {
     /// Per example: true when `head` was trained before it was added.
     fn unseen_by(&self, head: &HeadInfo) -> Vec<bool> {
         self.example_ids.iter().map(|&id| id > head.trained_through_example).collect()
+    }
+
+    /// The same examples over other features (and label-description priors).
+    fn with_features(&self, features: Vec<f32>, priors: Vec<Option<Vec<f32>>>) -> Self {
+        let dim = if self.texts.is_empty() { self.dim } else { features.len() / self.texts.len() };
+        Self { features, priors, dim, ..self.clone() }
+    }
+
+    /// `rows` of these examples over `features` (all rows' features).
+    fn subset(&self, features: &[f32], rows: &[usize]) -> Self {
+        let pick = |values: &[i64]| rows.iter().map(|&r| values[r]).collect::<Vec<_>>();
+        Self {
+            texts: rows.iter().map(|&r| self.texts[r].clone()).collect(),
+            described: self.described.clone(),
+            example_ids: pick(&self.example_ids),
+            features: rows.iter().flat_map(|&r| features[r * self.dim..(r + 1) * self.dim].iter().copied()).collect(),
+            label_index: rows.iter().map(|&r| self.label_index[r]).collect(),
+            weights: rows.iter().map(|&r| self.weights[r]).collect(),
+            labels: self.labels.clone(),
+            priors: self.priors.clone(),
+            dim: self.dim,
+            trained_through: self.trained_through,
+        }
     }
 
     fn set<'a>(&'a self, fingerprint: &'a str) -> TrainingSet<'a> {

@@ -114,6 +114,7 @@ impl Personalizer {
             self.caches.clear();
         }
         let old_vectors_dropped = self.store.drop_features_except(target.fingerprint())?;
+        self.store.drop_trunk_states_except(target.fingerprint())?;
         Ok(UpgradeOutcome {
             from_fingerprint: current.fingerprint().to_string(),
             to_fingerprint: target.fingerprint().to_string(),

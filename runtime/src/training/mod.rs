@@ -42,7 +42,8 @@ pub use federated::{FederatedOptions, UpdatePrivacy};
 pub(crate) use federated::{clip_update, fit_from_shared, privatize};
 pub use optimizer::OptimizerKind;
 pub use promotion::{ActiveHeadEvidence, PromotionBasis, PromotionDecision, decide_promotion};
-pub use report::{CandidateHead, CandidateReport, EpochProgress, TrainReport, ValidationMethod};
+pub use report::{AdaptationReport, CandidateHead, CandidateReport, EpochProgress, TrainReport, ValidationMethod};
+pub(crate) use split::holdout;
 pub use top_layers::{AdaptOptions, AdaptedTop, TrunkStates};
 
 use crate::error::{Error, Result};
@@ -83,6 +84,20 @@ pub enum HeadChoice {
     Only(HeadKind),
 }
 
+/// Whether training adapts the backbone's top layers before the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdaptChoice {
+    /// When every label has enough examples and a head on the adapted
+    /// features is more accurate on held-out examples than one on the
+    /// frozen features.
+    #[default]
+    Auto,
+    /// Whenever labels have pairs of examples to contrast (refused for a
+    /// task trained with differential privacy).
+    Always,
+    Never,
+}
+
 /// Training settings. Every field has a sound default; the `Option`s are
 /// expert overrides of what is otherwise chosen on validation.
 #[derive(Debug, Clone)]
@@ -114,6 +129,10 @@ pub struct TrainOptions {
     pub independent_warm_start: bool,
     /// Trains a differentially private linear head instead (opt-in).
     pub privacy: Option<PrivacyOptions>,
+    /// Whether to adapt the backbone's top `adapt_layers` layers first, and how.
+    pub adapt: AdaptChoice,
+    pub adapt_layers: usize,
+    pub adaptation: AdaptOptions,
 }
 
 impl Default for TrainOptions {
@@ -135,6 +154,9 @@ impl Default for TrainOptions {
             mlp_hidden: 256,
             independent_warm_start: false,
             privacy: None,
+            adapt: AdaptChoice::Auto,
+            adapt_layers: 2,
+            adaptation: AdaptOptions::default(),
         }
     }
 }
@@ -209,6 +231,7 @@ pub fn train(
         budget_exhausted: budget.exhausted(),
         private_run: None,
         privacy: None,
+        adaptation: None,
     };
     Ok((head, report))
 }

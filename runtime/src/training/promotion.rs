@@ -32,6 +32,10 @@ pub struct ActiveHeadEvidence<'a> {
     /// head replaces it only when at least as accurate on the compared rows,
     /// so personalizing never leaves a user worse off than the shared model.
     pub shared: bool,
+    /// The active head's own features of the set's rows (`n × its dim`),
+    /// when they are not the set's: a head over adapted top layers, or a
+    /// frozen head compared with an adapted one.
+    pub features: Option<&'a [f32]>,
 }
 
 /// What decided a promotion.
@@ -109,7 +113,7 @@ pub fn decide_promotion(
     let Some(active) = active else {
         return Ok(PromotionDecision { candidate_accuracy, ..nothing_to_compare("no active head") });
     };
-    if active.head.fingerprint() != set.fingerprint || active.head.dim() != set.dim {
+    if active.head.fingerprint() != set.fingerprint || (active.features.is_none() && active.head.dim() != set.dim) {
         return Ok(nothing_to_compare("the active head belongs to another backbone"));
     }
     if active.unseen.len() != set.labels.len()
@@ -176,7 +180,7 @@ fn on_fresh_rows(
         .map(|(&row, &predicted)| (row, predicted))
         .collect();
     let rows: Vec<usize> = compared.iter().map(|&(row, _)| row).collect();
-    let active_predictions = predictions_in_set_labels(active.head, set, &rows)?;
+    let active_predictions = predictions_in_set_labels(active, set, &rows)?;
     let (mut candidate_right, mut active_right, mut only_candidate, mut only_active) = (0u64, 0u64, 0u64, 0u64);
     for (&(row, predicted), active_predicted) in compared.iter().zip(active_predictions) {
         let truth = set.labels[row];
@@ -232,11 +236,20 @@ fn on_fresh_rows(
 
 /// The active head's predicted label for each of `rows`, as an index into
 /// the set's labels (`None` for a label the set does not have).
-fn predictions_in_set_labels(head: &Head, set: &TrainingSet<'_>, rows: &[usize]) -> Result<Vec<Option<usize>>> {
+fn predictions_in_set_labels(
+    active: ActiveHeadEvidence<'_>,
+    set: &TrainingSet<'_>,
+    rows: &[usize],
+) -> Result<Vec<Option<usize>>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let features: Vec<f32> = rows.iter().flat_map(|&r| set.features[r * set.dim..(r + 1) * set.dim].to_vec()).collect();
+    let head = active.head;
+    let (all, dim) = active.features.map_or((set.features, set.dim), |own| (own, head.dim()));
+    if all.len() != set.labels.len() * dim {
+        return Err(Error::InvalidInput("the active head's features do not cover the training set".into()));
+    }
+    let features: Vec<f32> = rows.iter().flat_map(|&r| all[r * dim..(r + 1) * dim].to_vec()).collect();
     let probabilities = head.probabilities(&features)?;
     Ok(probabilities
         .chunks_exact(head.labels().len())

@@ -139,6 +139,50 @@ pub struct TrainReport {
     /// with it included. Store `private_run` in the ledger with the head.
     pub private_run: Option<PrivateRun>,
     pub privacy: Option<PrivacySpent>,
+    /// Whether the head's features come from adapted top layers of the
+    /// backbone, and how they were adapted or why not (`None`: not asked).
+    pub adaptation: Option<AdaptationReport>,
+}
+
+/// What adapting the backbone's top layers did in a training run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdaptationReport {
+    /// The head is trained on the adapted layers' features and carries them.
+    pub adapted: bool,
+    /// Why it was not, when it was not.
+    pub skipped: Option<String>,
+    pub layers: usize,
+    pub steps: usize,
+    /// Values the head stores for the adapted layers.
+    pub trained_values: u64,
+    /// Contrastive loss of the first and the last batch.
+    pub first_loss: Option<f32>,
+    pub last_loss: Option<f32>,
+    /// Accuracy on held-out examples (which adaptation did not see) of a
+    /// linear head on the frozen and on the adapted features.
+    pub holdout_rows: u64,
+    pub frozen_accuracy: Option<f64>,
+    pub adapted_accuracy: Option<f64>,
+    pub adapt_ms: u64,
+}
+
+impl AdaptationReport {
+    /// Adaptation was asked for (or allowed) and did not happen, for `reason`.
+    pub fn skipped(layers: usize, reason: impl Into<String>) -> Self {
+        Self {
+            adapted: false,
+            skipped: Some(reason.into()),
+            layers,
+            steps: 0,
+            trained_values: 0,
+            first_loss: None,
+            last_loss: None,
+            holdout_rows: 0,
+            frozen_accuracy: None,
+            adapted_accuracy: None,
+            adapt_ms: 0,
+        }
+    }
 }
 
 /// Progress of one epoch of one candidate.

@@ -9,6 +9,8 @@ pub use super::adapt::AdaptOptions;
 use super::adapt::{self, Top};
 use crate::encoder::{EncodeListener, Encoder};
 use crate::error::{Error, Result};
+use crate::heads::TopChanges;
+use crate::transformer::Layer;
 
 /// Texts' token states below the top layers, one `[tokens, width]` block each.
 #[derive(Debug, Clone)]
@@ -26,6 +28,11 @@ impl TrunkStates {
         listener: &dyn EncodeListener,
     ) -> Result<Self> {
         Ok(Self { layers, states: encoder.trunk_states(texts, layers, listener)? })
+    }
+
+    /// States already computed (and perhaps cached), one `[tokens, width]` per text.
+    pub(crate) fn from_states(layers: usize, states: Vec<Array2<f32>>) -> Self {
+        Self { layers, states }
     }
 
     pub fn len(&self) -> usize {
@@ -97,6 +104,50 @@ impl AdaptedTop {
         })
     }
 
+    /// How many layers this top has.
+    pub fn layers(&self) -> usize {
+        self.top.layers.len()
+    }
+
+    /// What this top changed from `frozen` (the same model's unmodified
+    /// top), for a head to carry.
+    pub fn changes_from(&self, frozen: &AdaptedTop) -> Result<TopChanges> {
+        let (mut adapted, mut base) = (self.top.layers.clone(), frozen.top.layers.clone());
+        let (adapted, base) = (tensors(&mut adapted), tensors(&mut base));
+        if adapted.len() != base.len() || adapted.iter().zip(&base).any(|(a, b)| a.len() != b.len()) {
+            return Err(Error::InvalidInput("the adapted and frozen tops differ in shape".into()));
+        }
+        let tensors: Vec<Vec<f32>> =
+            adapted.iter().zip(&base).map(|(a, b)| a.iter().zip(b.iter()).map(|(x, y)| x - y).collect()).collect();
+        if tensors.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(Error::CannotAdapt("adapting the top layers gave NaN or infinite weights".into()));
+        }
+        Ok(TopChanges { layers: self.layers(), tensors })
+    }
+
+    /// This (frozen) top with `changes` applied; refused when they were
+    /// made for another number of layers or other shapes.
+    pub fn with_changes(&self, changes: &TopChanges) -> Result<Self> {
+        let misfit = |why: String| Error::InvalidHead(format!("the head's adapted layers do not fit the model: {why}"));
+        if changes.layers != self.layers() {
+            return Err(misfit(format!("{} layers, the model's top has {}", changes.layers, self.layers())));
+        }
+        let mut top = self.top.clone();
+        let mut slots = tensors(&mut top.layers);
+        if slots.len() != changes.tensors.len() {
+            return Err(misfit(format!("{} tensors for {}", changes.tensors.len(), slots.len())));
+        }
+        for (slot, change) in slots.iter_mut().zip(&changes.tensors) {
+            if slot.len() != change.len() {
+                return Err(misfit(format!("a tensor of {} values for {}", change.len(), slot.len())));
+            }
+            slot.iter_mut().zip(change).for_each(|(w, d)| *w += d);
+        }
+        drop(slots);
+        let trained_values = changes.values();
+        Ok(Self { top, trained_values, steps: 0, first_loss: f32::NAN, last_loss: f32::NAN })
+    }
+
     /// The sentence vectors of `states`' texts, row after row.
     pub fn embed(&self, states: &TrunkStates) -> Result<Vec<f32>> {
         self.check(states)?;
@@ -113,4 +164,9 @@ impl AdaptedTop {
         }
         Ok(())
     }
+}
+
+/// Every parameter tensor of `layers`, layer after layer.
+fn tensors(layers: &mut [Layer]) -> Vec<&mut [f32]> {
+    layers.iter_mut().flat_map(|layer| layer.parameters_mut().into_iter().map(|(values, _)| values)).collect()
 }

@@ -151,6 +151,7 @@ pub(super) fn train_private(
         budget_exhausted: false,
         private_run: Some(run),
         privacy: Some(privacy_spent(&ledger, delta)),
+        adaptation: None,
     };
     Ok((Head::new(set.fingerprint, set.label_names.to_vec(), params), report))
 }

@@ -1,0 +1,136 @@
+//! `attune bench adapt --through-train`: adaptation as apps get it, through
+//! `Personalizer::train` on a fresh file per sample: one file trains with
+//! adaptation off, the other with the automatic choice (or forced), and
+//! both are scored with `evaluate` on CLINC150's test set — so the adapted
+//! column includes the held-out split, the choice, storing the head and
+//! predicting through its layers. Also measures prediction latency, the
+//! bytes of an adapted head and the trunk-state cache per example.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use attune::{AdaptChoice, Error, NewExample, OnnxEncoder, Personalizer, QuietTraining, TrainOptions, TrainOutcome};
+
+use crate::bench_heads::{Clinc, Split, mean, sample_k};
+
+/// One method's result on one sample.
+struct Scored {
+    accuracy: f64,
+    train_s: f64,
+    adapted: bool,
+    head_bytes: usize,
+    /// Milliseconds per sentence, one at a time and in batches of 64.
+    batch_1_ms: f64,
+    batched_ms: f64,
+    cache_bytes_per_example: f64,
+}
+
+pub fn run(
+    encoder: Arc<OnnxEncoder>,
+    data: &Path,
+    shots: &[usize],
+    seeds: u64,
+    choice: AdaptChoice,
+) -> Result<serde_json::Value, Error> {
+    let (clinc, intents) = Clinc::load(data)?;
+    let label_of = |l: &str| intents.binary_search_by(|i| i.as_str().cmp(l)).expect("a training intent");
+    let train_split = Split {
+        rows: (0..clinc.train.len()).collect(),
+        labels: clinc.train.iter().map(|(_, l)| label_of(l)).collect(),
+    };
+    let scratch = std::env::temp_dir().join(format!("attune-bench-adapt-{}", std::process::id()));
+    let mut results = Vec::new();
+    for &k in shots {
+        let (mut frozen, mut adapted) = (Vec::new(), Vec::new());
+        for seed in 0..seeds {
+            let sample: Vec<&(String, String)> =
+                sample_k(&train_split, intents.len(), k, seed).into_iter().map(|i| &clinc.train[i]).collect();
+            let mut score = |choice: AdaptChoice, tag: &str| -> Result<Scored, Error> {
+                let dir = scratch.join(format!("{tag}-{k}-{seed}"));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).map_err(|e| Error::Storage(e.to_string()))?;
+                let p = Personalizer::open_with_encoder(&dir.join("user.db"), None, Arc::clone(&encoder))?;
+                let scored = train_and_score(&p, &sample, &intents, &clinc.test, choice, seed);
+                drop(p);
+                let _ = std::fs::remove_dir_all(&dir);
+                scored
+            };
+            let f = score(AdaptChoice::Never, "frozen")?;
+            let a = score(choice, "adapted")?;
+            eprintln!(
+                "k={k} seed {seed}: frozen {:.4} ({:.1} s), {} {:.4} ({:.1} s)",
+                f.accuracy,
+                f.train_s,
+                if a.adapted { "adapted" } else { "declined" },
+                a.accuracy,
+                a.train_s
+            );
+            frozen.push(f);
+            adapted.push(a);
+        }
+        results.push(serde_json::json!({
+            "setting": format!("k={k}"),
+            "frozen": summary(&frozen),
+            "adapted": summary(&adapted),
+        }));
+    }
+    Ok(serde_json::json!({ "through_train": true, "choice": format!("{choice:?}"), "results": results }))
+}
+
+fn train_and_score(
+    p: &Personalizer,
+    sample: &[&(String, String)],
+    intents: &[String],
+    test: &[(String, String)],
+    choice: AdaptChoice,
+    seed: u64,
+) -> Result<Scored, Error> {
+    const TASK: &str = "clinc";
+    for intent in intents {
+        p.describe_label(TASK, intent, &intent.replace('_', " "))?;
+    }
+    let examples: Vec<NewExample> = sample.iter().map(|(text, label)| NewExample::new(text.clone(), label)).collect();
+    p.add_examples(TASK, &examples)?;
+    let started = Instant::now();
+    let outcome: TrainOutcome =
+        p.train(TASK, &TrainOptions { seed, adapt: choice, ..TrainOptions::default() }, &QuietTraining)?;
+    let train_s = started.elapsed().as_secs_f64();
+    // A first head has nothing to be compared with: it is active.
+    let metrics = p.evaluate(TASK, test)?;
+    let texts: Vec<&str> = test.iter().take(64).map(|(t, _)| t.as_str()).collect();
+    let started = Instant::now();
+    for text in &texts {
+        p.predict(TASK, &[text], 1)?;
+    }
+    let batch_1_ms = started.elapsed().as_secs_f64() * 1e3 / texts.len() as f64;
+    let started = Instant::now();
+    p.predict(TASK, &texts, 1)?;
+    let batched_ms = started.elapsed().as_secs_f64() * 1e3 / texts.len() as f64;
+    let id = p.store().task_id(TASK)?;
+    let head_bytes = p.store().head(id, outcome.version)?.map_or(0, |h| h.weights.len());
+    let stats = p.stats(TASK)?;
+    Ok(Scored {
+        accuracy: metrics.accuracy,
+        train_s,
+        adapted: outcome.report.adaptation.as_ref().is_some_and(|a| a.adapted),
+        head_bytes,
+        batch_1_ms,
+        batched_ms,
+        cache_bytes_per_example: stats.trunk_state_bytes as f64 / stats.trunk_states.max(1) as f64,
+    })
+}
+
+fn summary(runs: &[Scored]) -> serde_json::Value {
+    let column = |f: &dyn Fn(&Scored) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
+    serde_json::json!({
+        "accuracy": mean(&column(&|r| r.accuracy)),
+        "per_seed": column(&|r| r.accuracy),
+        "train_s": mean(&column(&|r| r.train_s)),
+        "adapted_runs": runs.iter().filter(|r| r.adapted).count(),
+        "head_bytes": mean(&column(&|r| r.head_bytes as f64)),
+        "predict_batch_1_ms": mean(&column(&|r| r.batch_1_ms)),
+        "predict_batched_ms": mean(&column(&|r| r.batched_ms)),
+        "trunk_cache_bytes_per_example": mean(&column(&|r| r.cache_bytes_per_example)),
+    })
+}

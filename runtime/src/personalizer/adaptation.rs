@@ -1,0 +1,280 @@
+//! Training that adapts the backbone's top layers before the head: whether
+//! a run adapts, the examples' trunk states (cached with their rows), the
+//! adaptation itself on a stratified split whose held-out part judges it,
+//! and the adapted features that training and prediction use.
+//!
+//! The held-out examples are never seen by the adaptation, so a head on the
+//! adapted features and one on the frozen features can be compared on them
+//! fairly; the adapted head's predictions there are also its evidence for
+//! promotion. The final head is trained on all examples' adapted features.
+
+use std::time::Instant;
+
+use half::f16;
+use ndarray::Array2;
+
+use super::{Personalizer, TrainingData};
+use crate::encoder::{Encoder, OnnxEncoder, SILENT};
+use crate::error::{Error, Result};
+use crate::evaluation::{Metrics, evaluate};
+use crate::heads::{Head, HeadKind, TopChanges};
+use crate::numeric::argmax;
+use crate::store::{TrunkKey, TrunkStateRows};
+use crate::training::{
+    AdaptChoice, AdaptOptions, AdaptationReport, AdaptedTop, HeadChoice, QuietTraining, TrainListener, TrainOptions,
+    TrunkStates, holdout, train,
+};
+
+/// Share of each label's examples held out to judge the adaptation.
+const HOLDOUT_FRACTION: f32 = 0.15;
+/// The automatic choice adapts only when every label has this many
+/// examples: fewer leave a held-out set too small to tell the two apart.
+const AUTO_MIN_PER_LABEL: usize = 6;
+
+/// A run's adapted top and what it gives the head.
+pub(super) struct Adapted {
+    pub changes: TopChanges,
+    /// Every example's adapted sentence vector, row after row.
+    pub features: Vec<f32>,
+    /// Label descriptions through the adapted top.
+    pub priors: Vec<Option<Vec<f32>>>,
+    /// Held-out rows, the adapted candidate's prediction for each, and its
+    /// metrics there (the head's validation evidence).
+    pub held_out: Vec<usize>,
+    pub predictions: Vec<usize>,
+    pub metrics: Metrics,
+    pub report: AdaptationReport,
+}
+
+/// What the adaptation step of a run decided.
+pub(super) enum Decision {
+    Adapted(Box<Adapted>),
+    /// The head is trained on frozen features; the report says why, when
+    /// adaptation was allowed.
+    Frozen(Option<AdaptationReport>),
+}
+
+impl Personalizer {
+    /// Adapts `encoder`'s top layers to the task's examples when `options`
+    /// allow it and it helps (see `AdaptChoice`). A task trained with
+    /// differential privacy or following a shared model is refused when
+    /// adaptation is forced, and skipped otherwise.
+    pub(super) fn adapt_for_training(
+        &self,
+        encoder: &OnnxEncoder,
+        data: &TrainingData,
+        options: &TrainOptions,
+        follows_shared_model: bool,
+        listener: &dyn TrainListener,
+    ) -> Result<Decision> {
+        let layers = options.adapt_layers;
+        let forced = options.adapt == AdaptChoice::Always;
+        let skip = |reason: String| Ok(Decision::Frozen(Some(AdaptationReport::skipped(layers, reason))));
+        if options.adapt == AdaptChoice::Never {
+            return Ok(Decision::Frozen(None));
+        }
+        if let Some(reason) = refusal(options, follows_shared_model) {
+            return if forced {
+                Err(Error::InvalidInput(format!("cannot adapt the top layers: {reason}")))
+            } else {
+                skip(reason)
+            };
+        }
+        let (train_rows, held_out) = holdout(&data.label_index, data.labels.len(), HOLDOUT_FRACTION, options.seed);
+        if let Some(reason) = too_few_examples(data, &train_rows, forced) {
+            return skip(reason);
+        }
+        let frozen = match AdaptedTop::of(encoder, layers) {
+            Err(Error::CannotAdapt(reason)) if !forced => return skip(reason),
+            other => other?,
+        };
+        let started = Instant::now();
+        let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
+        let states = self.example_trunk_states(encoder, layers, &texts)?;
+        let train_labels: Vec<usize> = train_rows.iter().map(|&r| data.label_index[r]).collect();
+        let settings = AdaptOptions { seed: options.seed, ..options.adaptation.clone() };
+        let deadline = options.time_budget.map(|budget| started + budget);
+        let should_stop = || listener.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d);
+        let adapted = frozen.adapt(&states.select(&train_rows), &train_labels, &settings, &should_stop)?;
+        if listener.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let changes = match adapted.changes_from(&frozen) {
+            Err(Error::CannotAdapt(reason)) if !forced => return skip(reason),
+            other => other?,
+        };
+        let features = adapted.embed(&states)?;
+        let judged = judge(data, &features, &train_rows, &held_out, encoder.fingerprint(), options.seed)?;
+        let report = AdaptationReport {
+            adapted: true,
+            skipped: None,
+            layers,
+            steps: adapted.steps,
+            trained_values: changes.values() as u64,
+            first_loss: Some(adapted.first_loss),
+            last_loss: Some(adapted.last_loss),
+            holdout_rows: held_out.len() as u64,
+            frozen_accuracy: Some(judged.frozen_accuracy),
+            adapted_accuracy: Some(judged.metrics.accuracy),
+            adapt_ms: started.elapsed().as_millis() as u64,
+        };
+        if !forced && judged.metrics.accuracy <= judged.frozen_accuracy {
+            let reason = format!(
+                "on {} held-out examples a head on adapted features was right {:.1}% of the time, on frozen ones {:.1}%",
+                held_out.len(),
+                100.0 * judged.metrics.accuracy,
+                100.0 * judged.frozen_accuracy
+            );
+            return Ok(Decision::Frozen(Some(AdaptationReport { adapted: false, skipped: Some(reason), ..report })));
+        }
+        let priors = self.adapted_priors(encoder, &adapted, data)?;
+        Ok(Decision::Adapted(Box::new(Adapted {
+            changes,
+            features,
+            priors,
+            held_out,
+            predictions: judged.predictions,
+            metrics: judged.metrics,
+            report,
+        })))
+    }
+
+    /// The examples' states below the top `layers` layers: cached ones, the
+    /// rest computed now and cached (examples' texts only).
+    fn example_trunk_states(&self, encoder: &OnnxEncoder, layers: usize, texts: &[&str]) -> Result<TrunkStates> {
+        let key = TrunkKey { fingerprint: encoder.fingerprint(), layers };
+        let mut states: Vec<Option<Array2<f32>>> =
+            self.store.cached_trunk_states(key, texts)?.into_iter().map(|hit| hit.map(to_array)).collect();
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| states[i].is_none()).collect();
+        if !missing.is_empty() {
+            let missing_texts: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
+            let fresh = trunk_states(encoder, &missing_texts, layers)?;
+            let rows: Vec<TrunkStateRows> = fresh.iter().map(to_rows).collect();
+            let entries: Vec<(&str, &TrunkStateRows)> = missing_texts.iter().copied().zip(&rows).collect();
+            self.store.cache_trunk_states(key, &entries)?;
+            for (i, state) in missing.into_iter().zip(fresh) {
+                states[i] = Some(state);
+            }
+        }
+        Ok(TrunkStates::from_states(layers, states.into_iter().map(|s| s.expect("filled")).collect()))
+    }
+
+    /// Adapted features of stored examples' texts (their trunk states cached).
+    pub(super) fn stored_adapted_features(
+        &self,
+        encoder: &OnnxEncoder,
+        top: &AdaptedTop,
+        texts: &[&str],
+    ) -> Result<Vec<f32>> {
+        top.embed(&self.example_trunk_states(encoder, top.layers(), texts)?)
+    }
+
+    fn adapted_priors(
+        &self,
+        encoder: &OnnxEncoder,
+        top: &AdaptedTop,
+        data: &TrainingData,
+    ) -> Result<Vec<Option<Vec<f32>>>> {
+        let mut priors = vec![None; data.labels.len()];
+        if data.described.is_empty() {
+            return Ok(priors);
+        }
+        let texts: Vec<&str> = data.described.iter().map(|(_, text)| text.as_str()).collect();
+        let vectors = adapted_features(encoder, top, &texts)?;
+        for ((label, _), row) in data.described.iter().zip(vectors.chunks_exact(encoder.dim())) {
+            priors[*label] = Some(row.to_vec());
+        }
+        Ok(priors)
+    }
+}
+
+/// Sentence vectors of texts the app asks about, through `top`: their
+/// trunk states are computed for the call and never stored.
+pub(super) fn adapted_features(encoder: &OnnxEncoder, top: &AdaptedTop, texts: &[&str]) -> Result<Vec<f32>> {
+    top.embed(&TrunkStates::from_states(top.layers(), trunk_states(encoder, texts, top.layers())?))
+}
+
+/// States as the cache keeps them (f16), so that a run on fresh states and
+/// one on cached states give the same result.
+fn trunk_states(encoder: &OnnxEncoder, texts: &[&str], layers: usize) -> Result<Vec<Array2<f32>>> {
+    let mut states = encoder.trunk_states(texts, layers, &SILENT)?;
+    for state in &mut states {
+        state.mapv_inplace(|v| f16::from_f32(v).to_f32());
+    }
+    Ok(states)
+}
+
+fn to_array(rows: TrunkStateRows) -> Array2<f32> {
+    Array2::from_shape_vec((rows.tokens, rows.width), rows.values).expect("the store checks the shape")
+}
+
+fn to_rows(state: &Array2<f32>) -> TrunkStateRows {
+    TrunkStateRows { tokens: state.nrows(), width: state.ncols(), values: state.iter().copied().collect() }
+}
+
+/// Why adaptation is not for this task at all.
+fn refusal(options: &TrainOptions, follows_shared_model: bool) -> Option<String> {
+    if options.privacy.is_some() {
+        return Some("the task is trained with differential privacy, and adapted layers would not be private".into());
+    }
+    follows_shared_model.then(|| "the task follows a shared model from federated rounds, over frozen features".into())
+}
+
+/// Why the examples are too few to adapt on (or, for the automatic
+/// choice, to judge the adaptation).
+fn too_few_examples(data: &TrainingData, train_rows: &[usize], forced: bool) -> Option<String> {
+    let mut counts = vec![0usize; data.labels.len()];
+    train_rows.iter().for_each(|&r| counts[data.label_index[r]] += 1);
+    if counts.iter().filter(|&&c| c >= 2).count() < 2 {
+        return Some("fewer than two labels have pairs of examples to contrast after the held-out share".into());
+    }
+    let mut all = vec![0usize; data.labels.len()];
+    data.label_index.iter().for_each(|&l| all[l] += 1);
+    let fewest = all.iter().copied().filter(|&c| c > 0).min().unwrap_or(0);
+    (!forced && fewest < AUTO_MIN_PER_LABEL)
+        .then(|| format!("a label has {fewest} examples; adapting needs {AUTO_MIN_PER_LABEL} of each to be judged"))
+}
+
+/// Held-out accuracy of linear heads on the frozen and on the adapted features.
+struct Judged {
+    frozen_accuracy: f64,
+    predictions: Vec<usize>,
+    metrics: Metrics,
+}
+
+fn judge(
+    data: &TrainingData,
+    adapted: &[f32],
+    train_rows: &[usize],
+    held_out: &[usize],
+    fingerprint: &str,
+    seed: u64,
+) -> Result<Judged> {
+    let options = TrainOptions {
+        head: HeadChoice::Only(HeadKind::Linear),
+        adapt: AdaptChoice::Never,
+        seed,
+        ..TrainOptions::default()
+    };
+    let truth: Vec<usize> = held_out.iter().map(|&r| data.label_index[r]).collect();
+    let probabilities = |features: &[f32]| -> Result<Vec<f32>> {
+        let subset = data.subset(features, train_rows);
+        let (head, _) = train(&subset.set(fingerprint), None, &options, &QuietTraining)?;
+        head.probabilities(&rows_of(features, data.dim, held_out))
+    };
+    let frozen = probabilities(&data.features)?;
+    let frozen_accuracy = evaluate(&frozen, &truth, &data.labels).accuracy;
+    let adapted = probabilities(adapted)?;
+    let predictions = adapted.chunks_exact(data.labels.len()).map(|row| argmax(row).0).collect();
+    Ok(Judged { frozen_accuracy, predictions, metrics: evaluate(&adapted, &truth, &data.labels) })
+}
+
+fn rows_of(features: &[f32], dim: usize, rows: &[usize]) -> Vec<f32> {
+    rows.iter().flat_map(|&r| features[r * dim..(r + 1) * dim].iter().copied()).collect()
+}
+
+/// The head trained on adapted features carries the layers they came from.
+pub(super) fn with_top(mut head: Head, changes: TopChanges) -> Head {
+    head.top = Some(changes);
+    head
+}
