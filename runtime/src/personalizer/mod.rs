@@ -311,7 +311,13 @@ impl Personalizer {
     /// The adapted top layers `head` carries, applied to `encoder`'s own.
     fn adapted_top(&self, encoder: &OnnxEncoder, head: &Head) -> Result<Option<AdaptedTop>> {
         let Some(changes) = head.top_changes() else { return Ok(None) };
-        Ok(Some(AdaptedTop::of(encoder, changes.layers())?.with_changes(changes)?))
+        let misfit =
+            |reason: String| Error::InvalidHead(format!("the head's adapted layers do not fit the model: {reason}"));
+        let frozen = match AdaptedTop::of(encoder, changes.layers()) {
+            Err(Error::CannotAdapt(reason)) => return Err(misfit(reason)),
+            other => other?,
+        };
+        Ok(Some(frozen.with_changes(changes)?))
     }
 
     /// The features `active` predicts from, for texts the app asks about
