@@ -67,6 +67,9 @@ def main():
     parser.add_argument("--backend", default="ort")
     parser.add_argument("--model", type=Path, default=None, help="default: the default model")
     parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
+    parser.add_argument("--adapt", default="", metavar="K,K,...",
+                        help="also train through Personalizer.train with the top layers adapted (automatic "
+                             "choice) at these k (100 = the full set), beside a frozen head: minutes per seed")
     args = parser.parse_args()
     if not DATA.is_file():
         sys.exit(f"CLINC150 is not present at {DATA}: this benchmark needs ../shared/datasets")
@@ -123,6 +126,26 @@ def main():
     print(f"attune full, seed 0: chose {full['chosen']} by {full['validation']}; out of scope at its own threshold "
           f"{full['out_of_scope']['probability_threshold']:.3f}: in-scope accuracy {full['out_of_scope']['in_scope_accuracy']:.4f}, "
           f"out-of-scope recall {full['out_of_scope']['out_of_scope_recall']:.4f}")
+    if args.adapt:
+        print_adapted(args, env)
+
+
+def print_adapted(args, env):
+    """Adapted rows: `attune bench adapt --through-train`, same draws and seeds."""
+    model = ["--model", str(args.model)] if args.model else []
+    out = subprocess.run([str(args.binary), *model, "--backend", args.backend, "bench", "adapt", "--through-train",
+                          "--data", str(DATA), "--shots", args.adapt, "--seeds", str(args.seeds)],
+                         check=True, capture_output=True, text=True, env=env)
+    adapted = json.loads(out.stdout)
+    print("through Personalizer.train (automatic choice; 100 = the full set): frozen head against adapted top layers")
+    print(f"{'setting':<8} {'frozen acc':>10} {'adapted acc':>11} {'adapted runs':>12} {'frozen s':>8} "
+          f"{'adapted s':>9} {'head bytes':>10} {'cache B/ex':>10} {'predict ms 1/64':>16}")
+    for row in adapted["results"]:
+        f, a = row["frozen"], row["adapted"]
+        latency = f"{f['predict_batch_1_ms']:.1f}/{f['predict_batched_ms']:.1f} vs {a['predict_batch_1_ms']:.1f}/{a['predict_batched_ms']:.1f}"
+        print(f"{row['setting']:<8} {f['accuracy']:>10.4f} {a['accuracy']:>11.4f} {a['adapted_runs']:>12} "
+              f"{f['train_s']:>8.1f} {a['train_s']:>9.1f} {a['head_bytes']:>10.0f} "
+              f"{a['trunk_cache_bytes_per_example']:>10.0f} {latency:>16}")
 
 
 if __name__ == "__main__":

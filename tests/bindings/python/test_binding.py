@@ -411,6 +411,28 @@ def test_private_heads_are_visible(tmp_path, tiny_model_dir):
     run(scenario())
 
 
+def test_adapting_the_top_layers_is_a_training_setting(tmp_path, model_dir, tiny_model_dir):
+    if model_dir == tiny_model_dir:
+        pytest.skip("the tiny model has one layer; adaptation takes the top two")
+
+    async def scenario():
+        async with await attune.Personalizer.open(config(tmp_path / "adapt.db", model_dir)) as p:
+            await p.add_examples("t", labelled())
+            frozen = await p.train("t", attune.TrainSettings(adapt=attune.AdaptMode.NEVER))
+            assert not frozen.adapted and frozen.adaptation_note is None
+            forced = await p.train("t", attune.TrainSettings(adapt=attune.AdaptMode.ALWAYS))
+            assert forced.adapted and forced.adaptation_note is None, forced
+            assert p.stats("t").trunk_states == len(labelled())
+            best = await p.predict_one("t", "is it sunny outside")
+            assert best.labels[0].label == "weather"
+            # A private task never adapts; forcing it is a typed error.
+            await p.train("t", attune.TrainSettings(dp_epsilon=8.0))
+            with pytest.raises(attune.AttuneError.InvalidInput):
+                await p.train("t", attune.TrainSettings(adapt=attune.AdaptMode.ALWAYS))
+
+    run(scenario())
+
+
 def test_federated_calls_at_the_boundary(tmp_path, tiny_model_dir):
     async def scenario():
         data = intents()
