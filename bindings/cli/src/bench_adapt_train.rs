@@ -46,7 +46,7 @@ pub fn run(
         for seed in 0..seeds {
             let sample: Vec<&(String, String)> =
                 sample_k(&train_split, intents.len(), k, seed).into_iter().map(|i| &clinc.train[i]).collect();
-            let mut score = |choice: AdaptChoice, tag: &str| -> Result<Scored, Error> {
+            let score = |choice: AdaptChoice, tag: &str| -> Result<Scored, Error> {
                 let dir = scratch.join(format!("{tag}-{k}-{seed}"));
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir).map_err(|e| Error::Storage(e.to_string()))?;
