@@ -13,11 +13,11 @@ use std::time::Instant;
 use half::f16;
 use ndarray::Array2;
 
-use super::{Personalizer, TrainingData};
+use super::{Personalizer, TrainingData, rows_of};
 use crate::encoder::{Encoder, OnnxEncoder, SILENT};
 use crate::error::{Error, Result};
 use crate::evaluation::{Metrics, evaluate};
-use crate::heads::{Head, HeadKind, TopChanges};
+use crate::heads::{HeadKind, TopChanges};
 use crate::numeric::argmax;
 use crate::store::{TrunkKey, TrunkStateRows};
 use crate::training::{
@@ -268,14 +268,4 @@ fn judge(
     let adapted = probabilities(adapted)?;
     let predictions = adapted.chunks_exact(data.labels.len()).map(|row| argmax(row).0).collect();
     Ok(Judged { frozen_accuracy, predictions, metrics: evaluate(&adapted, &truth, &data.labels) })
-}
-
-fn rows_of(features: &[f32], dim: usize, rows: &[usize]) -> Vec<f32> {
-    rows.iter().flat_map(|&r| features[r * dim..(r + 1) * dim].iter().copied()).collect()
-}
-
-/// The head trained on adapted features carries the layers they came from.
-pub(super) fn with_top(mut head: Head, changes: TopChanges) -> Head {
-    head.top = Some(changes);
-    head
 }

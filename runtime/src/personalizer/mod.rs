@@ -39,7 +39,7 @@ use crate::training::{
     ActiveHeadEvidence, AdaptedTop, HeadChoice, PromotionDecision, QuietTraining, TrainListener, TrainOptions,
     TrainReport, TrainingSet, decide_promotion, train, zero_shot_head,
 };
-use adaptation::Decision;
+use adaptation::{Adapted, Decision};
 
 /// Where the user's data and the model are, and how to run the model.
 #[derive(Debug, Clone)]
@@ -239,9 +239,8 @@ impl Personalizer {
         let decision = self.adapt_for_training(encoder, &frozen, &options, shared.is_some(), listener)?;
         let (data, adapted, adaptation) = match decision {
             Decision::Adapted(adapted) => {
-                let data = frozen.with_features(adapted.features.clone(), adapted.priors.clone());
-                let report = adapted.report.clone();
-                (data, Some(adapted), Some(report))
+                let Adapted { changes, features, priors, held_out, predictions, metrics, report } = *adapted;
+                (frozen.with_features(features, priors), Some((changes, held_out, predictions, metrics)), Some(report))
             }
             Decision::Frozen(report) => (frozen, None, report),
         };
@@ -253,11 +252,11 @@ impl Personalizer {
             shared.as_ref().or(stored_active.as_ref().filter(|_| active_space_matches).map(|(head, _)| head));
         let (mut head, mut report) = train(&set, warm_start, &options, listener)?;
         report.adaptation = adaptation;
-        if let Some(adapted) = adapted {
-            head = adaptation::with_top(head, adapted.changes);
-            report.validation_rows = adapted.held_out;
-            report.validation_predictions = adapted.predictions;
-            report.validation = Some(adapted.metrics);
+        if let Some((changes, held_out, predictions, metrics)) = adapted {
+            head.top = Some(changes);
+            report.validation_rows = held_out;
+            report.validation_predictions = predictions;
+            report.validation = Some(metrics);
         }
         let replaces_public =
             report.private_run.is_some() && stored_active.as_ref().is_some_and(|(_, info)| info.privacy.is_none());
@@ -681,8 +680,12 @@ fn stored_head(
     })
 }
 
+/// The rows `rows` of a row-major matrix of width `dim`, in that order.
+fn rows_of(values: &[f32], dim: usize, rows: &[usize]) -> Vec<f32> {
+    rows.iter().flat_map(|&r| values[r * dim..(r + 1) * dim].iter().copied()).collect()
+}
+
 /// A task's examples as the trainer wants them.
-#[derive(Clone)]
 struct TrainingData {
     texts: Vec<String>,
     /// Labels with a description, and the description.
@@ -704,19 +707,18 @@ impl TrainingData {
     }
 
     /// The same examples over other features (and label-description priors).
-    fn with_features(&self, features: Vec<f32>, priors: Vec<Option<Vec<f32>>>) -> Self {
+    fn with_features(self, features: Vec<f32>, priors: Vec<Option<Vec<f32>>>) -> Self {
         let dim = if self.texts.is_empty() { self.dim } else { features.len() / self.texts.len() };
-        Self { features, priors, dim, ..self.clone() }
+        Self { features, priors, dim, ..self }
     }
 
     /// `rows` of these examples over `features` (all rows' features).
     fn subset(&self, features: &[f32], rows: &[usize]) -> Self {
-        let pick = |values: &[i64]| rows.iter().map(|&r| values[r]).collect::<Vec<_>>();
         Self {
             texts: rows.iter().map(|&r| self.texts[r].clone()).collect(),
             described: self.described.clone(),
-            example_ids: pick(&self.example_ids),
-            features: rows.iter().flat_map(|&r| features[r * self.dim..(r + 1) * self.dim].iter().copied()).collect(),
+            example_ids: rows.iter().map(|&r| self.example_ids[r]).collect(),
+            features: rows_of(features, self.dim, rows),
             label_index: rows.iter().map(|&r| self.label_index[r]).collect(),
             weights: rows.iter().map(|&r| self.weights[r]).collect(),
             labels: self.labels.clone(),
