@@ -173,13 +173,13 @@ pub(crate) fn embed(top: &Top, states: &[Array2<f32>]) -> Vec<Vec<f32>> {
     const TEXTS_PER_RUN: usize = 64;
     let runs: Vec<Vec<usize>> =
         (0..states.len()).collect::<Vec<_>>().chunks(TEXTS_PER_RUN).map(<[usize]>::to_vec).collect();
-    let pooled = in_parallel(&runs, |members| forward(top, states, members).0);
+    let pooled = in_parallel(&runs, |members| forward(top, states, members).vectors);
     pooled.iter().flat_map(|run| run.rows().into_iter().map(|row| row.to_vec())).collect()
 }
 
 /// A forward pass over `members` of `states` packed into one batch: the
 /// sentence vectors `[members, width]` and what the backward pass needs.
-fn forward(top: &Top, states: &[Array2<f32>], members: &[usize]) -> (Array2<f32>, Forward) {
+fn forward(top: &Top, states: &[Array2<f32>], members: &[usize]) -> Forward {
     let lengths: Vec<usize> = members.iter().map(|&i| states[i].nrows()).collect();
     let views: Vec<ArrayView2<f32>> = members.iter().map(|&i| states[i].view()).collect();
     let mut hidden = ndarray::concatenate(Axis(0), &views).expect("trunk states share their width");
@@ -192,7 +192,7 @@ fn forward(top: &Top, states: &[Array2<f32>], members: &[usize]) -> (Array2<f32>
     let pooled = pool(&hidden, &lengths, top.pooling);
     let norms = pooled.map_axis(Axis(1), |row| row.dot(&row).sqrt().max(1e-12));
     let vectors = if top.normalize { &pooled / &norms.clone().insert_axis(Axis(1)) } else { pooled };
-    (vectors.clone(), Forward { traces, lengths, norms, vectors })
+    Forward { traces, lengths, norms, vectors }
 }
 
 struct Forward {
@@ -216,6 +216,12 @@ fn pool(hidden: &Array2<f32>, lengths: &[usize], pooling: Pooling) -> Array2<f32
     pooled
 }
 
+/// A batch runs forward and backward in this many parts, one per core up
+/// to that many: the top layers' products are single-threaded, and the
+/// texts of a batch only meet in the loss. Fixed rather than the device's
+/// core count, so a seed gives the same weights on every device.
+const BATCH_PARTS: usize = 2;
+
 /// The contrastive loss of one batch and its gradient for every layer.
 fn loss_and_gradients(
     top: &Top,
@@ -224,9 +230,34 @@ fn loss_and_gradients(
     members: &[usize],
     temperature: f32,
 ) -> (f32, Vec<Layer>) {
-    let (vectors, forward) = forward(top, states, members);
+    let parts: Vec<&[usize]> = members.chunks(members.len().div_ceil(BATCH_PARTS).max(1)).collect();
+    let forwards = in_parallel(&parts, |part| forward(top, states, part));
+    let part_vectors: Vec<ArrayView2<f32>> = forwards.iter().map(|f| f.vectors.view()).collect();
+    let vectors = ndarray::concatenate(Axis(0), &part_vectors).expect("sentence vectors share their width");
     let batch_labels: Vec<usize> = members.iter().map(|&i| labels[i]).collect();
     let (loss, d_vectors) = contrastive_loss(&vectors, &batch_labels, temperature);
+    let mut starts = vec![0];
+    starts.extend(parts.iter().scan(0, |end, part| {
+        *end += part.len();
+        Some(*end)
+    }));
+    let part_indices: Vec<usize> = (0..parts.len()).collect();
+    let part_gradients = in_parallel(&part_indices, |&p| {
+        let d_part = d_vectors.slice_axis(Axis(0), (starts[p]..starts[p + 1]).into());
+        backward(top, &forwards[p], d_part)
+    });
+    let mut parts = part_gradients.into_iter();
+    let mut gradients = parts.next().expect("a batch has a part");
+    for part in parts {
+        gradients.iter_mut().zip(part).for_each(|(sum, layer)| sum.add(layer));
+    }
+    (loss, gradients)
+}
+
+/// The gradient for every layer from the loss's gradient with respect to
+/// the sentence vectors of one forward pass.
+fn backward(top: &Top, forward: &Forward, d_vectors: ArrayView2<f32>) -> Vec<Layer> {
+    let d_vectors = d_vectors.to_owned();
     let d_pooled =
         if top.normalize { normalisation_backward(&forward.vectors, &forward.norms, &d_vectors) } else { d_vectors };
     let mut d_hidden = pooling_backward(&d_pooled, &forward.lengths, top.pooling);
@@ -234,7 +265,7 @@ fn loss_and_gradients(
     for ((layer, trace), gradient) in top.layers.iter().zip(&forward.traces).zip(&mut gradients).rev() {
         d_hidden = layer.backward(trace, d_hidden.view(), gradient);
     }
-    (loss, gradients)
+    gradients
 }
 
 /// Supervised contrastive loss (Khosla et al., 2020) over unit vectors:
@@ -385,7 +416,7 @@ mod tests {
     }
 
     fn batch_loss(top: &Top, states: &[Array2<f32>], labels: &[usize], members: &[usize]) -> f32 {
-        let (vectors, _) = forward(top, states, members);
+        let vectors = forward(top, states, members).vectors;
         let batch_labels: Vec<usize> = members.iter().map(|&i| labels[i]).collect();
         contrastive_loss(&vectors, &batch_labels, 0.1).0
     }
