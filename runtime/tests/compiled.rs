@@ -121,7 +121,8 @@ mod with_onnx {
         let out = scratch("compiled-tiny-int8");
         let report = attune::compile_model(&tiny_dir(), &out, Precision::Int8).unwrap();
         assert_eq!(report.precision, Precision::Int8);
-        assert!(report.int8_products >= 6, "the layer's weight products: {report:?}");
+        // The six weight products the rewrite takes but the narrowing feed-forward one.
+        assert_eq!(report.int8_products, 5, "the layer's weight products: {report:?}");
         let manifest = attune::ModelManifest::load(&out).unwrap();
         assert_eq!(manifest.precision(), Precision::Int8);
         let int8 = OnnxEncoder::load(&out, &tract()).unwrap();
@@ -147,7 +148,8 @@ mod with_onnx {
     #[test]
     fn int8_default_model_keeps_its_features() {
         let Some(source) = support::default_model_dir() else { return };
-        let out = scratch("compiled-default-int8");
+        // Not compiled_default_model's directory: that test runs beside this one.
+        let out = scratch("int8-against-f32");
         attune::compile_model(&source, &out, Precision::Int8).unwrap();
         let int8 = OnnxEncoder::load(&out, &tract()).unwrap();
         let f32_path = OnnxEncoder::load(&source, &tract()).unwrap();
