@@ -143,9 +143,8 @@ impl Product {
     }
 
     /// A product that narrows (k > n): the feed-forward block's second
-    /// product, whose input is the GELU output. Kept in f32: in int8 with
-    /// the rest it set the default model's lowest cosine to the f32 path at
-    /// 0.9940–0.9952 depending on the CPU, in f32 at 0.9987 (README, "Int8 graphs").
+    /// product, whose input is the GELU output. Kept in f32: in int8 it
+    /// costs the most accuracy (README, "Int8 graphs").
     fn is_down_projection(&self) -> bool {
         self.k() > self.n()
     }
