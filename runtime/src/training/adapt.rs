@@ -262,8 +262,15 @@ fn backward(top: &Top, forward: &Forward, d_vectors: ArrayView2<f32>) -> Vec<Lay
         if top.normalize { normalisation_backward(&forward.vectors, &forward.norms, &d_vectors) } else { d_vectors };
     let mut d_hidden = pooling_backward(&d_pooled, &forward.lengths, top.pooling);
     let mut gradients: Vec<Layer> = top.layers.iter().map(Layer::zeros_like).collect();
-    for ((layer, trace), gradient) in top.layers.iter().zip(&forward.traces).zip(&mut gradients).rev() {
-        d_hidden = layer.backward(trace, d_hidden.view(), gradient);
+    let lowest = top.layers.len() - 1;
+    let trained = top.layers.iter().zip(&forward.traces).zip(&mut gradients).rev().enumerate();
+    for (from_top, ((layer, trace), gradient)) in trained {
+        // The trunk below is frozen: the lowest layer's input needs no gradient.
+        if from_top == lowest {
+            layer.backward_to_weights(trace, d_hidden.view(), gradient);
+        } else {
+            d_hidden = layer.backward(trace, d_hidden.view(), gradient);
+        }
     }
     gradients
 }

@@ -4,7 +4,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-use super::{Dense, Layer, Norm, Normalised, Trace, gelu_slope};
+use super::{Dense, Layer, Norm, Normalised, Trace, normal_density};
 
 impl Layer {
     /// The same layer with every weight zero: where gradients add up.
@@ -41,9 +41,28 @@ impl Layer {
     /// (`d_output`, `[tokens, width]`); returns its gradient with respect to
     /// the layer's input. Gradients of several batches add up.
     pub fn backward(&self, trace: &Trace, d_output: ArrayView2<f32>, gradients: &mut Layer) -> Array2<f32> {
+        let [d_residual, d_query, d_key, d_value] = self.backward_to_weights(trace, d_output, gradients);
+        d_residual
+            + d_query.dot(&self.query.weight.t())
+            + d_key.dot(&self.key.weight.t())
+            + d_value.dot(&self.value.weight.t())
+    }
+
+    /// `backward` without the input's gradient, for the lowest trained
+    /// layer (its input is frozen); returns what the input's gradient is made
+    /// of: the residual path's, and the query, key and value products'.
+    pub fn backward_to_weights(
+        &self,
+        trace: &Trace,
+        d_output: ArrayView2<f32>,
+        gradients: &mut Layer,
+    ) -> [Array2<f32>; 4] {
         let d_second = norm_backward(&self.output_norm, &trace.second, d_output, &mut gradients.output_norm);
         let mut d_inner = dense_backward(&self.output, &trace.inner.view(), &d_second.view(), &mut gradients.output);
-        d_inner.zip_mut_with(&trace.inner_before, |d, &x| *d *= gelu_slope(x));
+        ndarray::Zip::from(&mut d_inner)
+            .and(&trace.inner_before)
+            .and(&trace.cdf)
+            .for_each(|d, &x, &cdf| *d *= cdf + x * normal_density(x));
         let first = trace.first.output.view();
         let d_first =
             d_second + dense_backward(&self.intermediate, &first, &d_inner.view(), &mut gradients.intermediate);
@@ -54,10 +73,10 @@ impl Layer {
             dense_backward(&self.attention_output, &attended, &d_residual.view(), &mut gradients.attention_output);
         let (d_query, d_key, d_value) = self.attention_backward(trace, &d_attended);
         let input = trace.input.view();
-        d_residual
-            + dense_backward(&self.query, &input, &d_query.view(), &mut gradients.query)
-            + dense_backward(&self.key, &input, &d_key.view(), &mut gradients.key)
-            + dense_backward(&self.value, &input, &d_value.view(), &mut gradients.value)
+        add_weight_gradient(&input, &d_query.view(), &mut gradients.query);
+        add_weight_gradient(&input, &d_key.view(), &mut gradients.key);
+        add_weight_gradient(&input, &d_value.view(), &mut gradients.value);
+        [d_residual, d_query, d_key, d_value]
     }
 
     /// Per head: O = P·V with P = softmax(s·Q·Kᵀ), so dV = Pᵀ·dO, dP = dO·Vᵀ,
@@ -86,9 +105,13 @@ impl Layer {
 
 /// y = x·W + b: adds xᵀ·dy to W's gradient and Σ dy to b's; returns dy·Wᵀ.
 fn dense_backward(dense: &Dense, x: &ArrayView2<f32>, dy: &ArrayView2<f32>, gradient: &mut Dense) -> Array2<f32> {
-    gradient.weight += &x.t().dot(dy);
-    gradient.bias += &dy.sum_axis(Axis(0));
+    add_weight_gradient(x, dy, gradient);
     dy.dot(&dense.weight.t())
+}
+
+fn add_weight_gradient(x: &ArrayView2<f32>, dy: &ArrayView2<f32>, gradient: &mut Dense) {
+    ndarray::linalg::general_mat_mul(1.0, &x.t(), dy, 1.0, &mut gradient.weight);
+    gradient.bias += &dy.sum_axis(Axis(0));
 }
 
 /// y = x̂·γ + β with x̂ = (x − mean)·r: adds Σ dy·x̂ to γ's gradient and Σ dy
