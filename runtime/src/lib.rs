@@ -33,9 +33,9 @@ pub use personalizer::{
     SearchHit, TaskUpgrade, TrainOutcome, UpgradeOutcome,
 };
 pub use store::{
-    AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, LabelCount,
-    NewDocument, NewExample, NewFeedback, Retention, Signal, Store, StoreOptions, TaskId, TaskInfo, TrunkKey,
-    TrunkStateRows, VectorEncoding,
+    AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, KEPT_HEAD_VERSIONS,
+    LabelCount, NewDocument, NewExample, NewFeedback, Retention, Signal, Store, StoreOptions, TaskId, TaskInfo,
+    TrunkKey, TrunkStateRows, VectorEncoding,
 };
 pub use training::{
     AdaptChoice, AdaptOptions, AdaptationReport, CandidateHead, CandidateReport, EpochProgress, FederatedOptions,

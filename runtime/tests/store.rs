@@ -166,6 +166,31 @@ fn heads_are_versioned_promoted_and_rolled_back() {
     assert_eq!(store.heads(task).unwrap().iter().filter(|h| h.active).count(), 1);
 }
 
+#[test]
+fn old_head_versions_are_deleted_but_the_active_and_the_shared_one_stay() {
+    let store = open(&scratch("head-versions").join("user.db"));
+    let task = store.ensure_task("intents").unwrap();
+    let shared = NewHead { shared: true, ..head(&["a", "b"], 0) };
+    assert_eq!(store.save_head(task, &shared, false).unwrap(), 1);
+    assert_eq!(store.save_head(task, &head(&["a", "b"], 1), true).unwrap(), 2);
+    // Eight candidates that are never promoted.
+    for n in 0..8 {
+        assert_eq!(store.save_head(task, &head(&["a", "b"], 2 + n), false).unwrap(), 3 + n as u32);
+    }
+    let versions: Vec<(u32, bool, bool)> =
+        store.heads(task).unwrap().iter().map(|h| (h.version, h.active, h.shared)).collect();
+    let newest: Vec<(u32, bool, bool)> = (6..=10).map(|v| (v, false, false)).collect();
+    assert_eq!(versions, [vec![(1, false, true), (2, true, false)], newest].concat());
+    assert_eq!(store.latest_shared_head(task).unwrap().unwrap().info.version, 1);
+    assert!(store.head(task, 3).unwrap().is_none());
+    assert!(matches!(store.activate_head(task, 3), Err(Error::InvalidInput(_))), "a deleted version cannot come back");
+    // Promoting the newest releases the old active version once it is out of the window.
+    store.activate_head(task, 10).unwrap();
+    store.save_head(task, &head(&["a", "b"], 20), false).unwrap();
+    let kept: Vec<u32> = store.heads(task).unwrap().iter().map(|h| h.version).collect();
+    assert_eq!(kept, [1, 7, 8, 9, 10, 11]);
+}
+
 fn seeded(tag: &str) -> (Store, TaskId, PathBuf) {
     let path = scratch(tag).join("user.db");
     let store = open(&path);

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 pub use examples::{AddOutcome, Example, LabelCount, NewExample};
 pub use features::VectorEncoding;
-pub use heads::{HeadInfo, HeadPrivacy, LedgerEntry, NewHead, StoredHead};
+pub use heads::{HeadInfo, HeadPrivacy, KEPT_HEAD_VERSIONS, LedgerEntry, NewHead, StoredHead};
 pub use items::{Document, FeedbackEvent, NewDocument, NewFeedback, Signal};
 pub use rights::{Forget, ForgetOutcome, Retention};
 pub use trunk_states::{TrunkKey, TrunkStateRows};

@@ -194,6 +194,23 @@ class BindingTest {
     }
 
     @Test
+    fun adaptingTheTopLayersIsATrainingSetting() = runBlocking {
+        // The tiny model has one layer; adaptation takes the top two, so this runs on the default model.
+        open("adapt.db", modelDir = model).use { p ->
+            p.addExamples("t", examples)
+            val frozen = p.train("t", TrainSettings(adapt = AdaptMode.NEVER))
+            assertFalse(frozen.adapted)
+            val forced = p.train("t", TrainSettings(adapt = AdaptMode.ALWAYS))
+            assertTrue(forced.adapted, forced.toString())
+            assertEquals(examples.size.toULong(), p.stats("t").trunkStates)
+            assertEquals("weather", p.predictOne("t", "is it sunny outside").labels.first().label)
+            // A private task never adapts; forcing it is a typed error.
+            p.train("t", TrainSettings(dpEpsilon = 8.0))
+            assertFailsWith<AttuneException.InvalidInput> { p.train("t", TrainSettings(adapt = AdaptMode.ALWAYS)) }
+        }
+    }
+
+    @Test
     fun federatedRoundsAtTheBoundary() = runBlocking {
         val model = Model.load(tinyModel)
         val devices = (0 until 2).map { Personalizer.openWithModel(File(dir, "device-$it.db").path, model) }
