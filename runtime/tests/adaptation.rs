@@ -144,6 +144,19 @@ fn labels_without_pairs_skip_adaptation_and_the_report_says_so() {
 }
 
 #[test]
+fn the_automatic_choice_leaves_plentiful_labels_to_a_frozen_head() {
+    let p = open(&scratch("plentiful"));
+    p.add_examples("inbox", &examples(51)).unwrap();
+    let auto = p.train("inbox", &adapting(AdaptChoice::Auto), &QuietTraining).unwrap();
+    let adaptation = auto.report.adaptation.expect("a report");
+    assert!(!adaptation.adapted && adaptation.steps == 0, "{adaptation:?}");
+    assert!(adaptation.skipped.as_deref().is_some_and(|r| r.contains("51 examples each on average")), "{adaptation:?}");
+    assert_eq!(p.stats("inbox").unwrap().trunk_states, 0, "skipped before any trunk state was computed");
+    let forced = p.train("inbox", &adapting(AdaptChoice::Always), &QuietTraining).unwrap();
+    assert!(forced.report.adaptation.is_some_and(|a| a.adapted));
+}
+
+#[test]
 fn a_head_whose_layers_do_not_fit_the_model_is_refused_at_prediction() {
     let p = open(&scratch("misfit"));
     p.add_examples("inbox", &examples(6)).unwrap();

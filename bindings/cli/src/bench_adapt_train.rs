@@ -19,6 +19,9 @@ struct Scored {
     accuracy: f64,
     train_s: f64,
     adapted: bool,
+    /// Held-out accuracy of linear heads on the frozen and the adapted
+    /// features, on which the automatic choice decided.
+    held_out: Option<(f64, f64)>,
     head_bytes: usize,
     /// Milliseconds per sentence, one at a time and in batches of 64.
     batch_1_ms: f64,
@@ -58,8 +61,11 @@ pub fn run(
             };
             let f = score(AdaptChoice::Never, "frozen")?;
             let a = score(choice, "adapted")?;
+            let judged = a.held_out.map_or(String::new(), |(frozen, adapted)| {
+                format!(", held out: frozen {frozen:.4}, adapted {adapted:.4}")
+            });
             eprintln!(
-                "k={k} seed {seed}: frozen {:.4} ({:.1} s), {} {:.4} ({:.1} s)",
+                "k={k} seed {seed}: frozen {:.4} ({:.1} s), {} {:.4} ({:.1} s){judged}",
                 f.accuracy,
                 f.train_s,
                 if a.adapted { "adapted" } else { "declined" },
@@ -114,6 +120,7 @@ fn train_and_score(
         accuracy: metrics.accuracy,
         train_s,
         adapted: outcome.report.adaptation.as_ref().is_some_and(|a| a.adapted),
+        held_out: outcome.report.adaptation.as_ref().and_then(|a| a.frozen_accuracy.zip(a.adapted_accuracy)),
         head_bytes,
         batch_1_ms,
         batched_ms,
