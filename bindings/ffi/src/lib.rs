@@ -215,12 +215,13 @@ impl Personalizer {
         self.session.now(|p| Ok(p.stats(&task)?.into()))
     }
 
-    /// Every stored head version of `task`, oldest first.
+    /// Every stored head version of `task`, oldest first: the 5 newest,
+    /// the active one and the latest shared one (older ones are deleted).
     pub fn heads(&self, task: String) -> Result<Vec<HeadVersion>, AttuneError> {
         self.session.now(|p| p.heads(&task)?.into_iter().map(TryInto::try_into).collect())
     }
 
-    /// Makes an earlier head version active again.
+    /// Makes an earlier head version active again (one still stored).
     pub fn rollback(&self, task: String, version: u32) -> Result<(), AttuneError> {
         self.session.now(|p| Ok(p.rollback(&task, version)?))
     }

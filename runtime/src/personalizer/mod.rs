@@ -415,7 +415,8 @@ impl Personalizer {
         self.store.heads(self.store.task_id(task)?)
     }
 
-    /// Makes an earlier head version active again.
+    /// Makes an earlier head version active again (one still stored: see
+    /// `KEPT_HEAD_VERSIONS`).
     /// A private task only goes back to a private head.
     pub fn rollback(&self, task: &str, version: u32) -> Result<()> {
         let id = self.store.task_id(task)?;
