@@ -16,7 +16,7 @@ use super::parallel::in_parallel;
 use super::rng::SplitMix;
 use crate::error::{Error, Result};
 use crate::model::Pooling;
-use crate::transformer::{Layer, Trace};
+use crate::transformer::{Layer, PackedLayer, Trace};
 
 /// How the top layers are adapted; the defaults are the issue's.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +58,13 @@ pub(crate) struct Top {
     pub layers: Vec<Layer>,
     pub pooling: Pooling,
     pub normalize: bool,
+}
+
+impl Top {
+    /// The layers packed for running forward only.
+    pub fn packed(&self) -> Vec<PackedLayer> {
+        self.layers.iter().map(PackedLayer::new).collect()
+    }
 }
 
 /// What adaptation did.
@@ -168,31 +175,50 @@ fn step(
 }
 
 /// The sentence vectors of texts given their trunk states, through `top`
-/// (runs of 64 texts, spread over the cores).
-pub(crate) fn embed(top: &Top, states: &[Array2<f32>]) -> Vec<Vec<f32>> {
+/// with its layers packed as `packed` (runs of 64 texts, spread over the
+/// cores).
+pub(crate) fn embed(top: &Top, packed: &[PackedLayer], states: &[Array2<f32>]) -> Vec<Vec<f32>> {
     const TEXTS_PER_RUN: usize = 64;
     let runs: Vec<Vec<usize>> =
         (0..states.len()).collect::<Vec<_>>().chunks(TEXTS_PER_RUN).map(<[usize]>::to_vec).collect();
-    let pooled = in_parallel(&runs, |members| forward(top, states, members).vectors);
+    let pooled = in_parallel(&runs, |members| {
+        let (mut hidden, lengths) = batch(states, members);
+        for layer in packed {
+            hidden = layer.forward(hidden.view(), &lengths);
+        }
+        sentence_vectors(top, &hidden, &lengths).1
+    });
     pooled.iter().flat_map(|run| run.rows().into_iter().map(|row| row.to_vec())).collect()
+}
+
+/// `members` of `states` packed into one batch, and each one's length.
+fn batch(states: &[Array2<f32>], members: &[usize]) -> (Array2<f32>, Vec<usize>) {
+    let lengths: Vec<usize> = members.iter().map(|&i| states[i].nrows()).collect();
+    let views: Vec<ArrayView2<f32>> = members.iter().map(|&i| states[i].view()).collect();
+    (ndarray::concatenate(Axis(0), &views).expect("trunk states share their width"), lengths)
 }
 
 /// A forward pass over `members` of `states` packed into one batch: the
 /// sentence vectors `[members, width]` and what the backward pass needs.
 fn forward(top: &Top, states: &[Array2<f32>], members: &[usize]) -> Forward {
-    let lengths: Vec<usize> = members.iter().map(|&i| states[i].nrows()).collect();
-    let views: Vec<ArrayView2<f32>> = members.iter().map(|&i| states[i].view()).collect();
-    let mut hidden = ndarray::concatenate(Axis(0), &views).expect("trunk states share their width");
+    let (mut hidden, lengths) = batch(states, members);
     let mut traces = Vec::with_capacity(top.layers.len());
     for layer in &top.layers {
         let trace = layer.trace(hidden.view(), &lengths);
         hidden = trace.output().to_owned();
         traces.push(trace);
     }
-    let pooled = pool(&hidden, &lengths, top.pooling);
+    let (norms, vectors) = sentence_vectors(top, &hidden, &lengths);
+    Forward { traces, lengths, norms, vectors }
+}
+
+/// Each text's pooled vector's norm, and the vectors (normalised when the
+/// model's are).
+fn sentence_vectors(top: &Top, hidden: &Array2<f32>, lengths: &[usize]) -> (Array1<f32>, Array2<f32>) {
+    let pooled = pool(hidden, lengths, top.pooling);
     let norms = pooled.map_axis(Axis(1), |row| row.dot(&row).sqrt().max(1e-12));
     let vectors = if top.normalize { &pooled / &norms.clone().insert_axis(Axis(1)) } else { pooled };
-    Forward { traces, lengths, norms, vectors }
+    (norms, vectors)
 }
 
 struct Forward {
@@ -468,9 +494,9 @@ mod tests {
         assert_eq!(first.steps, 40);
         assert!(first.last_loss < 0.5 * first.first_loss, "{} -> {}", first.first_loss, first.last_loss);
         let again = adapt(&top, &states, &labels, &settings, &|| false).unwrap();
-        assert_eq!(embed(&first.top, &states), embed(&again.top, &states));
+        assert_eq!(embed(&first.top, &first.top.packed(), &states), embed(&again.top, &again.top.packed(), &states));
         let other = adapt(&top, &states, &labels, &AdaptOptions { seed: 7, ..settings }, &|| false).unwrap();
-        assert_ne!(embed(&first.top, &states), embed(&other.top, &states));
+        assert_ne!(embed(&first.top, &first.top.packed(), &states), embed(&other.top, &other.top.packed(), &states));
     }
 
     #[test]
@@ -526,7 +552,7 @@ mod tests {
     #[test]
     fn unmodified_top_embeds_like_a_plain_forward() {
         let (top, states, _) = toy(Pooling::Mean);
-        let vectors = embed(&top, &states);
+        let vectors = embed(&top, &top.packed(), &states);
         for (state, vector) in states.iter().zip(&vectors) {
             let mut hidden = state.clone();
             for layer in &top.layers {

@@ -3,6 +3,8 @@
 //! vectors through the adapted (or unmodified) top. No ndarray on this
 //! surface.
 
+use std::sync::{Arc, OnceLock};
+
 use ndarray::Array2;
 
 pub use super::adapt::AdaptOptions;
@@ -10,7 +12,7 @@ use super::adapt::{self, Top};
 use crate::encoder::{EncodeListener, Encoder};
 use crate::error::{Error, Result};
 use crate::heads::TopChanges;
-use crate::transformer::Layer;
+use crate::transformer::{Layer, PackedLayer};
 
 /// Texts' token states below the top layers, one `[tokens, width]` block each.
 #[derive(Debug, Clone)]
@@ -53,6 +55,9 @@ impl TrunkStates {
 #[derive(Debug, Clone)]
 pub struct AdaptedTop {
     top: Top,
+    /// `top`'s layers packed for the matrix kernels on first use (a top
+    /// never changes once made; clones share them).
+    packed: Arc<OnceLock<Vec<PackedLayer>>>,
     /// Values a head must store for this top beyond the backbone's own
     /// weights: every weight, or low-rank factors with biases and norms.
     pub trained_values: usize,
@@ -63,11 +68,15 @@ pub struct AdaptedTop {
 }
 
 impl AdaptedTop {
+    fn made(top: Top, trained_values: usize, steps: usize, first_loss: f32, last_loss: f32) -> Self {
+        Self { top, packed: Arc::default(), trained_values, steps, first_loss, last_loss }
+    }
+
     /// `encoder`'s top `layers` layers, unmodified.
     pub fn of(encoder: &dyn Encoder, layers: usize) -> Result<Self> {
         let top = encoder.top_layers(layers)?;
         let top = Top { layers: top.layers, pooling: top.pooling, normalize: top.normalize };
-        Ok(Self { top, trained_values: 0, steps: 0, first_loss: f32::NAN, last_loss: f32::NAN })
+        Ok(Self::made(top, 0, 0, f32::NAN, f32::NAN))
     }
 
     /// This top adapted to `labels` (one per row of `states`).
@@ -95,13 +104,7 @@ impl AdaptedTop {
             }
             None => all,
         };
-        Ok(Self {
-            top: done.top,
-            trained_values,
-            steps: done.steps,
-            first_loss: done.first_loss,
-            last_loss: done.last_loss,
-        })
+        Ok(Self::made(done.top, trained_values, done.steps, done.first_loss, done.last_loss))
     }
 
     /// How many layers this top has.
@@ -145,13 +148,14 @@ impl AdaptedTop {
         }
         drop(slots);
         let trained_values = changes.values();
-        Ok(Self { top, trained_values, steps: 0, first_loss: f32::NAN, last_loss: f32::NAN })
+        Ok(Self::made(top, trained_values, 0, f32::NAN, f32::NAN))
     }
 
     /// The sentence vectors of `states`' texts, row after row.
     pub fn embed(&self, states: &TrunkStates) -> Result<Vec<f32>> {
         self.check(states)?;
-        Ok(adapt::embed(&self.top, &states.states).concat())
+        let packed = self.packed.get_or_init(|| self.top.packed());
+        Ok(adapt::embed(&self.top, packed, &states.states).concat())
     }
 
     fn check(&self, states: &TrunkStates) -> Result<()> {

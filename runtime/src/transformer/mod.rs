@@ -7,20 +7,20 @@
 //! whole batch at once while attention stays within each text.
 
 mod backward;
+mod products;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
+
+use products::PackedWeight;
+
+/// `times(i, x)`: `x` times the weight of a layer's product `i`.
+type Product<'a> = dyn Fn(usize, ArrayView2<f32>) -> Array2<f32> + 'a;
 
 /// `x · weight + bias`, `weight` of shape `[in, out]`.
 #[derive(Debug, Clone)]
 pub struct Dense {
     pub weight: Array2<f32>,
     pub bias: Array1<f32>,
-}
-
-impl Dense {
-    fn apply(&self, x: &ArrayView2<f32>) -> Array2<f32> {
-        x.dot(&self.weight) + &self.bias
-    }
 }
 
 /// Layer normalisation over each token's width.
@@ -99,6 +99,25 @@ impl Trace {
     }
 }
 
+/// A layer that only runs forward, its weights packed once for the CPU's
+/// matrix kernels: an adapted head's layers at prediction.
+#[derive(Debug)]
+pub struct PackedLayer {
+    layer: Layer,
+    weights: [PackedWeight; 6],
+}
+
+impl PackedLayer {
+    pub fn new(layer: &Layer) -> Self {
+        Self { weights: layer.products().map(|dense| PackedWeight::new(&dense.weight)), layer: layer.clone() }
+    }
+
+    /// As `Layer::forward`.
+    pub fn forward(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Array2<f32> {
+        self.layer.trace_with(states, lengths, &|which, x| self.weights[which].times(x)).second.output
+    }
+}
+
 impl Layer {
     /// The layer's output for a batch's token states (`[tokens, width]`,
     /// texts one after another, `lengths` tokens each).
@@ -108,14 +127,21 @@ impl Layer {
 
     /// The forward pass, keeping what `backward` needs.
     pub fn trace(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Trace {
+        self.trace_with(states, lengths, &|which, x| x.dot(&self.products()[which].weight))
+    }
+
+    /// The forward pass with `times(i, x)` = `x` times the weight of
+    /// product `i` (in `products` order), biases added here.
+    fn trace_with(&self, states: ArrayView2<f32>, lengths: &[usize], times: &Product) -> Trace {
         assert_eq!(lengths.iter().sum::<usize>(), states.nrows(), "the texts' lengths cover the batch");
-        let (query, key, value) = (self.query.apply(&states), self.key.apply(&states), self.value.apply(&states));
+        let dense = |which: usize, x: ArrayView2<f32>| times(which, x) + &self.products()[which].bias;
+        let (query, key, value) = (dense(0, states), dense(1, states), dense(2, states));
         let (attended, probabilities) = self.attention(lengths, &query, &key, &value);
-        let first = self.attention_norm.apply(&states + &self.attention_output.apply(&attended.view()));
-        let inner_before = self.intermediate.apply(&first.output.view());
+        let first = self.attention_norm.apply(&states + &dense(3, attended.view()));
+        let inner_before = dense(4, first.output.view());
         let cdf = inner_before.mapv(normal_cdf);
         let inner = &inner_before * &cdf;
-        let second = self.output_norm.apply(&first.output + &self.output.apply(&inner.view()));
+        let second = self.output_norm.apply(&first.output + &dense(5, inner.view()));
         Trace {
             lengths: lengths.to_vec(),
             input: states.to_owned(),
