@@ -342,7 +342,7 @@ mod tests {
     use crate::encoder::{Encoder, tract_engine, tract_passes};
     use crate::model::ModelManifest;
     use crate::model::tests::default_model;
-    use crate::transformer::PackedLayer;
+    use crate::transformer::PackedProducts;
 
     fn mean_pooled(rows: ArrayView2<f32>) -> Vec<f32> {
         let mean = rows.mean_axis(Axis(0)).expect("a token");
@@ -398,7 +398,7 @@ mod tests {
         let expected = encoder.embed(&sentences).unwrap();
         let layers = encoder.top_layers(top).unwrap().layers;
         assert_eq!(layers.len(), top);
-        let packed: Vec<PackedLayer> = layers.iter().map(PackedLayer::new).collect();
+        let packed: Vec<PackedProducts> = layers.iter().map(PackedProducts::of).collect();
         let states = encoder.trunk_states(&sentences, top, &crate::SILENT).unwrap();
         let mut lowest = 1.0f32;
         for (text_states, theirs) in states.iter().zip(expected.rows()) {
@@ -406,7 +406,7 @@ mod tests {
             let lengths = [hidden.nrows()];
             for (layer, packed) in layers.iter().zip(&packed) {
                 hidden = layer.forward(hidden.view(), &lengths);
-                hidden_packed = packed.forward(hidden_packed.view(), &lengths);
+                hidden_packed = layer.forward_packed(packed, hidden_packed.view(), &lengths);
             }
             for ours in [hidden, hidden_packed] {
                 let cosine: f32 = mean_pooled(ours.view()).iter().zip(theirs).map(|(a, b)| a * b).sum();

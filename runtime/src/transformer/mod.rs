@@ -99,22 +99,15 @@ impl Trace {
     }
 }
 
-/// A layer that only runs forward, its weights packed once for the CPU's
-/// matrix kernels: an adapted head's layers at prediction.
+/// A layer's six weight matrices packed once for the CPU's matrix kernels,
+/// for a layer that only runs forward (an adapted head's at prediction):
+/// `Layer::forward_packed`.
 #[derive(Debug)]
-pub struct PackedLayer {
-    layer: Layer,
-    weights: [PackedWeight; 6],
-}
+pub struct PackedProducts([PackedWeight; 6]);
 
-impl PackedLayer {
-    pub fn new(layer: &Layer) -> Self {
-        Self { weights: layer.products().map(|dense| PackedWeight::new(&dense.weight)), layer: layer.clone() }
-    }
-
-    /// As `Layer::forward`.
-    pub fn forward(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Array2<f32> {
-        self.layer.trace_with(states, lengths, &|which, x| self.weights[which].times(x)).second.output
+impl PackedProducts {
+    pub fn of(layer: &Layer) -> Self {
+        Self(layer.products().map(|dense| PackedWeight::new(&dense.weight)))
     }
 }
 
@@ -123,6 +116,12 @@ impl Layer {
     /// texts one after another, `lengths` tokens each).
     pub fn forward(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Array2<f32> {
         self.trace(states, lengths).second.output
+    }
+
+    /// As `forward`, on this layer's weights as `packed` holds them.
+    pub fn forward_packed(&self, packed: &PackedProducts, states: ArrayView2<f32>, lengths: &[usize]) -> Array2<f32> {
+        let products = self.products();
+        self.trace_with(states, lengths, &|which, x| packed.0[which].times(x, &products[which].weight)).second.output
     }
 
     /// The forward pass, keeping what `backward` needs.

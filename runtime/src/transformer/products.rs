@@ -11,36 +11,38 @@
 
 use ndarray::{Array2, ArrayView2};
 
-/// A weight matrix `[k, m]`, ready for products `x · weight`.
+/// A weight matrix `[k, m]` packed for products `x · weight`; the matrix
+/// itself stays with its owner, which passes it along for the fallback.
 pub(crate) struct PackedWeight {
-    weight: Array2<f32>,
+    shape: (usize, usize),
     #[cfg(feature = "tract")]
     packed: Option<kernels::Packed>,
 }
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackedWeight").field("shape", &self.weight.dim()).field("kernel", &self.kernel()).finish()
+        f.debug_struct("PackedWeight").field("shape", &self.shape).field("kernel", &self.kernel()).finish()
     }
 }
 
 impl PackedWeight {
     pub fn new(weight: &Array2<f32>) -> Self {
         Self {
+            shape: weight.dim(),
             #[cfg(feature = "tract")]
             packed: kernels::Packed::new(weight.view()),
-            weight: weight.clone(),
         }
     }
 
-    /// `x · weight`.
-    pub fn times(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        assert_eq!(x.ncols(), self.weight.nrows(), "the product's inner sizes differ");
+    /// `x · weight`, `weight` being the matrix this was packed from.
+    pub fn times(&self, x: ArrayView2<f32>, weight: &Array2<f32>) -> Array2<f32> {
+        assert_eq!(weight.dim(), self.shape, "packed from another weight");
+        assert_eq!(x.ncols(), self.shape.0, "the product's inner sizes differ");
         #[cfg(feature = "tract")]
         if let Some(product) = self.packed.as_ref().and_then(|packed| packed.times(x)) {
             return product;
         }
-        x.dot(&self.weight)
+        x.dot(weight)
     }
 
     /// The name of the kernel products run on, when not ndarray's.
@@ -158,11 +160,11 @@ mod tests {
         for (n, k, m) in [(1, 3, 2), (12, 384, 40), (7, 33, 129), (130, 17, 5), (3, 1, 1)] {
             let (x, weight) = (matrix(n, k, 1), matrix(k, m, 2));
             let packed = PackedWeight::new(&weight);
-            assert_close(&packed.times(x.view()), &naive(x.view(), weight.view()));
+            assert_close(&packed.times(x.view(), &weight), &naive(x.view(), weight.view()));
             // A view that is not contiguous is taken too.
             let wide = matrix(n, 2 * k, 3);
             let every_other = wide.slice(ndarray::s![.., ..;2]);
-            assert_close(&packed.times(every_other), &naive(every_other, weight.view()));
+            assert_close(&packed.times(every_other, &weight), &naive(every_other, weight.view()));
         }
     }
 
@@ -176,8 +178,10 @@ mod tests {
 
     #[test]
     fn empty_products_are_zeros_of_the_right_shape() {
-        assert_eq!(PackedWeight::new(&matrix(4, 3, 0)).times(matrix(0, 4, 0).view()).dim(), (0, 3));
-        let empty_inner = PackedWeight::new(&matrix(0, 3, 0));
-        assert_eq!(empty_inner.times(matrix(2, 0, 0).view()), Array2::<f32>::zeros((2, 3)));
+        let weight = matrix(4, 3, 0);
+        assert_eq!(PackedWeight::new(&weight).times(matrix(0, 4, 0).view(), &weight).dim(), (0, 3));
+        let empty_inner = matrix(0, 3, 0);
+        let product = PackedWeight::new(&empty_inner).times(matrix(2, 0, 0).view(), &empty_inner);
+        assert_eq!(product, Array2::<f32>::zeros((2, 3)));
     }
 }
