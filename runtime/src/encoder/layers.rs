@@ -5,10 +5,12 @@
 //! query and key products of the layer's input, after it the value product,
 //! the output product, a residual sum and a layer norm; then the
 //! feed-forward products around a GELU, a residual sum and a layer norm.
-//! Runs on the prepared graph (constants folded), where every weight is an
-//! f32 constant.
+//! Runs on the prepared graph (constants folded), where every weight is a
+//! constant: f32, or in an int8 graph the int8 levels of a product between
+//! its `QuantizeRows` and `ScaleProduct` (see `int8.rs`).
 
 use ndarray::{Array1, Array2, IxDyn};
+use tract_core::internal::tract_ndarray::ArrayViewD;
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::change_axes::AxisOp;
@@ -17,14 +19,15 @@ use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::logic::Iff;
 use tract_core::ops::nn::{RmsNorm, Softmax};
 
-use crate::transformer::{Dense, Layer, Norm};
+use super::int8_ops::{QuantizeRows, ScaleProduct};
+use crate::transformer::{Int8Weight, LayerWeights, Norm, Weight};
 
 /// A layer, and where its input comes from and its output goes in the graph.
 #[derive(Debug)]
 pub(crate) struct FoundLayer {
     pub input: OutletId,
     pub output: OutletId,
-    pub layer: Layer,
+    pub weights: LayerWeights,
 }
 
 /// Every transformer layer of `model`, in order; each layer's input is the
@@ -44,6 +47,20 @@ pub(crate) fn find_layers(model: &TypedModel) -> TractResult<Vec<FoundLayer>> {
     Ok(layers)
 }
 
+/// `weight` with its axes in `order`, the last one as columns.
+fn as_matrix<T: Datum + Copy>(weight: ArrayViewD<T>, order: &[usize]) -> TractResult<Array2<T>> {
+    let view = weight.permuted_axes(IxDyn(order));
+    let columns = *view.shape().last().context("a weight without axes")?;
+    let rows = view.len() / columns.max(1);
+    Ok(view.as_standard_layout().into_owned().into_shape_with_order((rows, columns))?)
+}
+
+/// A rank-1 f32 tensor's values.
+fn vector(tensor: &Tensor) -> TractResult<Array1<f32>> {
+    ensure!(tensor.rank() == 1, "factors of rank {}", tensor.rank());
+    Ok(tensor.to_plain_array_view::<f32>()?.iter().copied().collect())
+}
+
 struct Graph<'a> {
     model: &'a TypedModel,
 }
@@ -51,9 +68,21 @@ struct Graph<'a> {
 /// A weight product found by walking back from one of its uses.
 struct Projection {
     input: OutletId,
-    dense: Dense,
+    weight: Weight,
+    bias: Array1<f32>,
     /// Scalar factors met on the way (the attention's score scaling).
     scale: f32,
+}
+
+/// A weight and its bias.
+type Weighted = (Weight, Array1<f32>);
+
+/// A weight product: its activation input, its weight, and the outlet of
+/// its result (before any bias).
+struct WeightProduct {
+    input: OutletId,
+    weight: Weight,
+    result: OutletId,
 }
 
 impl Graph<'_> {
@@ -76,19 +105,22 @@ impl Graph<'_> {
         let (output, output_residual) = self.output_product(gelu, first)?;
         let (output_norm, last) = self.layer_norm(output_residual)?;
         let heads = self.heads(scores)?;
-        let layer = Layer {
+        let input = query.input;
+        let weights = LayerWeights {
             heads,
             score_scale,
-            query: query.dense,
-            key: key.dense,
-            value: value.dense,
-            attention_output,
+            products: [
+                (query.weight, query.bias),
+                (key.weight, key.bias),
+                (value.weight, value.bias),
+                attention_output,
+                intermediate,
+                output,
+            ],
             attention_norm,
-            intermediate,
-            output,
             output_norm,
         };
-        Ok(FoundLayer { input: query.input, output: last, layer })
+        Ok(FoundLayer { input, output: last, weights })
     }
 
     /// The query–key product behind the softmax's input (through the mask's
@@ -148,23 +180,26 @@ impl Graph<'_> {
                 ensure!(bias.is_none(), "two bias sums on one projection");
                 bias = Some(b);
                 outlet = self.non_constant_inputs(node)[0];
-            } else if self.is::<EinSum>(node) {
-                let (input, weight) = self.weight_product(node)?;
-                let bias = bias.unwrap_or_else(|| Array1::zeros(weight.ncols()));
-                ensure!(bias.len() == weight.ncols(), "bias of {} for {} outputs", bias.len(), weight.ncols());
-                return Ok(Projection { input, dense: Dense { weight, bias }, scale });
+            } else if self.is::<EinSum>(node) || self.is::<ScaleProduct>(node) {
+                let product = if self.is::<ScaleProduct>(node) { self.model.node(node).inputs[0].node } else { node };
+                let WeightProduct { input, weight, .. } = self.weight_product(product)?;
+                let outputs = weight.dim().1;
+                let bias = bias.unwrap_or_else(|| Array1::zeros(outputs));
+                ensure!(bias.len() == outputs, "bias of {} for {outputs} outputs", bias.len());
+                return Ok(Projection { input, weight, bias, scale });
             } else {
                 bail!("unexpected {} on a projection", self.model.node(node).op().name());
             }
         }
     }
 
-    /// `(activation input, weight as [in, out])` of a product with a
-    /// constant weight: the weight's contracted axes, in the activation's
-    /// order, flatten into rows.
-    fn weight_product(&self, node: usize) -> TractResult<(OutletId, Array2<f32>)> {
+    /// A product with a constant weight, the weight as `[in, out]`: the
+    /// weight's contracted axes, in the activation's order, flatten into
+    /// rows. An int8 product's input is its `QuantizeRows`' input and its
+    /// result the `ScaleProduct` after it.
+    fn weight_product(&self, node: usize) -> TractResult<WeightProduct> {
         let einsum = self.model.node(node).op_as::<EinSum>().context("not a product")?;
-        ensure!(einsum.q_params.is_none(), "a quantised product (int8 graph): adaptation needs an f32 model");
+        ensure!(einsum.q_params.is_none(), "a product with tract's own quantisation");
         let inputs = &self.model.node(node).inputs;
         ensure!(inputs.len() == 2, "a product of {} inputs", inputs.len());
         let (x_slot, w_slot) = match (self.konst(inputs[0]), self.konst(inputs[1])) {
@@ -173,6 +208,32 @@ impl Graph<'_> {
             _ => bail!("a product without exactly one constant weight"),
         };
         let weight = self.konst(inputs[w_slot]).expect("checked above");
+        let order = self.weight_axes(einsum, x_slot, w_slot)?;
+        let result = OutletId::new(node, 0);
+        if einsum.operating_dt == f32::datum_type() {
+            let matrix = as_matrix(weight.to_plain_array_view::<f32>()?, &order)?;
+            return Ok(WeightProduct { input: inputs[x_slot], weight: Weight::F32(matrix), result });
+        }
+        ensure!(einsum.operating_dt == i32::datum_type(), "a product in {:?}", einsum.operating_dt);
+        let levels = as_matrix(weight.to_plain_array_view::<i8>()?, &order)?;
+        let quantise = self.model.node(inputs[x_slot].node);
+        let unsmooth = &quantise.op_as::<QuantizeRows>().context("an int8 product without QuantizeRows")?.unsmooth;
+        let scaled = self.single_successor(result)?;
+        let scale = self.model.node(scaled);
+        let column_scales =
+            &scale.op_as::<ScaleProduct>().context("an int8 product without ScaleProduct")?.column_scales;
+        ensure!(scale.inputs == [result, OutletId::new(quantise.id, 1)], "ScaleProduct of other steps");
+        let int8 = Int8Weight { column_scales: vector(column_scales)?, unsmooth: vector(unsmooth)?, levels };
+        ensure!(
+            int8.unsmooth.len() == int8.levels.nrows() && int8.column_scales.len() == int8.levels.ncols(),
+            "int8 factors of other sizes than the weight"
+        );
+        Ok(WeightProduct { input: quantise.inputs[0], weight: Weight::Int8(int8), result: OutletId::new(scaled, 0) })
+    }
+
+    /// The order of the weight's axes that puts the contracted ones first
+    /// (in the activation's order) and the one output axis last.
+    fn weight_axes(&self, einsum: &EinSum, x_slot: usize, w_slot: usize) -> TractResult<Vec<usize>> {
         let expression = einsum.axes.to_string();
         let (operands, output) = expression.split_once("->").context("axes without ->")?;
         let operands: Vec<&str> = operands.split(',').collect();
@@ -185,12 +246,7 @@ impl Graph<'_> {
             "weight axes {w_axes} in {expression}"
         );
         let position = |c: char| w_axes.chars().position(|a| a == c).expect("a weight axis");
-        let order: Vec<usize> = contracted.iter().chain(&outputs).map(|&c| position(c)).collect();
-        let view = weight.to_plain_array_view::<f32>()?.permuted_axes(IxDyn(&order));
-        let columns = *view.shape().last().expect("one output axis");
-        let rows = view.len() / columns.max(1);
-        let matrix = view.as_standard_layout().into_owned().into_shape_with_order((rows, columns))?;
-        Ok((inputs[x_slot], matrix))
+        Ok(contracted.iter().chain(&outputs).map(|&c| position(c)).collect())
     }
 
     /// The product that weights the values by the softmax's output (through
@@ -220,7 +276,7 @@ impl Graph<'_> {
 
     /// From `after` (reshapes allowed): a product with a constant weight,
     /// its bias sum and the residual sum with `residual`.
-    fn output_product(&self, after: usize, residual: OutletId) -> TractResult<(Dense, OutletId)> {
+    fn output_product(&self, after: usize, residual: OutletId) -> TractResult<(Weighted, OutletId)> {
         let (dense, summed) = self.product_after(OutletId::new(after, 0), "an output product")?;
         let sum = self.single_successor(summed)?;
         ensure!(self.binary_name(sum).as_deref() == Some("Add"), "no residual sum");
@@ -230,15 +286,10 @@ impl Graph<'_> {
 
     /// The product with a constant weight fed by `outlet` (reshapes
     /// allowed) and its bias sum: the dense layer and the bias sum's outlet.
-    fn product_after(&self, mut outlet: OutletId, what: &str) -> TractResult<(Dense, OutletId)> {
-        let (product, weight) = loop {
-            let mut products: Vec<(usize, Array2<f32>)> = self
-                .model
-                .outlet_successors(outlet)
-                .iter()
-                .filter(|s| self.is::<EinSum>(s.node))
-                .filter_map(|s| Some((s.node, self.weight_product(s.node).ok()?.1)))
-                .collect();
+    fn product_after(&self, mut outlet: OutletId, what: &str) -> TractResult<(Weighted, OutletId)> {
+        let product = loop {
+            let mut products: Vec<WeightProduct> =
+                self.products_of(outlet).into_iter().filter_map(|node| self.weight_product(node).ok()).collect();
             if products.len() == 1 {
                 break products.pop().expect("one product");
             }
@@ -246,11 +297,22 @@ impl Graph<'_> {
             ensure!(self.is::<AxisOp>(next), "no {what}");
             outlet = OutletId::new(next, 0);
         };
-        let after = OutletId::new(product, 0);
+        let after = product.result;
         match self.single_successor(after).ok().and_then(|n| self.bias_of(n).map(|b| (n, b))) {
-            Some((sum, bias)) => Ok((Dense { weight, bias }, OutletId::new(sum, 0))),
-            None => Ok((Dense { bias: Array1::zeros(weight.ncols()), weight }, after)),
+            Some((sum, bias)) => Ok(((product.weight, bias), OutletId::new(sum, 0))),
+            None => {
+                let bias = Array1::zeros(product.weight.dim().1);
+                Ok(((product.weight, bias), after))
+            }
         }
+    }
+
+    /// The products fed by `outlet`: directly, or through a `QuantizeRows`.
+    fn products_of(&self, outlet: OutletId) -> Vec<usize> {
+        let successors = |outlet| self.model.outlet_successors(outlet).iter().map(|s| s.node);
+        let quantised = successors(outlet).filter(|&n| self.is::<QuantizeRows>(n));
+        let through_quantisation: Vec<usize> = quantised.flat_map(|n| successors(OutletId::new(n, 0))).collect();
+        successors(outlet).chain(through_quantisation).filter(|&n| self.is::<EinSum>(n)).collect()
     }
 
     /// A layer norm as tract writes it (mean, difference, RmsNorm, scale,
@@ -342,7 +404,7 @@ mod tests {
     use crate::encoder::{Encoder, tract_engine, tract_passes};
     use crate::model::ModelManifest;
     use crate::model::tests::default_model;
-    use crate::transformer::PackedProducts;
+    use crate::transformer::InferenceLayer;
 
     fn mean_pooled(rows: ArrayView2<f32>) -> Vec<f32> {
         let mean = rows.mean_axis(Axis(0)).expect("a token");
@@ -363,7 +425,8 @@ mod tests {
         let layers = find_layers(&prepared(&manifest)).unwrap();
         assert_eq!(layers.len(), 6);
         for found in &layers {
-            let layer = &found.layer;
+            let layer = found.weights.clone().into_layer().expect("f32 products");
+            let layer = &layer;
             assert_eq!(layer.heads, 12);
             assert!((layer.score_scale - 1.0 / 32f32.sqrt()).abs() < 1e-6, "{}", layer.score_scale);
             assert_eq!(layer.query.weight.dim(), (384, 384));
@@ -398,7 +461,7 @@ mod tests {
         let expected = encoder.embed(&sentences).unwrap();
         let layers = encoder.top_layers(top).unwrap().layers;
         assert_eq!(layers.len(), top);
-        let packed: Vec<PackedProducts> = layers.iter().map(PackedProducts::of).collect();
+        let packed: Vec<InferenceLayer> = layers.iter().map(InferenceLayer::of).collect();
         let states = encoder.trunk_states(&sentences, top, &crate::SILENT).unwrap();
         let mut lowest = 1.0f32;
         for (text_states, theirs) in states.iter().zip(expected.rows()) {
@@ -406,7 +469,7 @@ mod tests {
             let lengths = [hidden.nrows()];
             for (layer, packed) in layers.iter().zip(&packed) {
                 hidden = layer.forward(hidden.view(), &lengths);
-                hidden_packed = layer.forward_packed(packed, hidden_packed.view(), &lengths);
+                hidden_packed = packed.forward(hidden_packed.view(), &lengths);
             }
             for ours in [hidden, hidden_packed] {
                 let cosine: f32 = mean_pooled(ours.view()).iter().zip(theirs).map(|(a, b)| a * b).sum();

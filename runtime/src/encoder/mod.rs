@@ -13,6 +13,8 @@ mod int8;
 mod int8_ops;
 #[cfg(feature = "tract")]
 mod layers;
+#[cfg(feature = "tract")]
+mod native_engine;
 #[cfg(feature = "ort")]
 mod ort_engine;
 mod pooling;
@@ -244,6 +246,32 @@ struct Trunk {
     top: Vec<Layer>,
 }
 
+/// The engine `options` name, for `manifest`'s model.
+fn engine_for(manifest: &ModelManifest, options: &EncoderOptions) -> Result<Box<dyn Engine>> {
+    Ok(match options.backend {
+        #[cfg(feature = "tract")]
+        Backend::Tract => native_engine::load(manifest, options.threads)?,
+        #[cfg(not(feature = "tract"))]
+        Backend::Tract => {
+            return Err(Error::BackendUnavailable {
+                backend: "tract".into(),
+                reason: "this build has no tract support (cargo feature `tract`)".into(),
+            });
+        }
+        #[cfg(feature = "ort")]
+        Backend::Ort => {
+            Box::new(ort_engine::OrtEngine::load(manifest, options.threads, options.ort_library.as_deref())?)
+        }
+        #[cfg(not(feature = "ort"))]
+        Backend::Ort => {
+            return Err(Error::BackendUnavailable {
+                backend: "ort".into(),
+                reason: "this build has no ONNX Runtime support (cargo feature `ort`)".into(),
+            });
+        }
+    })
+}
+
 impl fmt::Debug for OnnxEncoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnnxEncoder")
@@ -259,33 +287,21 @@ impl OnnxEncoder {
     /// the files are missing or corrupt, or the model, tokenizer and manifest
     /// do not fit together; on success the model has already run once.
     pub fn load(directory: &Path, options: &EncoderOptions) -> Result<Self> {
+        Self::load_with(directory, options, |manifest| engine_for(manifest, options))
+    }
+
+    /// As `load`, on the engine `engine` makes for the model's manifest.
+    fn load_with(
+        directory: &Path,
+        options: &EncoderOptions,
+        engine: impl FnOnce(&ModelManifest) -> Result<Box<dyn Engine>>,
+    ) -> Result<Self> {
         if options.max_batch == 0 || options.threads == 0 {
             return Err(Error::InvalidInput("max_batch and threads must be at least 1".into()));
         }
         let manifest = ModelManifest::load(directory)?;
         let tokenizer = TextTokenizer::load(&manifest.tokenizer_path(), manifest.max_tokens)?;
-        let engine: Box<dyn Engine> = match options.backend {
-            #[cfg(feature = "tract")]
-            Backend::Tract => Box::new(tract_engine::TractEngine::load(&manifest, options.threads)?),
-            #[cfg(not(feature = "tract"))]
-            Backend::Tract => {
-                return Err(Error::BackendUnavailable {
-                    backend: "tract".into(),
-                    reason: "this build has no tract support (cargo feature `tract`)".into(),
-                });
-            }
-            #[cfg(feature = "ort")]
-            Backend::Ort => {
-                Box::new(ort_engine::OrtEngine::load(&manifest, options.threads, options.ort_library.as_deref())?)
-            }
-            #[cfg(not(feature = "ort"))]
-            Backend::Ort => {
-                return Err(Error::BackendUnavailable {
-                    backend: "ort".into(),
-                    reason: "this build has no ONNX Runtime support (cargo feature `ort`)".into(),
-                });
-            }
-        };
+        let engine = engine(&manifest)?;
         let encoder = Self {
             manifest,
             tokenizer,

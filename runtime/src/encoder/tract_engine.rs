@@ -14,7 +14,7 @@ use super::layers::find_layers;
 use super::{Engine, compiled_graph, tract_passes};
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
-use crate::transformer::Layer;
+use crate::transformer::{Layer, LayerWeights};
 
 /// Fewer tokens than this in a batch run on the calling thread alone.
 const MULTITHREAD_MIN_TOKENS: usize = 64;
@@ -55,6 +55,20 @@ impl TractEngine {
     /// those layers, for adapting them on the device. An int8-compiled
     /// graph is refused: adaptation starts from f32 weights.
     pub fn load_trunk(manifest: &ModelManifest, threads: usize, count: usize) -> Result<(Self, Vec<Layer>)> {
+        let (trunk, top) = Self::load_split(manifest, threads, Some(count))?;
+        let top = top.into_iter().map(LayerWeights::into_layer).collect::<Option<Vec<Layer>>>();
+        let top = top.ok_or_else(|| Error::CannotAdapt("an int8-compiled model has no f32 weights to adapt".into()))?;
+        Ok((trunk, top))
+    }
+
+    /// As `load_trunk`, with the top layers' weights as the graph holds
+    /// them (f32 or int8); every layer when `count` is `None`.
+    /// `Error::CannotAdapt` when the graph's layers are not recognised.
+    pub fn load_split(
+        manifest: &ModelManifest,
+        threads: usize,
+        count: Option<usize>,
+    ) -> Result<(Self, Vec<LayerWeights>)> {
         let (typed, path) = read_graph(manifest)?;
         let input_order = match_inputs(&input_names(&typed)?, manifest)?;
         let split = catch_unwind(AssertUnwindSafe(move || -> TractResult<_> {
@@ -64,13 +78,14 @@ impl TractEngine {
                 Ok(found) => found,
                 Err(reason) => return Ok(Err(format!("{reason:#}"))),
             };
+            let count = count.unwrap_or(found.len());
             if count == 0 || count > found.len() {
                 return Ok(Err(format!("{count} top layers asked of a model with {}", found.len())));
             }
             let first = found.len() - count;
             typed.select_output_outlets(&[found[first].input])?;
             typed.optimize()?;
-            let top = found.into_iter().skip(first).map(|f| f.layer).collect();
+            let top = found.into_iter().skip(first).map(|f| f.weights).collect();
             Ok(Ok((typed.into_runnable()?, vocabulary_size, top)))
         }));
         let (plan, vocabulary_size, top) = split

@@ -16,7 +16,7 @@ use super::parallel::in_parallel;
 use super::rng::SplitMix;
 use crate::error::{Error, Result};
 use crate::model::Pooling;
-use crate::transformer::{Layer, PackedProducts, Trace};
+use crate::transformer::{InferenceLayer, Layer, Trace};
 
 /// How the top layers are adapted; the defaults are the issue's.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,8 +62,8 @@ pub(crate) struct Top {
 
 impl Top {
     /// The layers packed for running forward only.
-    pub fn packed(&self) -> Vec<PackedProducts> {
-        self.layers.iter().map(PackedProducts::of).collect()
+    pub fn packed(&self) -> Vec<InferenceLayer> {
+        self.layers.iter().map(InferenceLayer::of).collect()
     }
 }
 
@@ -175,16 +175,16 @@ fn step(
 }
 
 /// The sentence vectors of texts given their trunk states, through `top`
-/// with its layers' weights packed as `packed` (from `top.packed()`; runs of 64 texts, spread over the
-/// cores).
-pub(crate) fn embed(top: &Top, packed: &[PackedProducts], states: &[Array2<f32>]) -> Vec<Vec<f32>> {
+/// with its layers packed as `packed` (from `top.packed()`); runs of 64
+/// texts, spread over the cores.
+pub(crate) fn embed(top: &Top, packed: &[InferenceLayer], states: &[Array2<f32>]) -> Vec<Vec<f32>> {
     const TEXTS_PER_RUN: usize = 64;
     let runs: Vec<Vec<usize>> =
         (0..states.len()).collect::<Vec<_>>().chunks(TEXTS_PER_RUN).map(<[usize]>::to_vec).collect();
     let pooled = in_parallel(&runs, |members| {
         let (mut hidden, lengths) = batch(states, members);
-        for (layer, packed) in top.layers.iter().zip(packed) {
-            hidden = layer.forward_packed(packed, hidden.view(), &lengths);
+        for layer in packed {
+            hidden = layer.forward(hidden.view(), &lengths);
         }
         sentence_vectors(top, &hidden, &lengths).1
     });

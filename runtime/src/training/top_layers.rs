@@ -12,7 +12,7 @@ use super::adapt::{self, Top};
 use crate::encoder::{EncodeListener, Encoder};
 use crate::error::{Error, Result};
 use crate::heads::TopChanges;
-use crate::transformer::{Layer, PackedProducts};
+use crate::transformer::{InferenceLayer, Layer};
 
 /// Texts' token states below the top layers, one `[tokens, width]` block each.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ pub struct AdaptedTop {
     top: Top,
     /// `top`'s layers packed for the matrix kernels on first use (a top
     /// never changes once made; clones share them).
-    packed: Arc<OnceLock<Vec<PackedProducts>>>,
+    packed: Arc<OnceLock<Vec<InferenceLayer>>>,
     /// Values a head must store for this top beyond the backbone's own
     /// weights: every weight, or low-rank factors with biases and norms.
     pub trained_values: usize,

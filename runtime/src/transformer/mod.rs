@@ -7,14 +7,17 @@
 //! whole batch at once while attention stays within each text.
 
 mod backward;
+mod inference;
 mod products;
+#[cfg(feature = "tract")]
+mod quantise;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
 
-use products::PackedWeight;
-
-/// `times(i, x)`: `x` times the weight of a layer's product `i`.
-type Product<'a> = dyn Fn(usize, ArrayView2<f32>) -> Array2<f32> + 'a;
+pub use inference::{InferenceLayer, LayerWeights};
+pub use products::{Int8Weight, Weight};
+#[cfg(feature = "tract")]
+pub(crate) use quantise::quantise_rows;
 
 /// `x · weight + bias`, `weight` of shape `[in, out]`.
 #[derive(Debug, Clone)]
@@ -43,16 +46,29 @@ pub struct Normalised {
 impl Norm {
     fn apply(&self, x: Array2<f32>) -> Normalised {
         let mut standardised = x;
-        let mut inverse_std = Array1::zeros(standardised.nrows());
-        for (mut row, inverse) in standardised.rows_mut().into_iter().zip(inverse_std.iter_mut()) {
+        let inverse_std = self.standardise(&mut standardised);
+        let output = &standardised * &self.gamma + &self.beta;
+        Normalised { standardised, inverse_std, output }
+    }
+
+    /// As `apply`, keeping only the output (in `x`).
+    fn apply_in_place(&self, x: &mut Array2<f32>) {
+        self.standardise(x);
+        *x *= &self.gamma;
+        *x += &self.beta;
+    }
+
+    /// Each row of `x` to (x − mean) / std; returns each row's 1 / std.
+    fn standardise(&self, x: &mut Array2<f32>) -> Array1<f32> {
+        let mut inverse_std = Array1::zeros(x.nrows());
+        for (mut row, inverse) in x.rows_mut().into_iter().zip(inverse_std.iter_mut()) {
             let mean = row.mean().unwrap_or(0.0);
             row -= mean;
             let variance = row.iter().map(|v| v * v).sum::<f32>() / row.len().max(1) as f32;
             *inverse = 1.0 / (variance + self.epsilon).sqrt();
             row *= *inverse;
         }
-        let output = &standardised * &self.gamma + &self.beta;
-        Normalised { standardised, inverse_std, output }
+        inverse_std
     }
 }
 
@@ -99,18 +115,6 @@ impl Trace {
     }
 }
 
-/// A layer's six weight matrices packed once for the CPU's matrix kernels,
-/// for a layer that only runs forward (an adapted head's at prediction):
-/// `Layer::forward_packed`.
-#[derive(Debug)]
-pub struct PackedProducts([PackedWeight; 6]);
-
-impl PackedProducts {
-    pub fn of(layer: &Layer) -> Self {
-        Self(layer.products().map(|dense| PackedWeight::new(&dense.weight)))
-    }
-}
-
 impl Layer {
     /// The layer's output for a batch's token states (`[tokens, width]`,
     /// texts one after another, `lengths` tokens each).
@@ -118,24 +122,15 @@ impl Layer {
         self.trace(states, lengths).second.output
     }
 
-    /// As `forward`, on this layer's weights as `packed` holds them.
-    pub fn forward_packed(&self, packed: &PackedProducts, states: ArrayView2<f32>, lengths: &[usize]) -> Array2<f32> {
-        let products = self.products();
-        self.trace_with(states, lengths, &|which, x| packed.0[which].times(x, &products[which].weight)).second.output
-    }
-
     /// The forward pass, keeping what `backward` needs.
     pub fn trace(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Trace {
-        self.trace_with(states, lengths, &|which, x| x.dot(&self.products()[which].weight))
-    }
-
-    /// The forward pass with `times(i, x)` = `x` times the weight of
-    /// product `i` (in `products` order), biases added here.
-    fn trace_with(&self, states: ArrayView2<f32>, lengths: &[usize], times: &Product) -> Trace {
         assert_eq!(lengths.iter().sum::<usize>(), states.nrows(), "the texts' lengths cover the batch");
-        let dense = |which: usize, x: ArrayView2<f32>| times(which, x) + &self.products()[which].bias;
+        let dense = |which: usize, x: ArrayView2<f32>| {
+            let product = self.products()[which];
+            x.dot(&product.weight) + &product.bias
+        };
         let (query, key, value) = (dense(0, states), dense(1, states), dense(2, states));
-        let (attended, probabilities) = self.attention(lengths, &query, &key, &value);
+        let (attended, probabilities) = self.attention_heads().attend(lengths, [&query, &key, &value], true);
         let first = self.attention_norm.apply(&states + &dense(3, attended.view()));
         let inner_before = dense(4, first.output.view());
         let cdf = inner_before.mapv(normal_cdf);
@@ -188,41 +183,71 @@ impl Layer {
         all
     }
 
+    fn attention_heads(&self) -> Heads {
+        Heads { count: self.heads, width: self.head_width(), score_scale: self.score_scale }
+    }
+
     fn head_width(&self) -> usize {
         self.query.weight.ncols() / self.heads.max(1)
     }
 
     /// Each (text, head) block of a batch-wide matrix: its rows, its columns.
     fn blocks(&self, lengths: &[usize]) -> impl Iterator<Item = (Slice, Slice)> + use<> {
-        let (heads, head_width) = (self.heads, self.head_width());
-        let starts = lengths.iter().scan(0, |next, &len| Some((std::mem::replace(next, *next + len), len)));
-        let texts: Vec<(usize, usize)> = starts.collect();
-        texts.into_iter().flat_map(move |(start, len)| {
-            (0..heads)
-                .map(move |h| (Slice::from(start..start + len), Slice::from(h * head_width..(h + 1) * head_width)))
-        })
+        blocks(self.heads, self.head_width(), lengths)
     }
+}
 
+/// Each (text, head) block of a batch-wide matrix: its rows, its columns.
+fn blocks(heads: usize, head_width: usize, lengths: &[usize]) -> impl Iterator<Item = (Slice, Slice)> + use<> {
+    let starts = lengths.iter().scan(0, |next, &len| Some((std::mem::replace(next, *next + len), len)));
+    let texts: Vec<(usize, usize)> = starts.collect();
+    texts.into_iter().flat_map(move |(start, len)| {
+        (0..heads).map(move |h| (Slice::from(start..start + len), Slice::from(h * head_width..(h + 1) * head_width)))
+    })
+}
+
+/// How a layer's attention splits into heads.
+#[derive(Debug, Clone, Copy)]
+struct Heads {
+    count: usize,
+    width: usize,
+    /// What each query–key dot product is multiplied by.
+    score_scale: f32,
+}
+
+impl Heads {
     /// Every head's attention within each text, concatenated back to
-    /// `[tokens, width]`, and the attention probabilities per text and head.
-    fn attention(
-        &self,
+    /// `[tokens, width]`, and, when `keep_probabilities`, the attention
+    /// probabilities per text and head (text-major).
+    fn attend(
+        self,
         lengths: &[usize],
-        query: &Array2<f32>,
-        key: &Array2<f32>,
-        value: &Array2<f32>,
+        [query, key, value]: [&Array2<f32>; 3],
+        keep_probabilities: bool,
     ) -> (Array2<f32>, Vec<Array2<f32>>) {
         let mut attended = Array2::zeros(query.raw_dim());
-        let mut probabilities = Vec::with_capacity(lengths.len() * self.heads);
-        for (rows, columns) in self.blocks(lengths) {
-            let block = |m: &Array2<f32>| m.slice_axis(Axis(0), rows).slice_axis_move(Axis(1), columns).to_owned();
+        let mut probabilities = Vec::with_capacity(if keep_probabilities { lengths.len() * self.count } else { 0 });
+        for (rows, columns) in blocks(self.count, self.width, lengths) {
+            let block = |m| -> ArrayView2<f32> { block_of(m, rows, columns) };
             let mut scores = block(query).dot(&block(key).t()) * self.score_scale;
             softmax_rows(&mut scores);
-            attended.slice_axis_mut(Axis(0), rows).slice_axis_mut(Axis(1), columns).assign(&scores.dot(&block(value)));
-            probabilities.push(scores);
+            let weighted = scores.dot(&block(value));
+            attended.slice_axis_mut(Axis(0), rows).slice_axis_mut(Axis(1), columns).assign(&weighted);
+            if keep_probabilities {
+                probabilities.push(scores);
+            }
         }
         (attended, probabilities)
     }
+}
+
+fn block_of(matrix: &Array2<f32>, rows: Slice, columns: Slice) -> ArrayView2<'_, f32> {
+    matrix.slice_axis(Axis(0), rows).slice_axis_move(Axis(1), columns)
+}
+
+/// GELU, x · Φ(x), in place.
+fn gelu_in_place(x: &mut Array2<f32>) {
+    x.mapv_inplace(|v| v * normal_cdf(v));
 }
 
 fn softmax_rows(scores: &mut Array2<f32>) {
