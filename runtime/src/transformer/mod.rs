@@ -7,14 +7,21 @@
 //! whole batch at once while attention stays within each text.
 
 mod backward;
+// Layers read from a graph (f32 or int8 weights) exist for the tract
+// engine; builds without tract run only adapted heads' f32 layers.
+#[cfg_attr(not(feature = "tract"), allow(dead_code))]
 mod inference;
+#[cfg_attr(not(feature = "tract"), allow(dead_code))]
 mod products;
 #[cfg(feature = "tract")]
 mod quantise;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
 
-pub use inference::{InferenceLayer, LayerWeights};
+pub use inference::InferenceLayer;
+#[cfg(feature = "tract")]
+pub use inference::LayerWeights;
+#[cfg(feature = "tract")]
 pub use products::{Int8Weight, Weight};
 #[cfg(feature = "tract")]
 pub(crate) use quantise::quantise_rows;

@@ -145,7 +145,7 @@ impl Multiply {
 fn dequantised(weight: &Int8Weight) -> Array2<f32> {
     let levels = weight.levels.mapv(f32::from);
     let unsmooth = weight.unsmooth.view().insert_axis(Axis(1));
-    levels * &weight.column_scales * &unsmooth
+    levels * &weight.column_scales * unsmooth
 }
 
 /// `x`'s rows scaled by `unsmooth` and quantised: levels `[n, k]` row after
