@@ -242,7 +242,7 @@ pub struct OnnxEncoder {
 #[cfg(feature = "tract")]
 struct Trunk {
     count: usize,
-    engine: tract_engine::TractEngine,
+    engine: native_engine::NativeEngine,
     top: Vec<Layer>,
 }
 
@@ -485,7 +485,7 @@ impl OnnxEncoder {
         if self.manifest.precision() == crate::model::Precision::Int8 {
             return Err(Error::CannotAdapt("an int8-compiled model has no f32 weights to adapt".into()));
         }
-        let (engine, top) = tract_engine::TractEngine::load_trunk(&self.manifest, self.options.threads, count)?;
+        let (engine, top) = native_engine::NativeEngine::load_trunk(&self.manifest, self.options.threads, count)?;
         let trunk = Arc::new(Trunk { count, engine, top });
         *slot = Some(Arc::clone(&trunk));
         Ok(trunk)

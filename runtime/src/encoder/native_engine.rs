@@ -14,7 +14,7 @@ use super::batching::TokenBatch;
 use super::tract_engine::TractEngine;
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
-use crate::transformer::InferenceLayer;
+use crate::transformer::{InferenceLayer, Layer, LayerWeights};
 
 pub(crate) struct NativeEngine {
     embeddings: TractEngine,
@@ -33,13 +33,29 @@ pub(crate) fn load(manifest: &ModelManifest, threads: usize) -> Result<Box<dyn E
 impl NativeEngine {
     /// `None` when the graph is not made of layers `find_layers` knows.
     pub fn load(manifest: &ModelManifest, threads: usize) -> Result<Option<Self>> {
-        let (embeddings, weights) = match TractEngine::load_split(manifest, threads, None) {
+        let (embeddings, weights) = match TractEngine::load_embeddings(manifest, threads) {
             Ok(split) => split,
             Err(Error::CannotAdapt(_)) => return Ok(None),
             Err(other) => return Err(other),
         };
         let layers = weights.iter().map(InferenceLayer::new).collect();
         Ok(Some(Self { embeddings, layers }))
+    }
+
+    /// The trunk below the top `count` layers (its output: the token
+    /// states those layers take), and those layers' weights, for adapting
+    /// them on the device. An int8-compiled graph is refused: adaptation
+    /// starts from f32 weights.
+    pub fn load_trunk(manifest: &ModelManifest, threads: usize, count: usize) -> Result<(Self, Vec<Layer>)> {
+        let (embeddings, mut weights) = TractEngine::load_embeddings(manifest, threads)?;
+        if count == 0 || count > weights.len() {
+            return Err(Error::CannotAdapt(format!("{count} top layers asked of a model with {}", weights.len())));
+        }
+        let top = weights.split_off(weights.len() - count);
+        let top = top.into_iter().map(LayerWeights::into_layer).collect::<Option<Vec<Layer>>>();
+        let top = top.ok_or_else(|| Error::CannotAdapt("an int8-compiled model has no f32 weights to adapt".into()))?;
+        let layers = weights.iter().map(InferenceLayer::new).collect();
+        Ok((Self { embeddings, layers }, top))
     }
 }
 

@@ -14,7 +14,7 @@ use super::layers::find_layers;
 use super::{Engine, compiled_graph, tract_passes};
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
-use crate::transformer::{Layer, LayerWeights};
+use crate::transformer::LayerWeights;
 
 /// Fewer tokens than this in a batch run on the calling thread alone.
 const MULTITHREAD_MIN_TOKENS: usize = 64;
@@ -50,25 +50,11 @@ impl TractEngine {
         Ok(Self { plan, input_order, executor: executor(threads), vocabulary_size })
     }
 
-    /// The graph cut below its top `count` transformer layers (the trunk:
-    /// it returns the token states those layers take), and the weights of
-    /// those layers, for adapting them on the device. An int8-compiled
-    /// graph is refused: adaptation starts from f32 weights.
-    pub fn load_trunk(manifest: &ModelManifest, threads: usize, count: usize) -> Result<(Self, Vec<Layer>)> {
-        let (trunk, top) = Self::load_split(manifest, threads, Some(count))?;
-        let top = top.into_iter().map(LayerWeights::into_layer).collect::<Option<Vec<Layer>>>();
-        let top = top.ok_or_else(|| Error::CannotAdapt("an int8-compiled model has no f32 weights to adapt".into()))?;
-        Ok((trunk, top))
-    }
-
-    /// As `load_trunk`, with the top layers' weights as the graph holds
-    /// them (f32 or int8); every layer when `count` is `None`.
-    /// `Error::CannotAdapt` when the graph's layers are not recognised.
-    pub fn load_split(
-        manifest: &ModelManifest,
-        threads: usize,
-        count: Option<usize>,
-    ) -> Result<(Self, Vec<LayerWeights>)> {
+    /// The graph cut at its first transformer layer's input (it returns
+    /// the embeddings' token states), and the weights of every layer as
+    /// the graph holds them (f32 or int8). `Error::CannotAdapt` when the
+    /// graph's layers are not recognised.
+    pub fn load_embeddings(manifest: &ModelManifest, threads: usize) -> Result<(Self, Vec<LayerWeights>)> {
         let (typed, path) = read_graph(manifest)?;
         let input_order = match_inputs(&input_names(&typed)?, manifest)?;
         let split = catch_unwind(AssertUnwindSafe(move || -> TractResult<_> {
@@ -78,21 +64,17 @@ impl TractEngine {
                 Ok(found) => found,
                 Err(reason) => return Ok(Err(format!("{reason:#}"))),
             };
-            let count = count.unwrap_or(found.len());
-            if count == 0 || count > found.len() {
-                return Ok(Err(format!("{count} top layers asked of a model with {}", found.len())));
-            }
-            let first = found.len() - count;
-            typed.select_output_outlets(&[found[first].input])?;
+            let first = found.first().expect("find_layers finds at least one").input;
+            typed.select_output_outlets(&[first])?;
             typed.optimize()?;
-            let top = found.into_iter().skip(first).map(|f| f.weights).collect();
-            Ok(Ok((typed.into_runnable()?, vocabulary_size, top)))
+            let layers = found.into_iter().map(|f| f.weights).collect();
+            Ok(Ok((typed.into_runnable()?, vocabulary_size, layers)))
         }));
-        let (plan, vocabulary_size, top) = split
+        let (plan, vocabulary_size, layers) = split
             .unwrap_or_else(|_| Err(format_err!("tract panicked")))
             .map_err(load_error(&path))?
             .map_err(Error::CannotAdapt)?;
-        Ok((Self { plan, input_order, executor: executor(threads), vocabulary_size }, top))
+        Ok((Self { plan, input_order, executor: executor(threads), vocabulary_size }, layers))
     }
 }
 
