@@ -352,6 +352,19 @@ mod tests {
         }
     }
 
+    /// The fallback's f32 weight is the one the int8 weight stands for:
+    /// `unsmooth[k] × levels[k][c] × column_scales[c]`.
+    #[test]
+    fn an_int8_weight_dequantises_as_the_graph_defines_it() {
+        let weight = Int8Weight {
+            levels: ndarray::array![[1i8, -2], [127, 0], [-127, 5]],
+            column_scales: ndarray::array![0.5f32, 2.0],
+            unsmooth: ndarray::array![1.0f32, 0.25, 4.0],
+        };
+        let expected = ndarray::array![[0.5f32, -4.0], [15.875, 0.0], [-254.0, 40.0]];
+        assert_eq!(dequantised(&weight), expected);
+    }
+
     #[test]
     #[cfg(feature = "tract")]
     fn weights_are_packed_for_tracts_kernels() {
