@@ -19,6 +19,8 @@ use crate::transformer::{InferenceLayer, Layer, LayerWeights};
 pub(crate) struct NativeEngine {
     embeddings: TractEngine,
     layers: Vec<InferenceLayer>,
+    /// Of the token states every layer takes.
+    width: usize,
 }
 
 /// The tract engine for `manifest`: the native forward when the graph's
@@ -38,8 +40,10 @@ impl NativeEngine {
             Err(Error::CannotAdapt(_)) => return Ok(None),
             Err(other) => return Err(other),
         };
+        check_shapes(&weights)?;
+        let width = weights[0].width();
         let layers = weights.iter().map(InferenceLayer::new).collect();
-        Ok(Some(Self { embeddings, layers }))
+        Ok(Some(Self { embeddings, layers, width }))
     }
 
     /// The trunk below the top `count` layers (its output: the token
@@ -48,6 +52,8 @@ impl NativeEngine {
     /// starts from f32 weights.
     pub fn load_trunk(manifest: &ModelManifest, threads: usize, count: usize) -> Result<(Self, Vec<Layer>)> {
         let (embeddings, mut weights) = TractEngine::load_embeddings(manifest, threads)?;
+        check_shapes(&weights)?;
+        let width = weights[0].width();
         if count == 0 || count > weights.len() {
             return Err(Error::CannotAdapt(format!("{count} top layers asked of a model with {}", weights.len())));
         }
@@ -55,7 +61,7 @@ impl NativeEngine {
         let top = top.into_iter().map(LayerWeights::into_layer).collect::<Option<Vec<Layer>>>();
         let top = top.ok_or_else(|| Error::CannotAdapt("an int8-compiled model has no f32 weights to adapt".into()))?;
         let layers = weights.iter().map(InferenceLayer::new).collect();
-        Ok((Self { embeddings, layers }, top))
+        Ok((Self { embeddings, layers, width }, top))
     }
 }
 
@@ -67,6 +73,9 @@ impl Engine for NativeEngine {
     fn run_on_one_thread(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
         let lengths = real_lengths(batch)?;
         self.embeddings.run_on_one_thread(batch, &mut |embedded, width| {
+            if width != self.width {
+                return Err(Error::ModelMismatch(format!("embeddings {width} wide for layers of {}", self.width)));
+            }
             let mut states = real_tokens(embedded, batch.seq, width, &lengths);
             for layer in &self.layers {
                 states = layer.forward(states.view(), &lengths);
@@ -90,6 +99,21 @@ impl Engine for NativeEngine {
         }
         counts.into_iter().collect()
     }
+}
+
+/// Every layer's shapes hold together, and each takes what the one before
+/// it returns (`find_layers` finds at least one).
+fn check_shapes(weights: &[LayerWeights]) -> Result<()> {
+    let width = weights[0].width();
+    for (index, layer) in weights.iter().enumerate() {
+        let error = layer
+            .shape_error()
+            .or_else(|| (layer.width() != width).then(|| format!("{} wide after layers {width} wide", layer.width())));
+        if let Some(error) = error {
+            return Err(Error::ModelMismatch(format!("transformer layer {index}: {error}")));
+        }
+    }
+    Ok(())
 }
 
 /// Each row's token count: its mask must be ones then zeros, as

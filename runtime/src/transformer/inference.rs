@@ -21,6 +21,36 @@ pub struct LayerWeights {
 }
 
 impl LayerWeights {
+    /// The width of the token states the layer takes and returns.
+    pub fn width(&self) -> usize {
+        self.products[0].0.dim().0
+    }
+
+    /// Why these weights do not make a layer, if they do not: products
+    /// that do not chain, biases or norms of other widths, heads that do
+    /// not divide the attention width (a damaged graph can hold any of
+    /// them; the layer's code asserts its shapes).
+    pub fn shape_error(&self) -> Option<String> {
+        let dims = self.products.each_ref().map(|(weight, _)| weight.dim());
+        let (width, inner, hidden) = (dims[0].0, dims[0].1, dims[4].1);
+        let chained =
+            [(width, inner), (width, inner), (width, inner), (inner, width), (width, hidden), (hidden, width)];
+        if dims != chained {
+            return Some(format!("weight products of shapes {dims:?} do not chain"));
+        }
+        if let Some((weight, bias)) = self.products.iter().find(|(weight, bias)| bias.len() != weight.dim().1) {
+            return Some(format!("a bias of {} values for {} outputs", bias.len(), weight.dim().1));
+        }
+        let norms = [&self.attention_norm, &self.output_norm];
+        if norms.iter().any(|norm| norm.gamma.len() != width || norm.beta.len() != width) {
+            return Some(format!("a layer norm of another width than {width}"));
+        }
+        if self.heads == 0 || inner % self.heads != 0 {
+            return Some(format!("{} heads for an attention width of {inner}", self.heads));
+        }
+        None
+    }
+
     /// The layer in the form training takes, when every product is f32.
     pub fn into_layer(self) -> Option<Layer> {
         let [query, key, value, attention_output, intermediate, output] =
@@ -97,5 +127,46 @@ impl InferenceLayer {
     /// The kernel each product runs on (`None`: ndarray's product).
     pub fn kernels(&self) -> impl Iterator<Item = Option<&str>> {
         self.products.iter().map(Projection::kernel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights(width: usize, hidden: usize) -> LayerWeights {
+        let product = |k, m| (Weight::F32(Array2::zeros((k, m))), Array1::zeros(m));
+        let norm = Norm { gamma: Array1::ones(width), beta: Array1::zeros(width), epsilon: 1e-12 };
+        LayerWeights {
+            heads: 2,
+            score_scale: 0.5,
+            products: [
+                product(width, width),
+                product(width, width),
+                product(width, width),
+                product(width, width),
+                product(width, hidden),
+                product(hidden, width),
+            ],
+            attention_norm: norm.clone(),
+            output_norm: norm,
+        }
+    }
+
+    #[test]
+    fn weights_that_do_not_make_a_layer_are_named() {
+        assert_eq!(weights(4, 8).shape_error(), None);
+        let mut short_bias = weights(4, 8);
+        short_bias.products[4].1 = Array1::zeros(7);
+        assert!(short_bias.shape_error().unwrap().contains("bias"));
+        let mut unchained = weights(4, 8);
+        unchained.products[5] = (Weight::F32(Array2::zeros((6, 4))), Array1::zeros(4));
+        assert!(unchained.shape_error().unwrap().contains("chain"));
+        let mut odd_heads = weights(4, 8);
+        odd_heads.heads = 3;
+        assert!(odd_heads.shape_error().unwrap().contains("heads"));
+        let mut narrow_norm = weights(4, 8);
+        narrow_norm.output_norm.beta = Array1::zeros(3);
+        assert!(narrow_norm.shape_error().unwrap().contains("norm"));
     }
 }
