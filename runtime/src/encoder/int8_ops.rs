@@ -7,7 +7,7 @@
 use tract_core::internal::*;
 use tract_core::ndarray::ArrayD;
 
-use crate::transformer::quantise_rows;
+use crate::transformer::{quantise_rows, scale_sums};
 
 /// `x` (f32, `[.., k]`) times `unsmooth` per channel, quantised per row:
 /// outputs the levels (i8, `[.., k]`) and each row's step (f32, `[.., 1]`),
@@ -114,14 +114,7 @@ impl EvalOp for ScaleProduct {
         let sums = sums.try_as_plain_ram()?.as_slice::<i32>()?;
         let steps = steps.try_as_plain_ram()?.as_slice::<f32>()?;
         ensure!(steps.len() * columns.len() == sums.len(), "{} steps for {} sums", steps.len(), sums.len());
-        let mut values = vec![0f32; sums.len()];
-        for ((out, row), &step) in
-            values.chunks_exact_mut(columns.len()).zip(sums.chunks_exact(columns.len())).zip(steps)
-        {
-            for ((o, &sum), &scale) in out.iter_mut().zip(row).zip(columns) {
-                *o = sum as f32 * step * scale;
-            }
-        }
+        let values = scale_sums(sums, steps, columns, None);
         Ok(tvec!(ArrayD::from_shape_vec(shape, values)?.into_tvalue()))
     }
 }

@@ -42,8 +42,7 @@ impl NativeEngine {
         };
         check_shapes(&weights)?;
         let width = weights[0].width();
-        let layers = weights.iter().map(InferenceLayer::new).collect();
-        Ok(Some(Self { embeddings, layers, width }))
+        Ok(Some(Self::assemble(embeddings, &weights, width)))
     }
 
     /// The trunk below the top `count` layers (its output: the token
@@ -60,8 +59,12 @@ impl NativeEngine {
         let top = weights.split_off(weights.len() - count);
         let top = top.into_iter().map(LayerWeights::into_layer).collect::<Option<Vec<Layer>>>();
         let top = top.ok_or_else(|| Error::CannotAdapt("an int8-compiled model has no f32 weights to adapt".into()))?;
-        let layers = weights.iter().map(InferenceLayer::new).collect();
-        Ok((Self { embeddings, layers, width }, top))
+        Ok((Self::assemble(embeddings, &weights, width), top))
+    }
+
+    /// `layers` (checked, possibly none) after `embeddings`, packed.
+    fn assemble(embeddings: TractEngine, layers: &[LayerWeights], width: usize) -> Self {
+        Self { embeddings, layers: layers.iter().map(InferenceLayer::new).collect(), width }
     }
 }
 

@@ -24,7 +24,7 @@ pub use inference::LayerWeights;
 #[cfg(feature = "tract")]
 pub use products::{Int8Weight, Weight};
 #[cfg(feature = "tract")]
-pub(crate) use quantise::quantise_rows;
+pub(crate) use quantise::{quantise_rows, scale_sums};
 
 /// `x · weight + bias`, `weight` of shape `[in, out]`.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 #[cfg(feature = "tract")]
-use super::quantise::quantise_rows;
+use super::quantise::{quantise_rows, scale_sums};
 
 /// A weight product's weight `[k, m]`, as the model stores it.
 #[derive(Debug, Clone)]
@@ -73,19 +73,20 @@ impl std::fmt::Debug for Projection {
 
 impl Projection {
     pub fn new(weight: &Weight, bias: &Array1<f32>) -> Self {
-        let shape = weight.dim();
-        assert_eq!(bias.len(), shape.1, "a bias per output");
-        let multiply = match weight {
-            Weight::F32(matrix) => Multiply::f32(matrix),
-            Weight::Int8(int8) => Multiply::int8(int8),
-        };
-        Self { shape, bias: bias.clone(), multiply }
+        match weight {
+            Weight::F32(matrix) => Self::f32(matrix, bias),
+            Weight::Int8(int8) => Self::with(int8.levels.dim(), bias, Multiply::int8(int8)),
+        }
     }
 
     /// For an f32 weight held elsewhere (an adapted head's layers).
     pub fn f32(weight: &Array2<f32>, bias: &Array1<f32>) -> Self {
-        assert_eq!(bias.len(), weight.ncols(), "a bias per output");
-        Self { shape: weight.dim(), bias: bias.clone(), multiply: Multiply::f32(weight) }
+        Self::with(weight.dim(), bias, Multiply::f32(weight))
+    }
+
+    fn with(shape: (usize, usize), bias: &Array1<f32>, multiply: Multiply) -> Self {
+        assert_eq!(bias.len(), shape.1, "a bias per output");
+        Self { shape, bias: bias.clone(), multiply }
     }
 
     /// `[k, m]`.
@@ -159,18 +160,11 @@ fn quantise(x: ArrayView2<f32>, unsmooth: &[f32]) -> (Vec<i8>, Vec<f32>) {
     (levels, steps)
 }
 
-/// `sums[r][c] × steps[r] × column_scales[c] + bias[c]`.
+/// `sums[r][c] × steps[r] × column_scales[c] + bias[c]`, `[n, m]`.
 #[cfg(feature = "tract")]
 fn rescale(sums: &[i32], steps: &[f32], column_scales: &[f32], bias: &Array1<f32>) -> Array2<f32> {
-    let columns = column_scales.len();
-    let bias = bias.as_slice().expect("a bias is contiguous");
-    let mut out = vec![0f32; sums.len()];
-    for ((out, sums), &step) in out.chunks_exact_mut(columns).zip(sums.chunks_exact(columns)).zip(steps) {
-        for (((o, &sum), &scale), &b) in out.iter_mut().zip(sums).zip(column_scales).zip(bias) {
-            *o = sum as f32 * step * scale + b;
-        }
-    }
-    Array2::from_shape_vec((steps.len(), columns), out).expect("a sum per row and column")
+    let values = scale_sums(sums, steps, column_scales, Some(bias.as_slice().expect("a bias is contiguous")));
+    Array2::from_shape_vec((steps.len(), column_scales.len()), values).expect("a sum per row and column")
 }
 
 #[cfg(feature = "tract")]

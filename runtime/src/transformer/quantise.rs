@@ -1,6 +1,7 @@
-//! Symmetric int8 quantisation of activation rows, shared by the int8
-//! compiled graph's `QuantizeRows` operator and the int8 products of our
-//! own layers, so both give the same levels for the same row.
+//! Symmetric int8 quantisation of activation rows and the scaling of int8
+//! products' sums back to f32, shared by the int8 compiled graph's
+//! `QuantizeRows` and `ScaleProduct` operators and the int8 products of our
+//! own layers, so both compute the same values.
 
 use pulp::{Arch, Simd, WithSimd};
 
@@ -21,6 +22,23 @@ pub(crate) fn quantise_rows(values: &[f32], unsmooth: &[f32], levels: &mut [i8],
     assert_eq!(values.len(), levels.len(), "a level per value");
     assert_eq!(values.len(), steps.len() * unsmooth.len(), "a step per row");
     Arch::new().dispatch(Quantise { values, unsmooth, levels, steps });
+}
+
+/// Int8 products' sums (`[rows, columns]`, row after row) back to f32:
+/// `sums[r][c] × steps[r] × column_scales[c]`, plus `bias[c]` when given.
+pub(crate) fn scale_sums(sums: &[i32], steps: &[f32], column_scales: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let columns = column_scales.len();
+    assert_eq!(steps.len() * columns, sums.len(), "a sum per row and column");
+    let mut values = vec![0f32; sums.len()];
+    for ((out, row), &step) in values.chunks_exact_mut(columns).zip(sums.chunks_exact(columns)).zip(steps) {
+        for ((o, &sum), &scale) in out.iter_mut().zip(row).zip(column_scales) {
+            *o = sum as f32 * step * scale;
+        }
+        if let Some(bias) = bias {
+            out.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        }
+    }
+    values
 }
 
 /// Rows of `values` (each `unsmooth.len()` long) into `levels` and `steps`,
