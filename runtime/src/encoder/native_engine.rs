@@ -7,20 +7,26 @@
 //! sizes from its kernel choice and send element-wise work through generic
 //! broadcasting, and it pads every text to its batch's longest, where the
 //! layers here run on the real tokens only (README, "Encoder").
-//! Graphs whose layers are not recognised run on tract's plan.
+//! A batch given to `run` may have its layers split by tokens over two
+//! threads (`transformer::forward_layers`): one sentence at a time is how
+//! an app asks, and half of each layer's work on each core is worth one
+//! meeting per layer. Graphs whose layers are not recognised run on
+//! tract's plan.
 
 use super::Engine;
 use super::batching::TokenBatch;
 use super::tract_engine::TractEngine;
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
-use crate::transformer::{InferenceLayer, Layer, LayerWeights};
+use crate::transformer::{InferenceLayer, Layer, LayerWeights, forward_layers};
 
 pub(crate) struct NativeEngine {
     embeddings: TractEngine,
     layers: Vec<InferenceLayer>,
     /// Of the token states every layer takes.
     width: usize,
+    /// How many a batch's layers may run on (`run`).
+    threads: usize,
 }
 
 /// The tract engine for `manifest`: the native forward when the graph's
@@ -42,7 +48,7 @@ impl NativeEngine {
         };
         check_shapes(&weights)?;
         let width = weights[0].width();
-        Ok(Some(Self::assemble(embeddings, &weights, width)))
+        Ok(Some(Self::assemble(embeddings, &weights, width, threads)))
     }
 
     /// The trunk below the top `count` layers (its output: the token
@@ -59,32 +65,40 @@ impl NativeEngine {
         let top = weights.split_off(weights.len() - count);
         let top = top.into_iter().map(LayerWeights::into_layer).collect::<Option<Vec<Layer>>>();
         let top = top.ok_or_else(|| Error::CannotAdapt("an int8-compiled model has no f32 weights to adapt".into()))?;
-        Ok((Self::assemble(embeddings, &weights, width), top))
+        Ok((Self::assemble(embeddings, &weights, width, threads), top))
     }
 
     /// `layers` (checked, possibly none) after `embeddings`, packed.
-    fn assemble(embeddings: TractEngine, layers: &[LayerWeights], width: usize) -> Self {
-        Self { embeddings, layers: layers.iter().map(InferenceLayer::new).collect(), width }
-    }
-}
-
-impl Engine for NativeEngine {
-    fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
-        self.run_on_one_thread(batch, pool)
+    fn assemble(embeddings: TractEngine, layers: &[LayerWeights], width: usize, threads: usize) -> Self {
+        Self { embeddings, layers: layers.iter().map(InferenceLayer::new).collect(), width, threads }
     }
 
-    fn run_on_one_thread(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
+    /// The layers on `batch`'s embeddings, their states passed to `pool`.
+    fn run_on(
+        &self,
+        threads: usize,
+        batch: &TokenBatch,
+        pool: &mut dyn FnMut(&[f32], usize) -> Result<()>,
+    ) -> Result<()> {
         let lengths = real_lengths(batch)?;
         self.embeddings.run_on_one_thread(batch, &mut |embedded, width| {
             if width != self.width {
                 return Err(Error::ModelMismatch(format!("embeddings {width} wide for layers of {}", self.width)));
             }
-            let mut states = real_tokens(embedded, batch.seq, width, &lengths);
-            for layer in &self.layers {
-                states = layer.forward(states.view(), &lengths);
-            }
+            let states = real_tokens(embedded, batch.seq, width, &lengths);
+            let states = forward_layers(&self.layers, states, &lengths, threads);
             pool(&padded(states.as_slice().expect("a layer's output is contiguous"), batch.seq, width, &lengths), width)
         })
+    }
+}
+
+impl Engine for NativeEngine {
+    fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
+        self.run_on(self.threads, batch, pool)
+    }
+
+    fn run_on_one_thread(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
+        self.run_on(1, batch, pool)
     }
 
     fn vocabulary_size(&self) -> Option<usize> {
@@ -178,15 +192,21 @@ mod tests {
     /// The native forward's vectors against those of tract's plan of the
     /// whole graph over the project's 265 sentences (lowest cosine), the
     /// lowest cosine of each sentence run alone to it run among the
-    /// others, and the native forward's kernels.
+    /// others, and the native forward's kernels. Each sentence run alone
+    /// on two threads (its layers split by tokens) must give the vector it
+    /// gives on one, to the bit.
     fn native_against_plan(dir: &Path) -> (f32, f32, Vec<(String, usize)>) {
         let options = EncoderOptions { threads: 1, ..EncoderOptions::default() };
         let native = OnnxEncoder::load(dir, &options).unwrap();
+        let split = OnnxEncoder::load(dir, &EncoderOptions { threads: 2, ..options.clone() }).unwrap();
         let plan =
             OnnxEncoder::load_with(dir, &options, |manifest| Ok(Box::new(TractEngine::load(manifest, 1)?))).unwrap();
         let sentences = sentences();
         let together = native.embed(&sentences).unwrap();
         let alone: Vec<f32> = sentences.iter().flat_map(|s| native.embed(&[s]).unwrap().as_slice().to_vec()).collect();
+        let alone_split: Vec<f32> =
+            sentences.iter().flat_map(|s| split.embed(&[s]).unwrap().as_slice().to_vec()).collect();
+        assert!(alone_split == alone, "two threads changed a sentence's vector");
         let alone = Embeddings::from_values(together.dim(), alone).unwrap();
         let against_plan = lowest_cosine(&together, &plan.embed(&sentences).unwrap());
         (against_plan, lowest_cosine(&alone, &together), native.matrix_kernels())

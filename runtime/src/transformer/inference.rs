@@ -3,6 +3,8 @@
 //! forward and an adapted head's top layers at prediction. Element-wise
 //! work is done in place and nothing is kept for a backward pass.
 
+use std::ops::Range;
+
 use ndarray::{Array1, Array2, ArrayView2};
 
 use super::products::{Projection, Weight};
@@ -108,11 +110,31 @@ impl InferenceLayer {
     /// texts one after another, `lengths` tokens each).
     pub fn forward(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Array2<f32> {
         assert_eq!(lengths.iter().sum::<usize>(), states.nrows(), "the texts' lengths cover the batch");
-        let [query, key, value, attention_output, intermediate, output] = &self.products;
-        let (q, k, v) = (query.apply(states), key.apply(states), value.apply(states));
+        let [query, key, value] = self.project(states);
+        self.finish(states, &query, [key.view(), value.view()], lengths, 0..states.nrows())
+    }
+
+    /// The queries, keys and values of `states`' tokens.
+    pub(super) fn project(&self, states: ArrayView2<f32>) -> [Array2<f32>; 3] {
+        let [query, key, value, ..] = &self.products;
+        [query, key, value].map(|product| product.apply(states))
+    }
+
+    /// The layer's output for the batch's rows `rows`, given their states
+    /// and queries and every row's keys and values (the batch's texts are
+    /// `lengths` tokens long).
+    pub(super) fn finish(
+        &self,
+        states: ArrayView2<f32>,
+        query: &Array2<f32>,
+        [key, value]: [ArrayView2<f32>; 2],
+        lengths: &[usize],
+        rows: Range<usize>,
+    ) -> Array2<f32> {
+        let [_, _, _, attention_output, intermediate, output] = &self.products;
         let heads =
-            Heads { count: self.heads, width: query.dim().1 / self.heads.max(1), score_scale: self.score_scale };
-        let (attended, _) = heads.attend(lengths, [&q, &k, &v], false);
+            Heads { count: self.heads, width: query.ncols() / self.heads.max(1), score_scale: self.score_scale };
+        let (attended, _) = heads.attend_rows(lengths, rows, [query.view(), key, value], false);
         let mut first = attention_output.apply(attended.view());
         first += &states;
         self.attention_norm.apply_in_place(&mut first);

@@ -15,6 +15,9 @@ mod inference;
 mod products;
 #[cfg(feature = "tract")]
 mod quantise;
+mod split;
+
+use std::ops::Range;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
 
@@ -25,6 +28,7 @@ pub use inference::LayerWeights;
 pub use products::{Int8Weight, Weight};
 #[cfg(feature = "tract")]
 pub(crate) use quantise::{quantise_rows, scale_sums};
+pub use split::forward_layers;
 
 /// `x · weight + bias`, `weight` of shape `[in, out]`.
 #[derive(Debug, Clone)]
@@ -232,14 +236,33 @@ impl Heads {
         [query, key, value]: [&Array2<f32>; 3],
         keep_probabilities: bool,
     ) -> (Array2<f32>, Vec<Array2<f32>>) {
+        self.attend_rows(lengths, 0..query.nrows(), [query.view(), key.view(), value.view()], keep_probabilities)
+    }
+
+    /// As `attend`, for the queries of the batch's rows `rows` only (what
+    /// `query` holds) against every row's keys and values: the attention
+    /// of one part of a batch whose layers run split by rows.
+    fn attend_rows(
+        self,
+        lengths: &[usize],
+        rows: Range<usize>,
+        [query, key, value]: [ArrayView2<f32>; 3],
+        keep_probabilities: bool,
+    ) -> (Array2<f32>, Vec<Array2<f32>>) {
         let mut attended = Array2::zeros(query.raw_dim());
         let mut probabilities = Vec::with_capacity(if keep_probabilities { lengths.len() * self.count } else { 0 });
-        for (rows, columns) in blocks(self.count, self.width, lengths) {
-            let block = |m| -> ArrayView2<f32> { block_of(m, rows, columns) };
-            let mut scores = block(query).dot(&block(key).t()) * self.score_scale;
+        for (text_rows, columns) in blocks(self.count, self.width, lengths) {
+            let text = range_of(text_rows);
+            let queries = text.start.max(rows.start)..text.end.min(rows.end);
+            if queries.is_empty() {
+                continue;
+            }
+            let own = Slice::from(queries.start - rows.start..queries.end - rows.start);
+            let mut scores = block_of(query, own, columns).dot(&block_of(key, text_rows, columns).t());
+            scores *= self.score_scale;
             softmax_rows(&mut scores);
-            let weighted = scores.dot(&block(value));
-            attended.slice_axis_mut(Axis(0), rows).slice_axis_mut(Axis(1), columns).assign(&weighted);
+            let weighted = scores.dot(&block_of(value, text_rows, columns));
+            attended.slice_axis_mut(Axis(0), own).slice_axis_mut(Axis(1), columns).assign(&weighted);
             if keep_probabilities {
                 probabilities.push(scores);
             }
@@ -248,8 +271,14 @@ impl Heads {
     }
 }
 
-fn block_of(matrix: &Array2<f32>, rows: Slice, columns: Slice) -> ArrayView2<'_, f32> {
-    matrix.slice_axis(Axis(0), rows).slice_axis_move(Axis(1), columns)
+fn block_of(matrix: ArrayView2<'_, f32>, rows: Slice, columns: Slice) -> ArrayView2<'_, f32> {
+    matrix.slice_axis_move(Axis(0), rows).slice_axis_move(Axis(1), columns)
+}
+
+/// The rows a block's slice (from `blocks`) stands for.
+fn range_of(slice: Slice) -> Range<usize> {
+    let end = slice.end.expect("blocks are bounded");
+    slice.start as usize..end as usize
 }
 
 /// GELU, x · Φ(x), in place: on tract-linalg's vectorised erf when the

@@ -89,11 +89,6 @@ impl Projection {
         Self { shape, bias: bias.clone(), multiply }
     }
 
-    /// `[k, m]`.
-    pub fn dim(&self) -> (usize, usize) {
-        self.shape
-    }
-
     /// `x · W + b` for `x` of `[n, k]`.
     pub fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
         assert_eq!(x.ncols(), self.shape.0, "the product's inner sizes differ");
