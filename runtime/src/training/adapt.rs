@@ -12,11 +12,11 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::low_rank::LowRank;
 use super::optimizer::{Optimizer, OptimizerKind, learning_rate};
-use super::parallel::in_parallel;
+use super::parallel::{in_parallel, threads_free};
 use super::rng::SplitMix;
 use crate::error::{Error, Result};
 use crate::model::Pooling;
-use crate::transformer::{InferenceLayer, Layer, Trace};
+use crate::transformer::{InferenceLayer, Layer, Trace, forward_layers};
 
 /// How the top layers are adapted; the defaults are the issue's.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,16 +176,16 @@ fn step(
 
 /// The sentence vectors of texts given their trunk states, through `top`
 /// with its layers packed as `packed` (from `top.packed()`); runs of 64
-/// texts, spread over the cores.
+/// texts spread over the cores, or one run's tokens split over two when
+/// there are fewer texts (an app predicting one text at a time).
 pub(crate) fn embed(top: &Top, packed: &[InferenceLayer], states: &[Array2<f32>]) -> Vec<Vec<f32>> {
     const TEXTS_PER_RUN: usize = 64;
     let runs: Vec<Vec<usize>> =
         (0..states.len()).collect::<Vec<_>>().chunks(TEXTS_PER_RUN).map(<[usize]>::to_vec).collect();
+    let threads_per_run = if runs.len() == 1 { threads_free() } else { 1 };
     let pooled = in_parallel(&runs, |members| {
-        let (mut hidden, lengths) = batch(states, members);
-        for layer in packed {
-            hidden = layer.forward(hidden.view(), &lengths);
-        }
+        let (hidden, lengths) = batch(states, members);
+        let hidden = forward_layers(packed, hidden, &lengths, threads_per_run);
         sentence_vectors(top, &hidden, &lengths).1
     });
     pooled.iter().flat_map(|run| run.rows().into_iter().map(|row| row.to_vec())).collect()

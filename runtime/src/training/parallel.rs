@@ -12,11 +12,16 @@ thread_local! {
     static INSIDE: Cell<bool> = const { Cell::new(false) };
 }
 
+/// How many threads work started here may use: all cores, or one inside
+/// work already spread over them.
+pub(crate) fn threads_free() -> usize {
+    if INSIDE.get() { 1 } else { std::thread::available_parallelism().map_or(1, usize::from) }
+}
+
 /// `work` over `items` on up to all cores, results in item order.
 pub(crate) fn in_parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let threads = cores.min(items.len());
-    if threads < 2 || INSIDE.get() {
+    let threads = threads_free().min(items.len());
+    if threads < 2 {
         return items.iter().map(work).collect();
     }
     let inside = |item: &T| {
