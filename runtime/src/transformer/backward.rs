@@ -134,47 +134,7 @@ fn norm_backward(norm: &Norm, normalised: &Normalised, dy: ArrayView2<f32>, grad
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Reproducible values in [-0.5, 0.5).
-    fn values(count: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..count)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
-
-    fn matrix(rows: usize, columns: usize, seed: u64) -> Array2<f32> {
-        Array2::from_shape_vec((rows, columns), values(rows * columns, seed)).unwrap()
-    }
-
-    fn dense(inputs: usize, outputs: usize, seed: u64) -> Dense {
-        Dense { weight: matrix(inputs, outputs, seed), bias: Array1::from(values(outputs, seed + 1)) }
-    }
-
-    fn norm(width: usize, seed: u64) -> Norm {
-        let gamma = Array1::from(values(width, seed)) + 1.0;
-        Norm { gamma, beta: Array1::from(values(width, seed + 1)), epsilon: 1e-5 }
-    }
-
-    fn random_layer(width: usize, ffn: usize) -> Layer {
-        Layer {
-            heads: 2,
-            score_scale: 1.0 / ((width / 2) as f32).sqrt(),
-            query: dense(width, width, 1),
-            key: dense(width, width, 3),
-            value: dense(width, width, 5),
-            attention_output: dense(width, width, 7),
-            attention_norm: norm(width, 9),
-            intermediate: dense(width, ffn, 11),
-            output: dense(ffn, width, 13),
-            output_norm: norm(width, 15),
-        }
-    }
+    use crate::transformer::fixtures::{matrix, random_layer};
 
     /// The loss Σ output ⊙ weights: its gradient with respect to the output is `weights`.
     fn loss(layer: &Layer, input: &Array2<f32>, weights: &Array2<f32>) -> f32 {
@@ -223,7 +183,7 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         let (width, ffn, tokens) = (8, 12, 4);
-        let layer = random_layer(width, ffn);
+        let layer = random_layer(width, ffn, 1);
         let input = matrix(tokens, width, 21) * 2.0;
         let weights = matrix(tokens, width, 23);
         let mut gradients = layer.zeros_like();
@@ -250,7 +210,7 @@ mod tests {
 
     #[test]
     fn a_packed_batch_is_its_texts_run_apart() {
-        let layer = random_layer(8, 12);
+        let layer = random_layer(8, 12, 1);
         let (a, b) = (matrix(2, 8, 31), matrix(4, 8, 33));
         let packed = ndarray::concatenate(Axis(0), &[a.view(), b.view()]).unwrap();
         let together = layer.forward(packed.view(), &[2, 4]);

@@ -7,6 +7,8 @@
 //! whole batch at once while attention stays within each text.
 
 mod backward;
+#[cfg(test)]
+mod fixtures;
 // Layers read from a graph (f32 or int8 weights) exist for the tract
 // engine; builds without tract run only adapted heads' f32 layers.
 #[cfg_attr(not(feature = "tract"), allow(dead_code))]

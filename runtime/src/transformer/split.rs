@@ -89,40 +89,18 @@ impl Half<'_> {
 
 #[cfg(test)]
 mod tests {
-    use ndarray::Array1;
-
     use super::*;
-    use crate::transformer::{Dense, Layer, Norm};
+    use crate::transformer::fixtures::random_layer;
 
-    fn dense(inputs: usize, outputs: usize, seed: usize) -> Dense {
-        let value = |r: usize, c: usize| ((r * 37 + c * 11 + seed * 5) % 29) as f32 / 29.0 - 0.5;
-        Dense {
-            weight: Array2::from_shape_fn((inputs, outputs), |(r, c)| value(r, c)),
-            bias: Array1::from_shape_fn(outputs, |c| value(c, seed) * 0.1),
-        }
-    }
-
-    fn layer(width: usize, seed: usize) -> InferenceLayer {
-        let norm = Norm { gamma: Array1::ones(width), beta: Array1::zeros(width), epsilon: 1e-12 };
-        InferenceLayer::of(&Layer {
-            heads: 2,
-            score_scale: 0.5,
-            query: dense(width, width, seed),
-            key: dense(width, width, seed + 1),
-            value: dense(width, width, seed + 2),
-            attention_output: dense(width, width, seed + 3),
-            attention_norm: norm.clone(),
-            intermediate: dense(width, 2 * width, seed + 4),
-            output: dense(2 * width, width, seed + 5),
-            output_norm: norm,
-        })
+    fn layer(width: usize, seed: u64) -> InferenceLayer {
+        InferenceLayer::of(&random_layer(width, 2 * width, seed))
     }
 
     /// Split across threads, every token's state is the one a single
     /// thread computes, to the bit, including texts cut by the split.
     #[test]
     fn two_threads_compute_what_one_does() {
-        let layers = [layer(8, 1), layer(8, 2), layer(8, 3)];
+        let layers = [layer(8, 1), layer(8, 21), layer(8, 41)];
         for lengths in [vec![5], vec![3, 4], vec![1, 6, 2], vec![2, 2]] {
             let tokens = lengths.iter().sum::<usize>();
             let states = Array2::from_shape_fn((tokens, 8), |(r, c)| ((r * 3 + c * 7) % 13) as f32 / 6.0 - 1.0);
