@@ -8,7 +8,7 @@
 //! adapted ones never change); each step runs the top layers forward and
 //! backward on one batch.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use super::low_rank::LowRank;
 use super::optimizer::{Optimizer, OptimizerKind, learning_rate};
@@ -95,6 +95,9 @@ pub(crate) fn adapt(
     let mut sampler = BatchSampler::new(labels, settings);
     if sampler.eligible.len() < 2 {
         return Err(Error::InvalidInput("adaptation needs two labels with at least two examples each".into()));
+    }
+    if sampler.eligible.len() > sampler.labels_per_batch {
+        sampler.pair_with_neighbours(&embed(top, &top.packed(), states));
     }
     // Biases and norms are trained here, and the weights too unless a
     // low-rank adaptation trains factors of them instead.
@@ -355,15 +358,23 @@ fn pooling_backward(d_pooled: &Array2<f32>, lengths: &[usize], pooling: Pooling)
 
 /// Batches of so many labels with so many examples each, drawn without
 /// replacement until every eligible label has been used, then reshuffled.
+/// When the labels are more than a batch holds, half of a batch's labels
+/// are drawn so and each brings one of its nearest labels: confusable
+/// labels then meet in the loss far more often than by chance.
 struct BatchSampler {
     /// Labels with at least two examples, and their examples.
     eligible: Vec<Vec<usize>>,
+    /// Each eligible label's nearest others (none until paired).
+    neighbours: Vec<Vec<usize>>,
     order: Vec<usize>,
     next: usize,
     labels_per_batch: usize,
     examples_per_label: usize,
     random: SplitMix,
 }
+
+/// How many of a label's nearest labels it may bring into a batch.
+const NEIGHBOURS: usize = 3;
 
 impl BatchSampler {
     fn new(labels: &[usize], settings: &AdaptOptions) -> Self {
@@ -376,6 +387,7 @@ impl BatchSampler {
         let order = (0..eligible.len()).collect();
         Self {
             eligible,
+            neighbours: Vec::new(),
             order,
             next: usize::MAX,
             labels_per_batch: settings.labels_per_batch.max(2),
@@ -384,20 +396,48 @@ impl BatchSampler {
         }
     }
 
+    /// Finds each label's nearest labels: the cosine of the mean of its
+    /// examples' `vectors` (one per example, before adaptation).
+    fn pair_with_neighbours(&mut self, vectors: &[Vec<f32>]) {
+        let centroids: Vec<Array1<f32>> = self
+            .eligible
+            .iter()
+            .map(|members| {
+                let mut sum = Array1::<f32>::zeros(vectors[0].len());
+                members.iter().for_each(|&i| sum += &ArrayView1::from(vectors[i].as_slice()));
+                let norm = sum.dot(&sum).sqrt().max(1e-12);
+                sum / norm
+            })
+            .collect();
+        self.neighbours = (0..centroids.len())
+            .map(|label| {
+                let mut others: Vec<(f32, usize)> = (0..centroids.len())
+                    .filter(|&other| other != label)
+                    .map(|other| (centroids[label].dot(&centroids[other]), other))
+                    .collect();
+                others.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                others.into_iter().take(NEIGHBOURS).map(|(_, other)| other).collect()
+            })
+            .collect();
+    }
+
     fn next_batch(&mut self) -> Vec<usize> {
         let wanted = self.labels_per_batch.min(self.eligible.len());
+        let drawn = if self.neighbours.is_empty() { wanted } else { wanted.div_ceil(2) };
         let mut chosen: Vec<usize> = Vec::with_capacity(wanted);
+        while chosen.len() < drawn {
+            self.draw_into(&mut chosen);
+        }
+        for i in 0..drawn {
+            if chosen.len() == wanted {
+                break;
+            }
+            if let Some(neighbour) = self.free_neighbour(chosen[i], &chosen) {
+                chosen.push(neighbour);
+            }
+        }
         while chosen.len() < wanted {
-            if self.next >= self.order.len() {
-                self.random.shuffle(&mut self.order);
-                self.next = 0;
-            }
-            let label = self.order[self.next];
-            self.next += 1;
-            // After a reshuffle mid-batch a label may come round again.
-            if !chosen.contains(&label) {
-                chosen.push(label);
-            }
+            self.draw_into(&mut chosen);
         }
         let mut batch = Vec::with_capacity(wanted * self.examples_per_label);
         for label in chosen {
@@ -406,6 +446,26 @@ impl BatchSampler {
             batch.extend(members.iter().take(self.examples_per_label));
         }
         batch
+    }
+
+    /// The next label of the shuffled order, unless already chosen.
+    fn draw_into(&mut self, chosen: &mut Vec<usize>) {
+        if self.next >= self.order.len() {
+            self.random.shuffle(&mut self.order);
+            self.next = 0;
+        }
+        let label = self.order[self.next];
+        self.next += 1;
+        // After a reshuffle mid-batch a label may come round again.
+        if !chosen.contains(&label) {
+            chosen.push(label);
+        }
+    }
+
+    /// One of `label`'s nearest labels not yet chosen, at random.
+    fn free_neighbour(&mut self, label: usize, chosen: &[usize]) -> Option<usize> {
+        let free: Vec<usize> = self.neighbours[label].iter().copied().filter(|n| !chosen.contains(n)).collect();
+        (!free.is_empty()).then(|| free[(self.random.next_u64() % free.len() as u64) as usize])
     }
 }
 
