@@ -21,7 +21,8 @@ struct Scored {
     adapted: bool,
     /// Held-out accuracy of linear heads on the frozen and the adapted
     /// features, on which the automatic choice decided.
-    held_out: Option<(f64, f64)>,
+    /// Held-out (accuracy, log loss) of the frozen and of the adapted features.
+    held_out: Option<((f64, f64), (f64, f64))>,
     head_bytes: usize,
     /// Milliseconds per sentence, one at a time and in batches of 64.
     batch_1_ms: f64,
@@ -61,8 +62,11 @@ pub fn run(
             };
             let f = score(AdaptChoice::Never, "frozen")?;
             let a = score(choice, "adapted")?;
-            let judged = a.held_out.map_or(String::new(), |(frozen, adapted)| {
-                format!(", held out: frozen {frozen:.4}, adapted {adapted:.4}")
+            let judged = a.held_out.map_or(String::new(), |((frozen, frozen_loss), (adapted, adapted_loss))| {
+                format!(
+                    ", held out: frozen {frozen:.4} (log loss {frozen_loss:.4}), adapted {adapted:.4} \
+                     (log loss {adapted_loss:.4})"
+                )
             });
             eprintln!(
                 "k={k} seed {seed}: frozen {:.4} ({:.1} s), {} {:.4} ({:.1} s){judged}",
@@ -120,7 +124,11 @@ fn train_and_score(
         accuracy: metrics.accuracy,
         train_s,
         adapted: outcome.report.adaptation.as_ref().is_some_and(|a| a.adapted),
-        held_out: outcome.report.adaptation.as_ref().and_then(|a| a.frozen_accuracy.zip(a.adapted_accuracy)),
+        held_out: outcome
+            .report
+            .adaptation
+            .as_ref()
+            .and_then(|a| Some(((a.frozen_accuracy?, a.frozen_log_loss?), (a.adapted_accuracy?, a.adapted_log_loss?)))),
         head_bytes,
         batch_1_ms,
         batched_ms,

@@ -272,11 +272,14 @@ pub fn train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
 
 fn print_adaptation(adaptation: &AdaptationReport) {
     let percent = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
+    let loss = |l: Option<f64>| l.map_or("-".to_string(), |l| format!("log loss {l:.4}"));
     let judged = format!(
-        "held out {}: frozen {}, adapted {}",
+        "held out {}: frozen {} {}, adapted {} {}",
         adaptation.holdout_rows,
         percent(adaptation.frozen_accuracy),
-        percent(adaptation.adapted_accuracy)
+        loss(adaptation.frozen_log_loss),
+        percent(adaptation.adapted_accuracy),
+        loss(adaptation.adapted_log_loss)
     );
     match (&adaptation.skipped, adaptation.adapted) {
         (_, true) => println!(

@@ -158,11 +158,14 @@ pub struct AdaptationReport {
     /// Contrastive loss of the first and the last batch.
     pub first_loss: Option<f32>,
     pub last_loss: Option<f32>,
-    /// Accuracy on held-out examples (which adaptation did not see) of a
-    /// linear head on the frozen and on the adapted features.
+    /// Accuracy and log loss on held-out examples (which adaptation did not
+    /// see) of a linear head on the frozen and on the adapted features; the
+    /// automatic choice keeps the adapted layers for a lower log loss.
     pub holdout_rows: u64,
     pub frozen_accuracy: Option<f64>,
     pub adapted_accuracy: Option<f64>,
+    pub frozen_log_loss: Option<f64>,
+    pub adapted_log_loss: Option<f64>,
     pub adapt_ms: u64,
 }
 
@@ -180,6 +183,8 @@ impl AdaptationReport {
             holdout_rows: 0,
             frozen_accuracy: None,
             adapted_accuracy: None,
+            frozen_log_loss: None,
+            adapted_log_loss: None,
             adapt_ms: 0,
         }
     }
