@@ -635,4 +635,30 @@ mod tests {
         let labels: Vec<usize> = (0..12).map(|i| i % 4).collect();
         assert!(matches!(adapt(&top, &states, &labels, &AdaptOptions::default(), &|| true), Err(Error::Cancelled)));
     }
+
+    #[test]
+    fn batches_bring_each_drawn_label_one_of_its_nearest() {
+        // Twelve labels of three examples each, in six tight pairs (2j, 2j + 1).
+        let labels: Vec<usize> = (0..36).map(|i| i / 3).collect();
+        let vectors: Vec<Vec<f32>> = labels
+            .iter()
+            .map(|&label| {
+                let mut vector = vec![0.0; 12];
+                vector[label / 2 * 2] = 1.0;
+                vector[label] += 0.1;
+                vector
+            })
+            .collect();
+        let settings = AdaptOptions { labels_per_batch: 4, examples_per_label: 2, ..AdaptOptions::default() };
+        let mut sampler = BatchSampler::new(&labels, &settings);
+        sampler.pair_with_neighbours(&vectors);
+        assert!((0..12).all(|label| sampler.neighbours[label][0] == label ^ 1));
+        for _ in 0..20 {
+            let batch: Vec<usize> = sampler.next_batch().iter().map(|&i| labels[i]).collect();
+            assert_eq!(batch.len(), 8);
+            for (drawn, brought) in [(batch[0], batch[4]), (batch[2], batch[6])] {
+                assert!(sampler.neighbours[drawn].contains(&brought), "{batch:?}");
+            }
+        }
+    }
 }
