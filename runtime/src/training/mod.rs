@@ -87,9 +87,9 @@ pub enum HeadChoice {
 /// Whether training adapts the backbone's top layers before the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AdaptChoice {
-    /// When every label has enough examples and a head on the adapted
-    /// features is more accurate on held-out examples than one on the
-    /// frozen features.
+    /// When every label has enough examples (and not so many that a
+    /// frozen head does as well) and a head on the adapted features has a
+    /// lower log loss on held-out examples than one on the frozen features.
     #[default]
     Auto,
     /// Whenever labels have pairs of examples to contrast (refused for a
