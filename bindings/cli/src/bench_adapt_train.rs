@@ -19,9 +19,8 @@ struct Scored {
     accuracy: f64,
     train_s: f64,
     adapted: bool,
-    /// Held-out accuracy of linear heads on the frozen and the adapted
-    /// features, on which the automatic choice decided.
-    /// Held-out (accuracy, log loss) of the frozen and of the adapted features.
+    /// Held-out (accuracy, log loss) of linear heads on the frozen and on
+    /// the adapted features, on which the automatic choice decided.
     held_out: Option<((f64, f64), (f64, f64))>,
     head_bytes: usize,
     /// Milliseconds per sentence, one at a time and in batches of 64.

@@ -121,9 +121,9 @@ impl Personalizer {
             last_loss: Some(adapted.last_loss),
             holdout_rows: held_out.len() as u64,
             frozen_accuracy: Some(judged.frozen.accuracy),
-            adapted_accuracy: Some(judged.metrics.accuracy),
+            adapted_accuracy: Some(judged.adapted.accuracy),
             frozen_log_loss: Some(judged.frozen.log_loss),
-            adapted_log_loss: Some(judged.metrics.log_loss),
+            adapted_log_loss: Some(judged.adapted.log_loss),
             adapt_ms: started.elapsed().as_millis() as u64,
         };
         if !forced && !judged.favours_adapted() {
@@ -131,8 +131,8 @@ impl Personalizer {
                 "on {} held-out examples a head on adapted features had a log loss of {:.4} (right {:.2}% of the \
                  time), on frozen ones {:.4} ({:.2}%)",
                 held_out.len(),
-                judged.metrics.log_loss,
-                100.0 * judged.metrics.accuracy,
+                judged.adapted.log_loss,
+                100.0 * judged.adapted.accuracy,
                 judged.frozen.log_loss,
                 100.0 * judged.frozen.accuracy
             );
@@ -145,7 +145,7 @@ impl Personalizer {
             priors,
             held_out,
             predictions: judged.predictions,
-            metrics: judged.metrics,
+            metrics: judged.adapted,
             report,
         })))
     }
@@ -263,8 +263,9 @@ fn example_counts_unsuited(data: &TrainingData, train_rows: &[usize], forced: bo
 /// held-out rows.
 struct Judged {
     frozen: Metrics,
+    adapted: Metrics,
+    /// The adapted head's prediction for each held-out row.
     predictions: Vec<usize>,
-    metrics: Metrics,
 }
 
 impl Judged {
@@ -274,7 +275,7 @@ impl Judged {
     /// told CLINC150 k = 10's seeds apart where accuracy did not (README,
     /// "Adapting the top layers").
     fn favours_adapted(&self) -> bool {
-        self.metrics.log_loss < self.frozen.log_loss
+        self.adapted.log_loss < self.frozen.log_loss
     }
 }
 
@@ -302,5 +303,5 @@ fn judge(
     let frozen = evaluate(&frozen, &truth, &data.labels);
     let adapted = probabilities(adapted)?;
     let predictions = adapted.chunks_exact(data.labels.len()).map(|row| argmax(row).0).collect();
-    Ok(Judged { frozen, predictions, metrics: evaluate(&adapted, &truth, &data.labels) })
+    Ok(Judged { frozen, adapted: evaluate(&adapted, &truth, &data.labels), predictions })
 }

@@ -16,6 +16,7 @@ use super::parallel::{in_parallel, threads_free};
 use super::rng::SplitMix;
 use crate::error::{Error, Result};
 use crate::model::Pooling;
+use crate::numeric::unit;
 use crate::transformer::{InferenceLayer, Layer, Trace, forward_layers};
 
 /// How the top layers are adapted; the defaults are the issue's.
@@ -405,8 +406,7 @@ impl BatchSampler {
             .map(|members| {
                 let mut sum = Array1::<f32>::zeros(vectors[0].len());
                 members.iter().for_each(|&i| sum += &ArrayView1::from(vectors[i].as_slice()));
-                let norm = sum.dot(&sum).sqrt().max(1e-12);
-                sum / norm
+                unit(sum)
             })
             .collect();
         self.neighbours = (0..centroids.len())
