@@ -29,7 +29,7 @@ use tract_core::ops::einsum::EinSum;
 use super::int8_ops::{QuantizeRows, ScaleProduct};
 /// The share of an activation channel's range moved into the weights
 /// (SmoothQuant's α): m_k = max|x_k|^α / max|W_k|^(1−α); chosen on the
-/// default model (README, "Int8 graphs").
+/// default model (docs/encoder.md, "Int8 graphs").
 const MIGRATION: f32 = 0.6;
 /// Smoothing factors are kept within this factor of 1 either way.
 const MAX_SMOOTHING: f32 = 1e4;
@@ -144,7 +144,7 @@ impl Product {
 
     /// A product that narrows (k > n): the feed-forward block's second
     /// product, whose input is the GELU output. Kept in f32: in int8 it
-    /// costs the most accuracy (README, "Int8 graphs").
+    /// costs the most accuracy (docs/encoder.md, "Int8 graphs").
     fn is_down_projection(&self) -> bool {
         self.k() > self.n()
     }

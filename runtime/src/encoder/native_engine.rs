@@ -6,7 +6,7 @@
 //! graph computes, faster: tract's plan keeps symbolic shapes, which hide
 //! sizes from its kernel choice and send element-wise work through generic
 //! broadcasting, and it pads every text to its batch's longest, where the
-//! layers here run on the real tokens only (README, "Encoder").
+//! layers here run on the real tokens only (docs/encoder.md).
 //! A batch given to `run` may have its layers split by tokens over two
 //! threads (`transformer::forward_layers`): one sentence at a time is how
 //! an app asks, and half of each layer's work on each core is worth one

@@ -40,7 +40,7 @@ fn environment(library: Option<&Path>) -> Result<&'static Environment> {
     let requested = match library {
         Some(path) => path.to_path_buf(),
         None => std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).ok_or_else(|| {
-            unavailable("set ORT_DYLIB_PATH to libonnxruntime (see README: it ships in the onnxruntime wheel)")
+            unavailable("set ORT_DYLIB_PATH to libonnxruntime (see docs/encoder.md: it ships in the onnxruntime wheel)")
         })?,
     };
     let entry = ENVIRONMENT.get_or_init(|| {

@@ -38,7 +38,13 @@ def sample_block(readme, language):
 def test_the_mobile_readme_samples_are_the_files_the_mobile_tests_compile():
     # Kotlin: compiled and run by tests/bindings/kotlin (BindingTest.theReadmeSampleRuns).
     # Swift: compiled and run by mobile/ios's XCTest (ScenarioTests.testTheReadmeSample), on a Mac.
-    for readme, language in [(REPO / "mobile/android/README.md", "kotlin"), (REPO / "mobile/ios/README.md", "swift")]:
+    samples = [
+        (REPO / "mobile/android/README.md", "kotlin"),
+        (REPO / "mobile/ios/README.md", "swift"),
+        (REPO / "README.md", "kotlin"),
+        (REPO / "README.md", "swift"),
+    ]
+    for readme, language in samples:
         path, block = sample_block(readme, language)
         source = path.read_text()
         source = re.sub(r"\Apackage [\w.]+\n\n", "", source)  # Kotlin's package line is the test's
