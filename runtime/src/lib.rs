@@ -13,13 +13,16 @@ mod import;
 mod model;
 mod numeric;
 mod personalizer;
+mod search;
 mod store;
 mod training;
-// Top layers in our own code, for on-device adaptation (issue 17, being
-// built): only tests use it yet.
+// BERT layers in our own code: the native forward of the tract engine, and
+// the top layers that on-device adaptation trains.
 mod transformer;
 
-pub use encoder::{Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent};
+pub use encoder::{
+    Backend, Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT, Silent, TokenStates,
+};
 #[cfg(feature = "onnx")]
 pub use encoder::{COMPILED_FILE, CompileReport, compile_model};
 pub use error::{Error, Result};
@@ -29,13 +32,14 @@ pub use heads::{Head, HeadKind, Prediction, TopChanges};
 pub use import::{Columns, ImportFormat, read_labelled, read_labelled_file};
 pub use model::{CatalogEntry, CompiledFile, InputNames, ModelCatalog, ModelManifest, Pooling, Precision};
 pub use personalizer::{
-    AdoptOutcome, FederatedUpdate, ForgetReport, Personalizer, PersonalizerConfig, PredictionSource, Retrain,
-    SearchHit, TaskUpgrade, TrainOutcome, UpgradeOutcome,
+    AdoptOutcome, FederatedUpdate, ForgetReport, HeadVersion, Personalizer, PersonalizerConfig, PredictionSource,
+    PrivacyBound, Retrain, TaskUpgrade, TaskVectors, TrainOutcome, UpgradeOutcome,
 };
+pub use search::{SearchHit, VectorIndex};
 pub use store::{
-    AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, KEPT_HEAD_VERSIONS,
-    LabelCount, NewDocument, NewExample, NewFeedback, Retention, Signal, Store, StoreOptions, TaskId, TaskInfo,
-    TrunkKey, TrunkStateRows, VectorEncoding,
+    AddOutcome, Document, EncryptionKey, Example, FeedbackEvent, Forget, ForgetOutcome, HeadInfo, HeadPrivacy,
+    KEPT_HEAD_VERSIONS, LabelCount, LedgerEntry, NewDocument, NewExample, NewFeedback, NewHead, Retention, SaveAs,
+    Signal, Store, StoreOptions, StoredHead, TaskId, TaskInfo, TrunkKey, TrunkStateRows, VectorEncoding,
 };
 pub use training::{
     AdaptChoice, AdaptOptions, AdaptationReport, CandidateHead, CandidateReport, EpochProgress, FederatedOptions,
@@ -44,15 +48,8 @@ pub use training::{
     zero_shot_head,
 };
 
-/// Building blocks that the CLI's benchmarks and the tests reach for —
-/// the promotion rule on its own, the privacy accountant, the raw search
-/// index and stored-head records. Not part of the API apps build on: they
-/// may change with any release.
-pub mod internal {
-    pub use crate::personalizer::VectorIndex;
-    pub use crate::store::{HeadPrivacy, LedgerEntry, NewHead, StoredHead};
-    pub use crate::training::{ActiveHeadEvidence, decide_promotion, noise_for_budget, privacy_spent};
-    /// Adaptation of the backbone's top layers on its own: `attune bench
-    /// adapt` measures it.
-    pub use crate::training::{AdaptedTop, TrunkStates};
-}
+/// The README's Rust sample, compiled by `cargo test` as a doctest so that
+/// it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeSample;

@@ -10,10 +10,9 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use attune::internal::{NewHead, StoredHead};
 use attune::{
-    AdaptChoice, AdaptOptions, EncoderOptions, Error, Head, NewExample, Personalizer, PersonalizerConfig,
-    PredictionSource, PrivacyOptions, QuietTraining, TrainListener, TrainOptions,
+    AdaptChoice, AdaptOptions, EncoderOptions, Error, Head, NewExample, NewHead, PersonalizerConfig, PredictionSource,
+    PrivacyOptions, QuietTraining, StoredHead, TrainListener, TrainOptions,
 };
 
 fn scratch(tag: &str) -> PathBuf {
@@ -23,14 +22,14 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
-fn open(dir: &Path) -> Personalizer {
+fn open(dir: &Path) -> support::Opened {
     let config = PersonalizerConfig {
         database: dir.join("user.db"),
         model_dir: support::tiny_dir(),
         encoder: EncoderOptions::default(),
         encryption_key: None,
     };
-    Personalizer::open(&config).unwrap()
+    support::Opened::open(&config)
 }
 
 /// Three labels with `per_label` examples each.
@@ -50,7 +49,7 @@ fn adapting(choice: AdaptChoice) -> TrainOptions {
 
 const QUERIES: [&str; 3] = ["a flight to rome", "a recipe with leeks", "pay the rent"];
 
-fn probabilities(p: &Personalizer) -> Vec<Vec<(String, f32)>> {
+fn probabilities(p: &attune::Personalizer) -> Vec<Vec<(String, f32)>> {
     p.predict("inbox", &QUERIES, 3).unwrap().0.into_iter().map(|prediction| prediction.top).collect()
 }
 
@@ -181,7 +180,7 @@ fn a_head_whose_layers_do_not_fit_the_model_is_refused_at_prediction() {
         privacy: None,
         shared: false,
     };
-    p.store().save_head(id, &head, true).unwrap();
+    p.store().save_head(id, &head, attune::SaveAs::Active).unwrap();
     let refused = p.predict("inbox", &QUERIES, 1);
     assert!(matches!(&refused, Err(Error::InvalidHead(reason)) if reason.contains("do not fit")), "{refused:?}");
     // Going back to the good head mends the task.
@@ -220,7 +219,7 @@ fn a_model_upgrade_retrains_an_adapted_task_and_drops_the_old_trunk_states() {
     assert_eq!(p.predict("inbox", &QUERIES, 1).unwrap().0.len(), 3);
 }
 
-fn decode_version(p: &Personalizer, version: u32) -> Head {
+fn decode_version(p: &support::Opened, version: u32) -> Head {
     let id = p.store().task_id("inbox").unwrap();
     let stored = p.store().head(id, version).unwrap().unwrap();
     Head::from_bytes(&stored.weights, &stored.info.fingerprint).unwrap()

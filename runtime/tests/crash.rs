@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use attune::{
     EncoderOptions, Forget, HeadChoice, HeadKind, KEPT_HEAD_VERSIONS, NewDocument, NewExample, NewFeedback,
-    Personalizer, PersonalizerConfig, PredictionSource, PrivacyOptions, Signal, TrainOptions,
+    PersonalizerConfig, PredictionSource, PrivacyOptions, Signal, TrainOptions,
 };
 
 const TASK: &str = "crash";
@@ -32,14 +32,14 @@ const CHILD_ENV: &str = "ATTUNE_CRASH_CHILD_DB";
 /// Writes that targeted kills aim at, and how far into them (ms) to kill.
 const TARGETS: [(&str, u64); 5] = [("add", 3), ("feedback", 0), ("train", 1), ("forget", 10), ("private-train", 1)];
 
-fn open(path: &Path) -> Personalizer {
+fn open(path: &Path) -> support::Opened {
     let config = PersonalizerConfig {
         database: path.to_path_buf(),
         model_dir: support::tiny_dir(),
         encoder: EncoderOptions { threads: 1, ..EncoderOptions::default() },
         encryption_key: None,
     };
-    Personalizer::open(&config).unwrap()
+    support::Opened::open(&config)
 }
 
 fn label(batch: usize) -> String {
@@ -244,13 +244,14 @@ fn check(path: &Path, acked: &Acknowledged, trial: usize) {
         return;
     }
     let p = open(path);
-    p.store().integrity_check().unwrap_or_else(|e| panic!("trial {trial}: {e}"));
-    let Ok(task) = p.store().task_id(TASK) else {
+    let store = p.store();
+    store.integrity_check().unwrap_or_else(|e| panic!("trial {trial}: {e}"));
+    let Ok(task) = store.task_id(TASK) else {
         assert!(acked.added.is_empty(), "trial {trial}: acknowledged batches but no task");
         return;
     };
     let mut rows_per_batch: BTreeMap<usize, usize> = BTreeMap::new();
-    for example in p.store().examples(task).unwrap() {
+    for example in store.examples(task).unwrap() {
         *rows_per_batch.entry(batch_of(&example.label)).or_default() += 1;
     }
     for (batch, rows) in &rows_per_batch {
@@ -263,8 +264,7 @@ fn check(path: &Path, acked: &Acknowledged, trial: usize) {
             "trial {trial}: acknowledged batch {batch} is missing"
         );
     }
-    let queries: BTreeSet<String> =
-        p.store().feedback(task).unwrap().into_iter().filter_map(|event| event.query).collect();
+    let queries: BTreeSet<String> = store.feedback(task).unwrap().into_iter().filter_map(|event| event.query).collect();
     for batch in &acked.feedback {
         assert!(queries.contains(&format!("query {batch}")), "trial {trial}: feedback {batch} is missing");
     }
@@ -279,11 +279,11 @@ fn check(path: &Path, acked: &Acknowledged, trial: usize) {
         assert_eq!(source, PredictionSource::TrainedHead, "trial {trial}");
         assert_eq!(predictions.len(), 1);
     }
-    if let Ok(private) = p.store().task_id(PRIVATE_TASK) {
+    if let Ok(private) = store.task_id(PRIVATE_TASK) {
         let private_heads = p.heads(PRIVATE_TASK).unwrap();
         assert!(private_heads.iter().all(|h| h.privacy.is_some()), "trial {trial}: a public head on a private task");
         // Each private head was saved with its ledger entry; old ones may since be deleted.
-        let ledger = p.store().private_runs(private).unwrap().len();
+        let ledger = store.private_runs(private).unwrap().len();
         let newest = private_heads.iter().map(|h| h.version as usize).max().unwrap_or(0);
         assert_eq!(newest, ledger, "trial {trial}: private heads and ledger entries differ");
     }

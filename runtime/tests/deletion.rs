@@ -10,8 +10,8 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use attune::{
-    Encoder, EncoderOptions, EncryptionKey, Forget, NewDocument, NewExample, NewFeedback, Personalizer,
-    PersonalizerConfig, PredictionSource, QuietTraining, SILENT, Signal, TrainOptions, TrunkKey, TrunkStateRows,
+    EncoderOptions, EncryptionKey, Forget, NewDocument, NewExample, NewFeedback, PersonalizerConfig, PredictionSource,
+    QuietTraining, SILENT, Signal, TrainOptions, TrunkKey, TrunkStateRows,
 };
 
 /// Distinctive strings that appear nowhere else: an example of the label to
@@ -27,14 +27,14 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
-fn open(dir: &Path, key: Option<EncryptionKey>) -> Personalizer {
+fn open(dir: &Path, key: Option<EncryptionKey>) -> support::Opened {
     let config = PersonalizerConfig {
         database: dir.join("user.db"),
         model_dir: support::tiny_dir(),
         encoder: EncoderOptions::default(),
         encryption_key: key,
     };
-    Personalizer::open(&config).unwrap()
+    support::Opened::open(&config)
 }
 
 /// Which of `needles` occur in the raw bytes of any file in `dir`.
@@ -56,7 +56,7 @@ fn bytes_in_files(dir: &Path, needle: &[u8]) -> bool {
 
 /// Fills the task with the secrets among many ordinary rows, trains, and
 /// returns the version of the head trained on the secret label.
-fn fill(p: &Personalizer) -> u32 {
+fn fill(p: &support::Opened) -> u32 {
     let mut examples: Vec<NewExample> = (0..600)
         .map(|i| {
             NewExample::new(
@@ -96,13 +96,11 @@ fn trunk_key(fingerprint: &str) -> TrunkKey<'_> {
     TrunkKey { fingerprint, layers: 1 }
 }
 
-fn cache_trunk_states(p: &Personalizer) {
+fn cache_trunk_states(p: &support::Opened) {
     let texts = [HEALTH_TEXTS[0], HEALTH_TEXTS[1], SECRET_DOCUMENT];
     let states = p.encoder().trunk_states(&texts, 1, &SILENT).unwrap();
-    let rows: Vec<TrunkStateRows> = states
-        .iter()
-        .map(|s| TrunkStateRows { tokens: s.nrows(), width: s.ncols(), values: s.iter().copied().collect() })
-        .collect();
+    let rows: Vec<TrunkStateRows> =
+        states.into_iter().map(|s| TrunkStateRows { tokens: s.tokens, width: s.width, values: s.values }).collect();
     let entries: Vec<(&str, &TrunkStateRows)> = texts.iter().copied().zip(&rows).collect();
     let fingerprint = p.encoder().fingerprint().to_string();
     let stored = p.store().cache_trunk_states(trunk_key(&fingerprint), &entries).unwrap();
@@ -121,7 +119,7 @@ fn trunk_state_blobs(dir: &Path) -> Vec<Vec<u8>> {
 
 /// Forgets the secret label, document and query, and checks what the
 /// `Personalizer` and the store say afterwards.
-fn forget_and_check(p: &Personalizer, secret_head: u32) {
+fn forget_and_check(p: &support::Opened, secret_head: u32) {
     p.forget(Some("notes"), &Forget::Label("health".into())).unwrap();
     p.forget(Some("notes"), &Forget::Text(SECRET_DOCUMENT.into())).unwrap();
     p.forget(Some("notes"), &Forget::Text(SECRET_QUERY.into())).unwrap();

@@ -10,19 +10,18 @@ use attune::{
 };
 use support::{Intents, default_model_dir, scratch_dir, tiny_dir};
 
-fn device(dir: &std::path::Path, name: &str, model: &std::path::Path) -> Personalizer {
+fn device(dir: &std::path::Path, name: &str, model: &std::path::Path) -> support::Opened {
     let config = PersonalizerConfig {
         database: dir.join(format!("{name}.db")),
         model_dir: model.to_path_buf(),
         encoder: EncoderOptions::default(),
         encryption_key: None,
     };
-    Personalizer::open(&config).unwrap()
+    support::Opened::open(&config)
 }
 
 /// The width and fingerprint of a device's backbone.
 fn backbone(p: &Personalizer) -> (usize, String) {
-    use attune::Encoder;
     (p.encoder().dim(), p.encoder().fingerprint().to_string())
 }
 
@@ -41,7 +40,7 @@ fn weighted_mean(updates: &[attune::FederatedUpdate]) -> SharedModel {
 }
 
 /// Three devices, each with examples of only some intents (non-IID).
-fn devices(tag: &str, model: &std::path::Path) -> (Vec<Personalizer>, Vec<String>, Vec<(String, String)>) {
+fn devices(tag: &str, model: &std::path::Path) -> (Vec<support::Opened>, Vec<String>, Vec<(String, String)>) {
     let intents = Intents::read().intents;
     let labels: Vec<String> = intents.iter().map(|i| i.label.clone()).collect();
     let dir = scratch_dir(tag);
@@ -66,7 +65,7 @@ fn devices(tag: &str, model: &std::path::Path) -> (Vec<Personalizer>, Vec<String
     (devices, labels, held_out)
 }
 
-fn rounds(devices: &[Personalizer], start: SharedModel, rounds: usize) -> SharedModel {
+fn rounds(devices: &[support::Opened], start: SharedModel, rounds: usize) -> SharedModel {
     let mut shared = start;
     for round in 0..rounds {
         let options = FederatedOptions { seed: round as u64, ..FederatedOptions::default() };

@@ -170,7 +170,7 @@ fn predict_and_search_under_training_and_writes() {
     assert!(errors.is_empty(), "{} errors, first: {:?}", errors.len(), errors.first());
     assert_eq!(p.stats("intents").unwrap().examples, initial + added, "lost example writes");
     assert_eq!(p.stats("docs").unwrap().feedback, feedback, "lost feedback writes");
-    p.store().integrity_check().unwrap();
+    attune::Store::open(&config.database, &attune::StoreOptions::default()).unwrap().integrity_check().unwrap();
     eprintln!("predict, {READERS} reader threads, 1 encoder thread each, default model:");
     eprintln!("  idle                       {}", idle.summary(IDLE.as_secs_f64()));
     eprintln!("  training + writes + search {}", loaded.summary(LOADED.as_secs_f64()));

@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use attune::{
-    Encoder, EncoderOptions, EpochProgress, Error, Forget, HeadChoice, HeadKind, NewDocument, NewExample, NewFeedback,
+    EncoderOptions, EpochProgress, Error, Forget, HeadChoice, HeadKind, NewDocument, NewExample, NewFeedback,
     Personalizer, PersonalizerConfig, PredictionSource, QuietTraining, Retrain, Signal, TrainListener, TrainOptions,
 };
 use support::tiny_dir;
@@ -254,7 +254,7 @@ impl attune::EncodeListener for CancelAtFirstReport {
 #[test]
 fn a_cancelled_import_leaves_the_database_as_before() {
     let config = config("cancelled-import");
-    let p = Personalizer::open(&config).unwrap();
+    let p = support::Opened::open(&config);
     let examples: Vec<NewExample> = MESSAGES.iter().map(|(t, l)| NewExample::new(*t, *l)).collect();
     p.add_examples("inbox", &examples).unwrap();
     let before = (p.stats("inbox").unwrap(), p.labels("inbox").unwrap(), p.store().feature_fingerprints().unwrap());

@@ -7,12 +7,12 @@
 mod support;
 
 use attune::{
-    EncoderOptions, Forget, Personalizer, PersonalizerConfig, PredictionSource, PrivacyOptions, QuietTraining, Retrain,
-    SILENT, TrainOptions,
+    EncoderOptions, Forget, PersonalizerConfig, PredictionSource, PrivacyOptions, QuietTraining, Retrain, SILENT,
+    TrainOptions,
 };
 use support::{Intents, scratch_dir, tiny_dir};
 
-fn open(tag: &str) -> (Personalizer, std::path::PathBuf) {
+fn open(tag: &str) -> (support::Opened, std::path::PathBuf) {
     let dir = scratch_dir(tag);
     let config = PersonalizerConfig {
         database: dir.join("user.db"),
@@ -20,13 +20,13 @@ fn open(tag: &str) -> (Personalizer, std::path::PathBuf) {
         encoder: EncoderOptions::default(),
         encryption_key: None,
     };
-    (Personalizer::open(&config).unwrap(), dir)
+    (support::Opened::open(&config), dir)
 }
 
 /// A private task: every intent described, three examples each, trained
 /// with a budget of `epsilon` over `epochs` epochs, the first run taking
 /// `run_share` of it.
-fn private_task(tag: &str, epsilon: f64, run_share: f64) -> (Personalizer, std::path::PathBuf) {
+fn private_task(tag: &str, epsilon: f64, run_share: f64) -> (support::Opened, std::path::PathBuf) {
     let (p, dir) = open(tag);
     let data = Intents::read();
     for intent in &data.intents {
@@ -40,7 +40,7 @@ fn private_task(tag: &str, epsilon: f64, run_share: f64) -> (Personalizer, std::
     (p, dir)
 }
 
-fn ledger_len(p: &Personalizer) -> usize {
+fn ledger_len(p: &support::Opened) -> usize {
     p.store().private_runs(p.store().task_id("support").unwrap()).unwrap().len()
 }
 
@@ -48,7 +48,7 @@ fn ledger_len(p: &Personalizer) -> usize {
 fn a_private_head_shows_its_epsilon_and_its_run_is_in_the_ledger() {
     let (p, dir) = private_task("dp-visible", 4.0, 0.5);
     let heads = p.heads("support").unwrap();
-    let (epsilon, delta) = heads[0].privacy.expect("the head is marked private");
+    let attune::PrivacyBound { epsilon, delta } = heads[0].privacy.expect("the head is marked private");
     assert!(epsilon > 0.0 && epsilon <= 4.0 && delta > 0.0 && delta < 1e-4, "{:?}", heads[0]);
     assert_eq!(ledger_len(&p), 1);
 
@@ -68,7 +68,7 @@ fn a_private_task_trains_privately_again_without_being_asked() {
     assert_eq!(ledger_len(&p), 2);
     assert!(p.heads("support").unwrap().iter().all(|h| h.privacy.is_some()));
     // The second run spent more of the same budget.
-    let spent: Vec<f64> = p.heads("support").unwrap().iter().map(|h| h.privacy.unwrap().0).collect();
+    let spent: Vec<f64> = p.heads("support").unwrap().iter().map(|h| h.privacy.unwrap().epsilon).collect();
     assert!(spent[1] > spent[0] && spent[1] <= 8.0, "{spent:?}");
 }
 

@@ -4,8 +4,8 @@
 mod support;
 
 use attune::{
-    Encoder, EncoderOptions, Forget, NewDocument, NewExample, NewFeedback, Personalizer, PersonalizerConfig,
-    PredictionSource, QuietTraining, Signal, TrainOptions,
+    EncoderOptions, Forget, NewDocument, NewExample, NewFeedback, Personalizer, PersonalizerConfig, PredictionSource,
+    QuietTraining, Signal, TrainOptions,
 };
 use serde::Deserialize;
 use support::{default_model_dir, scratch_dir};

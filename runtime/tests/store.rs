@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use attune::internal::NewHead;
 use attune::{
-    Error, Forget, NewDocument, NewExample, NewFeedback, Retention, Signal, Store, StoreOptions, TaskId, VectorEncoding,
+    Error, Forget, NewDocument, NewExample, NewFeedback, NewHead, Retention, SaveAs, Signal, Store, StoreOptions,
+    TaskId, VectorEncoding,
 };
 
 fn scratch(tag: &str) -> PathBuf {
@@ -154,8 +154,8 @@ fn heads_are_versioned_promoted_and_rolled_back() {
     let store = open(&scratch("heads").join("user.db"));
     let task = store.ensure_task("intents").unwrap();
     assert!(store.active_head(task).unwrap().is_none());
-    assert_eq!(store.save_head(task, &head(&["a", "b"], 10), true).unwrap(), 1);
-    assert_eq!(store.save_head(task, &head(&["a", "b", "c"], 20), false).unwrap(), 2);
+    assert_eq!(store.save_head(task, &head(&["a", "b"], 10), SaveAs::Active).unwrap(), 1);
+    assert_eq!(store.save_head(task, &head(&["a", "b", "c"], 20), SaveAs::Inactive).unwrap(), 2);
     assert_eq!(store.active_head(task).unwrap().unwrap().info.version, 1, "a candidate is not promoted");
     store.activate_head(task, 2).unwrap();
     let active = store.active_head(task).unwrap().unwrap();
@@ -171,11 +171,11 @@ fn old_head_versions_are_deleted_but_the_active_and_the_shared_one_stay() {
     let store = open(&scratch("head-versions").join("user.db"));
     let task = store.ensure_task("intents").unwrap();
     let shared = NewHead { shared: true, ..head(&["a", "b"], 0) };
-    assert_eq!(store.save_head(task, &shared, false).unwrap(), 1);
-    assert_eq!(store.save_head(task, &head(&["a", "b"], 1), true).unwrap(), 2);
+    assert_eq!(store.save_head(task, &shared, SaveAs::Inactive).unwrap(), 1);
+    assert_eq!(store.save_head(task, &head(&["a", "b"], 1), SaveAs::Active).unwrap(), 2);
     // Eight candidates that are never promoted.
     for n in 0..8 {
-        assert_eq!(store.save_head(task, &head(&["a", "b"], 2 + n), false).unwrap(), 3 + n as u32);
+        assert_eq!(store.save_head(task, &head(&["a", "b"], 2 + n), SaveAs::Inactive).unwrap(), 3 + n as u32);
     }
     let versions: Vec<(u32, bool, bool)> =
         store.heads(task).unwrap().iter().map(|h| (h.version, h.active, h.shared)).collect();
@@ -186,7 +186,7 @@ fn old_head_versions_are_deleted_but_the_active_and_the_shared_one_stay() {
     assert!(matches!(store.activate_head(task, 3), Err(Error::InvalidInput(_))), "a deleted version cannot come back");
     // Promoting the newest releases the old active version once it is out of the window.
     store.activate_head(task, 10).unwrap();
-    store.save_head(task, &head(&["a", "b"], 20), false).unwrap();
+    store.save_head(task, &head(&["a", "b"], 20), SaveAs::Inactive).unwrap();
     let kept: Vec<u32> = store.heads(task).unwrap().iter().map(|h| h.version).collect();
     assert_eq!(kept, [1, 7, 8, 9, 10, 11]);
 }
@@ -218,7 +218,7 @@ fn seeded(tag: &str) -> (Store, TaskId, PathBuf) {
 fn forgetting_a_label_removes_texts_vectors_and_the_heads_trained_on_them() {
     let (store, task, _) = seeded("forget-label");
     let max_id = store.examples(task).unwrap().iter().map(|e| e.id).max().unwrap();
-    store.save_head(task, &head(&["health", "travel", "work"], max_id), true).unwrap();
+    store.save_head(task, &head(&["health", "travel", "work"], max_id), SaveAs::Active).unwrap();
     let outcome = store.forget(Some("inbox"), &Forget::Label("travel".into())).unwrap();
     assert_eq!((outcome.examples, outcome.vectors, outcome.heads_invalidated), (2, 1, 1));
     assert!(store.examples(task).unwrap().iter().all(|e| e.label != "travel"));
@@ -234,7 +234,7 @@ fn forgetting_a_label_removes_texts_vectors_and_the_heads_trained_on_them() {
 fn a_head_older_than_the_forgotten_example_stays_valid() {
     let (store, task, _) = seeded("forget-newer");
     let first = store.examples(task).unwrap()[0].id;
-    store.save_head(task, &head(&["health"], first), true).unwrap();
+    store.save_head(task, &head(&["health"], first), SaveAs::Active).unwrap();
     store.add_examples(task, &[example("a brand new note", "health")]).unwrap();
     let newest = store.examples(task).unwrap().last().unwrap().id;
     let outcome = store.forget(Some("inbox"), &Forget::Example(newest)).unwrap();
@@ -335,7 +335,7 @@ fn documents_feedback_and_export() {
     let bad_meta = NewDocument { key: "r3".into(), text: "x".into(), metadata: Some("[1]".into()) };
     assert!(matches!(store.upsert_documents(task, &[bad_meta]), Err(Error::InvalidInput(_))));
     store.set_label_description(task, "travel", "trips, flights and hotels").unwrap();
-    store.save_head(task, &head(&["health", "travel", "work"], 1_000), true).unwrap();
+    store.save_head(task, &head(&["health", "travel", "work"], 1_000), SaveAs::Active).unwrap();
 
     let mut out = Vec::new();
     store.export_json(&mut out).unwrap();

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use attune::{
-    EncodeListener, Encoder, EncoderOptions, Error, NewDocument, NewExample, NewFeedback, Personalizer,
-    PersonalizerConfig, PredictionSource, PrivacyOptions, QuietTraining, Signal, TrainOptions,
+    EncodeListener, EncoderOptions, Error, NewDocument, NewExample, NewFeedback, Personalizer, PersonalizerConfig,
+    PredictionSource, PrivacyOptions, QuietTraining, Signal, TrainOptions,
 };
 
 const LABELS: [(&str, &str); 3] =
@@ -157,6 +157,7 @@ fn upgrade_while_predicting(new_model: &std::path::Path, tag: &str) {
     assert_eq!(top, ["music", "alarm"]);
     assert_eq!(p.search("docs", "umbrella", 1).unwrap()[0].key, "d1");
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-    assert!(p.store().cached_features(&old, &texts).unwrap().iter().all(Option::is_none), "old vectors remain");
+    let store = attune::Store::open(&config.database, &attune::StoreOptions::default()).unwrap();
+    assert!(store.cached_features(&old, &texts).unwrap().iter().all(Option::is_none), "old vectors remain");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,7 @@
 """What a benchmark needs on a fresh machine, fetched or built when missing:
-Python packages from PyPI, the `attune` CLI (the dev profile the tests use,
-so nothing is built twice), the generated Python binding, the default model."""
+Python packages from PyPI, the `attune` CLI and the `attune-bench` binary
+(the dev profile the tests use, so nothing is built twice), the generated
+Python binding, the default model."""
 
 import importlib.util
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "target/debug/attune"
+BENCH = REPO / "target/debug/attune-bench"
 BINDING = REPO / "target/bindings/python"
 DEFAULT_MODEL = REPO / "models/cache/all-minilm-l6-v2"
 
@@ -21,10 +23,19 @@ def python_packages(modules, *pip_args) -> None:
 
 def cli() -> Path:
     """The CLI with both inference backends (built with the features tests/run uses)."""
-    if not CLI.is_file():
+    return _built(CLI)
+
+
+def bench() -> Path:
+    """`attune-bench`, the benchmarks' binary (tests/bench/src), built like the CLI."""
+    return _built(BENCH)
+
+
+def _built(binary: Path) -> Path:
+    if not binary.is_file():
         features = "attune/ort,attune/encryption"
         subprocess.run(["cargo", "build", "--workspace", "--features", features], cwd=REPO, check=True)
-    return CLI
+    return binary
 
 
 def python_binding() -> Path:

@@ -42,10 +42,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
+    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune-bench, built if missing")
     args = parser.parse_args()
-    args.binary = args.binary or prerequisites.cli()
-    out = subprocess.run([str(args.binary), "--json", "bench", "search", "--docs", ",".join(map(str, args.docs)),
+    args.binary = args.binary or prerequisites.bench()
+    out = subprocess.run([str(args.binary), "--json", "search", "--docs", ",".join(map(str, args.docs)),
                           "--queries", str(args.queries)], check=True, capture_output=True, text=True)
     attune = {r["docs"]: r for r in json.loads(out.stdout)["results"]}
     print(f"{'docs':>8} {'numpy p50':>10} {'numpy p95':>10} {'attune p50':>11} {'attune p95':>11}   (ms, top-10 of 384-d)")

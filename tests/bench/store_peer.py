@@ -6,7 +6,7 @@ Not a test. Both import the same 100,000 examples into the same table layout
 and label; the same indexes) with the same pragmas (WAL, synchronous NORMAL,
 secure_delete, foreign keys, 16 MiB page cache) in transactions of 10,000 rows, in this one run.
 
-  python3 tests/bench/store_peer.py [--rows 100000] [--binary target/debug/attune]
+  python3 tests/bench/store_peer.py [--rows 100000] [--binary target/debug/attune-bench]
 """
 
 import argparse
@@ -28,7 +28,7 @@ WORDS = ["meeting", "dinner", "flight", "invoice", "doctor", "order", "party", "
 
 
 def text(i: int) -> str:
-    """Same texts as `attune bench store` (bindings/cli/src/bench_store.rs)."""
+    """Same texts as `attune-bench store` (tests/bench/src/store.rs)."""
     w = lambda k: WORDS[(i // 16 ** k) % len(WORDS)]
     return f"{w(0)} {w(1)} {w(2)} note number {i}"
 
@@ -67,12 +67,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=10_000)
-    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
+    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune-bench, built if missing")
     args = parser.parse_args()
-    args.binary = args.binary or prerequisites.cli()
+    args.binary = args.binary or prerequisites.bench()
     with tempfile.TemporaryDirectory(prefix="attune-store-peer-") as tmp:
         peer_s = python_import(Path(tmp) / "peer.db", args.rows, args.batch)
-        out = subprocess.run([str(args.binary), "--json", "bench", "store", "--rows", str(args.rows),
+        out = subprocess.run([str(args.binary), "--json", "store", "--rows", str(args.rows),
                               "--batch", str(args.batch), "--dir", tmp],
                              check=True, capture_output=True, text=True)
     attune = json.loads(out.stdout)

@@ -2,7 +2,7 @@
 """Head training: Attune against scikit-learn's LogisticRegression on the same vectors.
 
 Not a test. Embeds CLINC150 (../shared/datasets/clinc150, when present) once
-with `attune bench heads`, which also trains Attune's heads and writes the
+with `attune-bench heads`, which also trains Attune's heads and writes the
 vectors; then fits scikit-learn on exactly those vectors, with C chosen by
 3-fold cross-validation on the training examples (grid 1, 10, 100), for the
 full training split and for k = 5, 10, 20 examples per intent (same seeds and
@@ -32,7 +32,7 @@ DATA = REPO.parent / "shared" / "datasets" / "clinc150" / "data_full.json"
 
 
 def sample_k(labels, classes, k, seed):
-    """The same draw as bindings/cli/src/bench_heads.rs (xorshift shuffle)."""
+    """The same draw as tests/bench/src/heads.rs (xorshift shuffle)."""
     mask = (1 << 64) - 1
     by_class = [[] for _ in range(classes)]
     for i, label in enumerate(labels):
@@ -63,18 +63,19 @@ def fit_sklearn(x, y, folds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="CLINC150's data_full.json (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--backend", default="ort")
     parser.add_argument("--model", type=Path, default=None, help="default: the default model")
-    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune, built if missing")
+    parser.add_argument("--binary", type=Path, default=None, help="default: target/debug/attune-bench, built if missing")
     parser.add_argument("--adapt", default="", metavar="K,K,...",
                         help="also train through Personalizer.train with the top layers adapted (automatic "
                              "choice) at these k (100 = the full set), beside a frozen head: minutes per seed")
     args = parser.parse_args()
-    if not DATA.is_file():
-        sys.exit(f"CLINC150 is not present at {DATA}: this benchmark needs ../shared/datasets")
+    if not args.data.is_file():
+        sys.exit(f"CLINC150 is not present at {args.data}: pass --data (the default is ../shared/datasets)")
     prerequisites.python_packages(["sklearn"], "scikit-learn")
-    args.binary = args.binary or prerequisites.cli()
+    args.binary = args.binary or prerequisites.bench()
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -84,8 +85,8 @@ def main():
                                                capture_output=True, text=True).stdout.strip()
     cache = REPO / "target" / ("bench-clinc" if args.model is None else f"bench-clinc-{args.model.name}")
     model = ["--model", str(args.model)] if args.model else []
-    out = subprocess.run([str(args.binary), *model, "--backend", args.backend, "--json", "bench", "heads",
-                          "--data", str(DATA), "--cache", str(cache), "--seeds", str(args.seeds)],
+    out = subprocess.run([str(args.binary), *model, "--backend", args.backend, "--json", "heads",
+                          "--data", str(args.data), "--cache", str(cache), "--seeds", str(args.seeds)],
                          check=True, capture_output=True, text=True, env=env)
     attune = json.loads(out.stdout)
     index = json.loads((cache / "index.json").read_text())
@@ -131,10 +132,10 @@ def main():
 
 
 def print_adapted(args, env):
-    """Adapted rows: `attune bench adapt --through-train`, same draws and seeds."""
+    """Adapted rows: `attune-bench adapt`, same draws and seeds."""
     model = ["--model", str(args.model)] if args.model else []
-    out = subprocess.run([str(args.binary), *model, "--backend", args.backend, "bench", "adapt", "--through-train",
-                          "--data", str(DATA), "--shots", args.adapt, "--seeds", str(args.seeds)],
+    out = subprocess.run([str(args.binary), *model, "--backend", args.backend, "adapt",
+                          "--data", str(args.data), "--shots", args.adapt, "--seeds", str(args.seeds)],
                          check=True, capture_output=True, text=True, env=env)
     adapted = json.loads(out.stdout)
     print("through Personalizer.train (automatic choice; 100 = the full set): frozen head against adapted top layers")

@@ -167,7 +167,7 @@ pub fn import(cli: &Cli, file: &Path, columns: &FileColumns) -> Result<(), Error
         eprintln!();
     }
     // Embed now, in one place, so training and prediction find the cache warm.
-    let texts: Vec<attune::Example> = p.store().examples(p.store().task_id(&cli.task)?)?;
+    let texts: Vec<attune::Example> = p.examples(&cli.task)?;
     let refs: Vec<&str> = texts.iter().map(|e| e.text.as_str()).collect();
     p.prepare_features(&refs)?;
     report_added(cli, outcome.inserted, outcome.duplicates, outcome.evicted);
@@ -478,9 +478,9 @@ pub fn heads(cli: &Cli, rollback: Option<u32>) -> Result<(), Error> {
     }
     for head in p.heads(&cli.task)? {
         if cli.json {
-            print_json(&serde_json::json!({"version": head.version, "kind": head.kind, "active": head.active,
-                "stale": head.stale, "created_at_ms": head.created_at, "private": head.privacy.is_some(),
-                "epsilon": head.privacy.map(|p| p.0), "delta": head.privacy.map(|p| p.1)}));
+            print_json(&serde_json::json!({"version": head.version, "kind": head.kind.name(), "active": head.active,
+                "stale": head.stale, "created_at_ms": head.created_at_ms, "private": head.privacy.is_some(),
+                "epsilon": head.privacy.map(|p| p.epsilon), "delta": head.privacy.map(|p| p.delta)}));
         } else {
             let state = if head.active {
                 "active"
@@ -489,8 +489,11 @@ pub fn heads(cli: &Cli, rollback: Option<u32>) -> Result<(), Error> {
             } else {
                 "candidate"
             };
-            let privacy = head.privacy.map(|(e, d)| format!(", private (ε = {e:.2}, δ = {d:.0e})")).unwrap_or_default();
-            println!("v{:<3} {:<10} {state}{privacy}", head.version, head.kind);
+            let privacy = head
+                .privacy
+                .map(|p| format!(", private (ε = {:.2}, δ = {:.0e})", p.epsilon, p.delta))
+                .unwrap_or_default();
+            println!("v{:<3} {:<10} {state}{privacy}", head.version, head.kind.name());
         }
     }
     Ok(())

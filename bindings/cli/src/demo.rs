@@ -150,12 +150,7 @@ fn walk(cli: &Cli, dir: &std::path::Path) -> Result<(), Error> {
         encoder: cli.encoder_options(),
         encryption_key: None,
     })?;
-    println!(
-        "model {} on {} loaded in {} ms",
-        p.encoder().manifest().id,
-        p.encoder().backend(),
-        loading.elapsed().as_millis()
-    );
+    println!("model {} on {} loaded in {} ms", p.encoder().model_id(), cli.backend, loading.elapsed().as_millis());
     let task = "inbox";
     let held_out: Vec<(String, String)> = FOLDERS
         .iter()

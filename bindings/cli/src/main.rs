@@ -1,12 +1,6 @@
 //! `attune`: the command line over the Attune runtime.
 
 mod bench;
-mod bench_adapt;
-mod bench_adapt_train;
-mod bench_heads;
-mod bench_ranking;
-mod bench_search;
-mod bench_store;
 mod data;
 mod demo;
 mod embed;
@@ -145,7 +139,7 @@ enum Command {
     },
     /// Walk through zero-shot, few-shot, training, search, replies and forgetting.
     Demo,
-    /// Measure speed.
+    /// Measure this machine's speed (the project's benchmarks are `attune-bench`).
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
@@ -156,16 +150,6 @@ enum Command {
 enum BenchCommand {
     /// Encoder throughput, latency, load time and peak memory.
     Embed(bench::EmbedBenchArgs),
-    /// Store import speed, feature-cache lookups and size on disk.
-    Store(bench_store::StoreBenchArgs),
-    /// Head training on CLINC150 (from ../shared/datasets when present).
-    Heads(bench_heads::HeadsBenchArgs),
-    /// Adapting the backbone's top layers on CLINC150, against the frozen backbone.
-    Adapt(bench_adapt::AdaptBenchArgs),
-    /// Exact top-k search latency over many documents.
-    Search(bench_search::SearchBenchArgs),
-    /// NDCG@10 of personalised search for simulated users on CLINC150.
-    Ranking(bench_ranking::RankingBenchArgs),
 }
 
 fn parse_backend(text: &str) -> Result<Backend, String> {
@@ -233,11 +217,6 @@ fn main() -> ExitCode {
         Command::Heads { rollback } => data::heads(&cli, *rollback),
         Command::Demo => demo::run(&cli),
         Command::Bench { what: BenchCommand::Embed(args) } => bench::run_embed(&cli, args),
-        Command::Bench { what: BenchCommand::Store(args) } => bench_store::run(cli.json, args),
-        Command::Bench { what: BenchCommand::Heads(args) } => bench_heads::run(&cli, args),
-        Command::Bench { what: BenchCommand::Adapt(args) } => bench_adapt::run(&cli, args),
-        Command::Bench { what: BenchCommand::Search(args) } => bench_search::run(cli.json, args),
-        Command::Bench { what: BenchCommand::Ranking(args) } => bench_ranking::run(&cli, args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use attune::{
-    Encoder, Error, Metrics, Personalizer, QuietTraining, TaskInfo, TrainOptions, TrainingSet, evaluate, zero_shot_head,
+    Error, Metrics, Personalizer, QuietTraining, TaskInfo, TrainOptions, TrainingSet, evaluate, zero_shot_head,
 };
 
 use crate::Cli;
@@ -25,7 +25,7 @@ pub fn run(cli: &Cli, out: Option<&Path>) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Storage(format!("{}: {e}", out.display()));
     std::fs::create_dir_all(&out).map_err(io)?;
     let mut index = String::new();
-    for info in p.store().tasks()? {
+    for info in p.tasks()? {
         let file = format!("task-{}.html", slug(&info.name));
         std::fs::write(out.join(&file), task_page(&p, &info)?).map_err(io)?;
         let _ = write!(
@@ -41,7 +41,7 @@ pub fn run(cli: &Cli, out: Option<&Path>) -> Result<(), Error> {
     let body = format!(
         "<h1>Attune report</h1><p>Model <code>{}</code>. Everything here was computed on this device from its own database.</p>\
          <table><tr><th>task</th><th>examples</th><th>labels</th><th>documents</th><th>feedback</th></tr>{index}</table>",
-        escape(&p.encoder().manifest().id)
+        escape(p.encoder().model_id())
     );
     std::fs::write(out.join("index.html"), page("Attune report", &body)).map_err(io)?;
     if cli.json {
@@ -83,28 +83,20 @@ struct TaskData {
 }
 
 fn load(p: &Personalizer, task: &str) -> Result<TaskData, Error> {
-    let id = p.store().task_id(task)?;
-    let examples = p.store().examples(id)?;
-    let mut labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
+    let stored = p.task_vectors(task)?;
+    let mut labels: Vec<String> = stored.examples.iter().map(|e| e.label.clone()).collect();
     labels.sort();
     labels.dedup();
-    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-    let descriptions = p.store().label_descriptions(id)?;
-    let described: Vec<&str> = descriptions.iter().map(|(_, d)| d.as_str()).collect();
-    p.prepare_features(&texts)?;
-    p.prepare_features(&described)?;
-    let fingerprint = p.encoder().fingerprint().to_string();
-    let vector = |hit: Option<Vec<f32>>| hit.ok_or_else(|| Error::Storage("a prepared vector is missing".into()));
-    let vectors = p.store().cached_features(&fingerprint, &texts)?;
-    let description_vectors = p.store().cached_features(&fingerprint, &described)?;
-    let mut rows = Vec::new();
-    for (example, hit) in examples.iter().zip(vectors) {
-        rows.push((labels.binary_search(&example.label).unwrap_or(0), vector(hit)?));
-    }
+    let rows: Vec<(usize, Vec<f32>)> = stored
+        .examples
+        .iter()
+        .zip(stored.example_vectors.chunks_exact(stored.dim))
+        .map(|(example, vector)| (labels.binary_search(&example.label).unwrap_or(0), vector.to_vec()))
+        .collect();
     let mut priors = vec![None; labels.len()];
-    for ((label, _), hit) in descriptions.iter().zip(description_vectors) {
+    for ((label, _), vector) in stored.descriptions.iter().zip(stored.description_vectors.chunks_exact(stored.dim)) {
         if let Ok(i) = labels.binary_search(label) {
-            priors[i] = Some(vector(hit)?);
+            priors[i] = Some(vector.to_vec());
         }
     }
     let (mut train, mut holdout) = (Vec::new(), Vec::new());
@@ -307,10 +299,7 @@ fn heads_section(p: &Personalizer, task: &str) -> Result<String, Error> {
                    <th>state</th></tr>"
         .to_string();
     for head in heads {
-        let accuracy = serde_json::from_str::<serde_json::Value>(&head.metrics)
-            .ok()
-            .and_then(|m| m["accuracy"].as_f64())
-            .map_or("—".to_string(), |a| format!("{a:.3}"));
+        let accuracy = head.validation.map_or("—".to_string(), |m| format!("{:.3}", m.accuracy));
         let state = match (head.active, head.stale) {
             (true, _) => "active",
             (_, true) => "erased (trained on forgotten data)",
@@ -320,7 +309,7 @@ fn heads_section(p: &Personalizer, task: &str) -> Result<String, Error> {
             out,
             "<tr><td>{}</td><td>{}</td><td>{accuracy}</td><td>{state}</td></tr>",
             head.version,
-            escape(&head.kind)
+            head.kind.name()
         );
     }
     Ok(out + "</table>")

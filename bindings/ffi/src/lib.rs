@@ -36,6 +36,8 @@ uniffi::setup_scaffolding!();
 #[derive(Debug, uniffi::Object)]
 pub struct Model {
     encoder: Arc<attune::OnnxEncoder>,
+    /// How it runs; an upgrade loads the next model the same way.
+    options: attune::EncoderOptions,
 }
 
 #[uniffi::export]
@@ -50,9 +52,10 @@ impl Model {
         ort_library: Option<String>,
     ) -> Result<Arc<Self>, AttuneError> {
         let options = records::encoder_options(backend, threads, ort_library);
-        let load = move || attune::OnnxEncoder::load(Path::new(&model_dir), &options);
+        let load_options = options.clone();
+        let load = move || attune::OnnxEncoder::load(Path::new(&model_dir), &load_options);
         let encoder = background::run_to_end(load).await??;
-        Ok(Arc::new(Self { encoder: Arc::new(encoder) }))
+        Ok(Arc::new(Self { encoder: Arc::new(encoder), options }))
     }
 
     /// Identity of the model; shared models and heads are bound to it.
@@ -74,6 +77,8 @@ impl Model {
 #[derive(Debug, uniffi::Object)]
 pub struct Personalizer {
     session: Arc<Session>,
+    /// How the model runs; an upgrade loads the next model the same way.
+    encoder_options: attune::EncoderOptions,
 }
 
 #[uniffi::export]
@@ -83,8 +88,9 @@ impl Personalizer {
     #[uniffi::constructor]
     pub async fn open(config: Config) -> Result<Arc<Self>, AttuneError> {
         let config: attune::PersonalizerConfig = config.try_into()?;
+        let encoder_options = config.encoder.clone();
         let runtime = background::run_to_end(move || attune::Personalizer::open(&config)).await??;
-        Ok(Arc::new(Self { session: Session::new(runtime) }))
+        Ok(Arc::new(Self { session: Session::new(runtime), encoder_options }))
     }
 
     /// Opens (or creates) the database with a model already loaded by
@@ -97,21 +103,19 @@ impl Personalizer {
         encryption_key: Option<EncryptionKey>,
     ) -> Result<Arc<Self>, AttuneError> {
         let key = encryption_key.map(attune::EncryptionKey::try_from).transpose()?;
-        let encoder = Arc::clone(&model.encoder);
+        let encoder: Arc<dyn attune::Encoder> = model.encoder.clone();
         let open = move || attune::Personalizer::open_with_encoder(Path::new(&database_path), key, encoder);
         let runtime = background::run_to_end(open).await??;
-        Ok(Arc::new(Self { session: Session::new(runtime) }))
+        Ok(Arc::new(Self { session: Session::new(runtime), encoder_options: model.options.clone() }))
     }
 
     /// Width of the sentence vectors of the loaded model.
     pub fn dimension(&self) -> Result<u32, AttuneError> {
-        use attune::Encoder;
         self.session.now(|p| Ok(p.encoder().dim() as u32))
     }
 
     /// Identity of the loaded model; heads and cached vectors are bound to it.
     pub fn model_fingerprint(&self) -> Result<String, AttuneError> {
-        use attune::Encoder;
         self.session.now(|p| Ok(p.encoder().fingerprint().to_string()))
     }
 
@@ -218,7 +222,7 @@ impl Personalizer {
     /// Every stored head version of `task`, oldest first: the 5 newest,
     /// the active one and the latest shared one (older ones are deleted).
     pub fn heads(&self, task: String) -> Result<Vec<HeadVersion>, AttuneError> {
-        self.session.now(|p| p.heads(&task)?.into_iter().map(TryInto::try_into).collect())
+        self.session.now(|p| Ok(p.heads(&task)?.into_iter().map(Into::into).collect()))
     }
 
     /// Makes an earlier head version active again (one still stored).
@@ -289,9 +293,9 @@ impl Personalizer {
         listener: Option<Arc<dyn ProgressListener>>,
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<UpgradeSummary, AttuneError> {
+        let options = self.encoder_options.clone();
         self.session
             .background(listener, cancel, move |p, observer| {
-                let options = p.encoder().options().clone();
                 p.upgrade_model(Path::new(&model_dir), &options, observer).map(Into::into)
             })
             .await

@@ -602,22 +602,19 @@ pub struct HeadVersion {
     pub delta: Option<f64>,
 }
 
-impl TryFrom<attune::HeadInfo> for HeadVersion {
-    type Error = AttuneError;
-    fn try_from(h: attune::HeadInfo) -> Result<Self, AttuneError> {
-        let kind = attune::HeadKind::from_name(&h.kind)
-            .map_err(|_| AttuneError::Corrupt { reason: format!("head {} has an unknown kind", h.version) })?;
-        Ok(Self {
+impl From<attune::HeadVersion> for HeadVersion {
+    fn from(h: attune::HeadVersion) -> Self {
+        Self {
             version: h.version,
-            kind: kind.into(),
-            validation: attune::Metrics::from_stored_json(&h.metrics).map(Into::into),
+            kind: h.kind.into(),
+            validation: h.validation.map(Into::into),
             stale: h.stale,
             active: h.active,
-            created_at_ms: h.created_at,
+            created_at_ms: h.created_at_ms,
             private: h.privacy.is_some(),
-            epsilon: h.privacy.map(|p| p.0),
-            delta: h.privacy.map(|p| p.1),
-        })
+            epsilon: h.privacy.map(|p| p.epsilon),
+            delta: h.privacy.map(|p| p.delta),
+        }
     }
 }
 

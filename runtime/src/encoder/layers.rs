@@ -471,7 +471,9 @@ mod tests {
         let states = encoder.trunk_states(&sentences, top, &crate::SILENT).unwrap();
         let mut lowest = 1.0f32;
         for (text_states, theirs) in states.iter().zip(expected.rows()) {
-            let (mut hidden, mut hidden_packed) = (text_states.clone(), text_states.clone());
+            let shape = (text_states.tokens, text_states.width);
+            let hidden_in = ndarray::Array2::from_shape_vec(shape, text_states.values.clone()).unwrap();
+            let (mut hidden, mut hidden_packed) = (hidden_in.clone(), hidden_in);
             let lengths = [hidden.nrows()];
             for (layer, packed) in layers.iter().zip(&packed) {
                 hidden = layer.forward(hidden.view(), &lengths);

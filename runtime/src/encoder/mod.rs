@@ -33,8 +33,6 @@ use std::sync::mpsc;
 #[cfg(feature = "tract")]
 use std::sync::{Arc, Mutex};
 
-use ndarray::Array2;
-
 use batching::{TokenBatch, plan_batches};
 #[cfg(feature = "onnx")]
 pub use compile::{COMPILED_FILE, CompileReport, compile_model};
@@ -56,6 +54,11 @@ pub trait Encoder: Send + Sync {
     fn dim(&self) -> usize;
     /// Identity of the backbone (model + tokenizer); features are keyed on it.
     fn fingerprint(&self) -> &str;
+    /// The model's name, for people (reports, logs); the fingerprint unless
+    /// the encoder knows better.
+    fn model_id(&self) -> &str {
+        self.fingerprint()
+    }
     /// Embeds `texts`, reporting progress per batch and honouring cancellation.
     fn embed_with(&self, texts: &[&str], listener: &dyn EncodeListener) -> Result<Embeddings>;
 
@@ -72,11 +75,20 @@ pub trait Encoder: Send + Sync {
     }
 
     /// Each text's token states below its top `count` layers (what
-    /// `top_layers(count)` takes), `[tokens, width]` over its real tokens.
-    fn trunk_states(&self, texts: &[&str], count: usize, listener: &dyn EncodeListener) -> Result<Vec<Array2<f32>>> {
+    /// `top_layers(count)` takes), over its real tokens.
+    fn trunk_states(&self, texts: &[&str], count: usize, listener: &dyn EncodeListener) -> Result<Vec<TokenStates>> {
         let _ = (texts, count, listener);
         Err(Error::CannotAdapt("this encoder cannot be split into trunk and top layers".into()))
     }
+}
+
+/// One text's token states inside the backbone: `tokens × width` values,
+/// token after token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenStates {
+    pub tokens: usize,
+    pub width: usize,
+    pub values: Vec<f32>,
 }
 
 /// The top of a backbone: its transformer layers' weights, and how their
@@ -396,6 +408,10 @@ impl Encoder for OnnxEncoder {
         &self.manifest.fingerprint
     }
 
+    fn model_id(&self) -> &str {
+        &self.manifest.id
+    }
+
     fn embed_with(&self, texts: &[&str], listener: &dyn EncodeListener) -> Result<Embeddings> {
         if texts.is_empty() {
             return Err(Error::InvalidInput("no texts to embed".into()));
@@ -443,14 +459,14 @@ impl Encoder for OnnxEncoder {
     }
 
     #[cfg(feature = "tract")]
-    fn trunk_states(&self, texts: &[&str], count: usize, listener: &dyn EncodeListener) -> Result<Vec<Array2<f32>>> {
+    fn trunk_states(&self, texts: &[&str], count: usize, listener: &dyn EncodeListener) -> Result<Vec<TokenStates>> {
         if texts.is_empty() {
             return Err(Error::InvalidInput("no texts to run through the trunk".into()));
         }
         let trunk = self.trunk(count)?;
         let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>>>()?;
         let lengths: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
-        let mut states: Vec<Option<Array2<f32>>> = vec![None; texts.len()];
+        let mut states: Vec<Option<TokenStates>> = vec![None; texts.len()];
         let mut done = 0;
         for members in plan_batches(&lengths, self.options.max_batch) {
             if listener.is_cancelled() {
@@ -461,8 +477,7 @@ impl Encoder for OnnxEncoder {
                 for (row, &index) in members.iter().enumerate() {
                     let start = row * batch.seq * width;
                     let real = &hidden[start..start + lengths[index] * width];
-                    states[index] =
-                        Some(Array2::from_shape_vec((lengths[index], width), real.to_vec()).expect("sized"));
+                    states[index] = Some(TokenStates { tokens: lengths[index], width, values: real.to_vec() });
                 }
                 Ok(())
             })?;

@@ -11,10 +11,10 @@
 use std::time::Instant;
 
 use half::f16;
-use ndarray::Array2;
 
-use super::{Personalizer, TrainingData, rows_of};
-use crate::encoder::{Encoder, OnnxEncoder, SILENT};
+use super::features::Features;
+use super::training_data::{TrainingData, rows_of};
+use crate::encoder::{Encoder, SILENT, TokenStates};
 use crate::error::{Error, Result};
 use crate::evaluation::{Metrics, evaluate};
 use crate::heads::{HeadKind, TopChanges};
@@ -30,7 +30,7 @@ const HOLDOUT_FRACTION: f32 = 0.15;
 /// The automatic choice adapts only while the labels have at most this
 /// many examples each on average. Adaptation is a few-shot gain that
 /// vanishes with more data, where a held-out margin as small as the real
-/// gains at 10 per label is noise (README, "Adapting the top layers").
+/// gains at 10 per label is noise (docs/training.md, "Adapting the top layers").
 const AUTO_MAX_MEAN_PER_LABEL: usize = 50;
 /// The automatic choice adapts only when every label has this many
 /// examples: fewer leave a held-out set too small to tell the two apart.
@@ -60,167 +60,155 @@ pub(super) enum Decision {
     Frozen(Option<AdaptationReport>),
 }
 
-impl Personalizer {
-    /// Adapts `encoder`'s top layers to the task's examples when `options`
-    /// allow it and it helps (see `AdaptChoice`). A task trained with
-    /// differential privacy or following a shared model is refused when
-    /// adaptation is forced, and skipped otherwise.
-    pub(super) fn adapt_for_training(
-        &self,
-        encoder: &OnnxEncoder,
-        data: &TrainingData,
-        options: &TrainOptions,
-        follows_shared_model: bool,
-        listener: &dyn TrainListener,
-    ) -> Result<Decision> {
-        let layers = options.adapt_layers;
-        let forced = options.adapt == AdaptChoice::Always;
-        let skip = |reason: String| Ok(Decision::Frozen(Some(AdaptationReport::skipped(layers, reason))));
-        if options.adapt == AdaptChoice::Never {
-            return Ok(Decision::Frozen(None));
-        }
-        if let Some(reason) = refusal(options, follows_shared_model) {
-            return if forced {
-                Err(Error::InvalidInput(format!("cannot adapt the top layers: {reason}")))
-            } else {
-                skip(reason)
-            };
-        }
-        let (train_rows, held_out) = holdout(&data.label_index, data.labels.len(), HOLDOUT_FRACTION, options.seed);
-        if let Some(reason) = example_counts_unsuited(data, &train_rows, forced) {
-            return skip(reason);
-        }
-        let frozen = match AdaptedTop::of(encoder, layers) {
-            Err(Error::CannotAdapt(reason)) if !forced => return skip(reason),
-            other => other?,
+/// Adapts the model's top layers to the task's examples when `options`
+/// allow it and it helps (see `AdaptChoice`). A task trained with
+/// differential privacy or following a shared model is refused when
+/// adaptation is forced, and skipped otherwise.
+pub(super) fn adapt_for_training(
+    features: Features<'_>,
+    data: &TrainingData,
+    options: &TrainOptions,
+    follows_shared_model: bool,
+    listener: &dyn TrainListener,
+) -> Result<Decision> {
+    let layers = options.adapt_layers;
+    let forced = options.adapt == AdaptChoice::Always;
+    let skip = |reason: String| Ok(Decision::Frozen(Some(AdaptationReport::skipped(layers, reason))));
+    if options.adapt == AdaptChoice::Never {
+        return Ok(Decision::Frozen(None));
+    }
+    if let Some(reason) = refusal(options, follows_shared_model) {
+        return if forced {
+            Err(Error::InvalidInput(format!("cannot adapt the top layers: {reason}")))
+        } else {
+            skip(reason)
         };
-        let started = Instant::now();
-        let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
-        let states = self.example_trunk_states(encoder, layers, &texts)?;
-        let train_labels: Vec<usize> = train_rows.iter().map(|&r| data.label_index[r]).collect();
-        let settings = AdaptOptions { seed: options.seed, ..options.adaptation.clone() };
-        let deadline = options.time_budget.map(|budget| started + budget);
-        let should_stop = || listener.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d);
-        let adapted = frozen.adapt(&states.select(&train_rows), &train_labels, &settings, &should_stop)?;
-        if listener.is_cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let changes = match adapted.changes_from(&frozen) {
-            Err(Error::CannotAdapt(reason)) if !forced => return skip(reason),
-            other => other?,
-        };
-        let features = adapted.embed(&states)?;
-        let judged = judge(data, &features, &train_rows, &held_out, encoder.fingerprint(), options.seed)?;
-        let report = AdaptationReport {
-            adapted: true,
-            skipped: None,
-            layers,
-            steps: adapted.steps,
-            trained_values: changes.values() as u64,
-            first_loss: Some(adapted.first_loss),
-            last_loss: Some(adapted.last_loss),
-            holdout_rows: held_out.len() as u64,
-            frozen_accuracy: Some(judged.frozen.accuracy),
-            adapted_accuracy: Some(judged.adapted.accuracy),
-            frozen_log_loss: Some(judged.frozen.log_loss),
-            adapted_log_loss: Some(judged.adapted.log_loss),
-            adapt_ms: started.elapsed().as_millis() as u64,
-        };
-        if !forced && !judged.favours_adapted() {
-            let reason = format!(
-                "on {} held-out examples a head on adapted features had a log loss of {:.4} (right {:.2}% of the \
+    }
+    let (train_rows, held_out) = holdout(&data.label_index, data.labels.len(), HOLDOUT_FRACTION, options.seed);
+    if let Some(reason) = example_counts_unsuited(data, &train_rows, forced) {
+        return skip(reason);
+    }
+    let encoder = features.encoder;
+    let frozen = match AdaptedTop::of(encoder, layers) {
+        Err(Error::CannotAdapt(reason)) if !forced => return skip(reason),
+        other => other?,
+    };
+    let started = Instant::now();
+    let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
+    let states = example_trunk_states(features, layers, &texts)?;
+    let train_labels: Vec<usize> = train_rows.iter().map(|&r| data.label_index[r]).collect();
+    let settings = AdaptOptions { seed: options.seed, ..options.adaptation.clone() };
+    let deadline = options.time_budget.map(|budget| started + budget);
+    let should_stop = || listener.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d);
+    let adapted = frozen.adapt(&states.select(&train_rows), &train_labels, &settings, &should_stop)?;
+    if listener.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let changes = match adapted.changes_from(&frozen) {
+        Err(Error::CannotAdapt(reason)) if !forced => return skip(reason),
+        other => other?,
+    };
+    let features = adapted.embed(&states)?;
+    let judged = judge(data, &features, &train_rows, &held_out, encoder.fingerprint(), options.seed)?;
+    let report = AdaptationReport {
+        adapted: true,
+        skipped: None,
+        layers,
+        steps: adapted.steps,
+        trained_values: changes.values() as u64,
+        first_loss: Some(adapted.first_loss),
+        last_loss: Some(adapted.last_loss),
+        holdout_rows: held_out.len() as u64,
+        frozen_accuracy: Some(judged.frozen.accuracy),
+        adapted_accuracy: Some(judged.adapted.accuracy),
+        frozen_log_loss: Some(judged.frozen.log_loss),
+        adapted_log_loss: Some(judged.adapted.log_loss),
+        adapt_ms: started.elapsed().as_millis() as u64,
+    };
+    if !forced && !judged.favours_adapted() {
+        let reason = format!(
+            "on {} held-out examples a head on adapted features had a log loss of {:.4} (right {:.2}% of the \
                  time), on frozen ones {:.4} ({:.2}%)",
-                held_out.len(),
-                judged.adapted.log_loss,
-                100.0 * judged.adapted.accuracy,
-                judged.frozen.log_loss,
-                100.0 * judged.frozen.accuracy
-            );
-            return Ok(Decision::Frozen(Some(AdaptationReport { adapted: false, skipped: Some(reason), ..report })));
-        }
-        let priors = self.adapted_priors(encoder, &adapted, data)?;
-        Ok(Decision::Adapted(Box::new(Adapted {
-            changes,
-            features,
-            priors,
-            held_out,
-            predictions: judged.predictions,
-            metrics: judged.adapted,
-            report,
-        })))
+            held_out.len(),
+            judged.adapted.log_loss,
+            100.0 * judged.adapted.accuracy,
+            judged.frozen.log_loss,
+            100.0 * judged.frozen.accuracy
+        );
+        return Ok(Decision::Frozen(Some(AdaptationReport { adapted: false, skipped: Some(reason), ..report })));
     }
+    let priors = adapted_priors(encoder, &adapted, data)?;
+    Ok(Decision::Adapted(Box::new(Adapted {
+        changes,
+        features,
+        priors,
+        held_out,
+        predictions: judged.predictions,
+        metrics: judged.adapted,
+        report,
+    })))
+}
 
-    /// The examples' states below the top `layers` layers: cached ones, the
-    /// rest computed now and cached (examples' texts only).
-    fn example_trunk_states(&self, encoder: &OnnxEncoder, layers: usize, texts: &[&str]) -> Result<TrunkStates> {
-        let key = TrunkKey { fingerprint: encoder.fingerprint(), layers };
-        let mut states: Vec<Option<Array2<f32>>> =
-            self.store.cached_trunk_states(key, texts)?.into_iter().map(|hit| hit.map(to_array)).collect();
-        let missing: Vec<usize> = (0..texts.len()).filter(|&i| states[i].is_none()).collect();
-        if !missing.is_empty() {
-            let missing_texts: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
-            let fresh = trunk_states(encoder, &missing_texts, layers)?;
-            let rows: Vec<TrunkStateRows> = fresh.iter().map(to_rows).collect();
-            let entries: Vec<(&str, &TrunkStateRows)> = missing_texts.iter().copied().zip(&rows).collect();
-            self.store.cache_trunk_states(key, &entries)?;
-            for (i, state) in missing.into_iter().zip(fresh) {
-                states[i] = Some(state);
-            }
+/// The examples' states below the top `layers` layers: cached ones, the
+/// rest computed now and cached (examples' texts only).
+fn example_trunk_states(features: Features<'_>, layers: usize, texts: &[&str]) -> Result<TrunkStates> {
+    let key = TrunkKey { fingerprint: features.fingerprint(), layers };
+    let mut states: Vec<Option<TokenStates>> =
+        features.store.cached_trunk_states(key, texts)?.into_iter().map(|hit| hit.map(from_rows)).collect();
+    let missing: Vec<usize> = (0..texts.len()).filter(|&i| states[i].is_none()).collect();
+    if !missing.is_empty() {
+        let missing_texts: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
+        let fresh = trunk_states(features.encoder, &missing_texts, layers)?;
+        let rows: Vec<TrunkStateRows> = fresh.iter().map(to_rows).collect();
+        let entries: Vec<(&str, &TrunkStateRows)> = missing_texts.iter().copied().zip(&rows).collect();
+        features.store.cache_trunk_states(key, &entries)?;
+        for (i, state) in missing.into_iter().zip(fresh) {
+            states[i] = Some(state);
         }
-        Ok(TrunkStates::from_states(layers, states.into_iter().map(|s| s.expect("filled")).collect()))
     }
+    TrunkStates::from_states(layers, states.into_iter().map(|s| s.expect("filled")).collect())
+}
 
-    /// Adapted features of stored examples' texts (their trunk states cached).
-    pub(super) fn stored_adapted_features(
-        &self,
-        encoder: &OnnxEncoder,
-        top: &AdaptedTop,
-        texts: &[&str],
-    ) -> Result<Vec<f32>> {
-        top.embed(&self.example_trunk_states(encoder, top.layers(), texts)?)
-    }
+/// Adapted features of stored examples' texts (their trunk states cached).
+pub(super) fn stored_adapted_features(features: Features<'_>, top: &AdaptedTop, texts: &[&str]) -> Result<Vec<f32>> {
+    top.embed(&example_trunk_states(features, top.layers(), texts)?)
+}
 
-    fn adapted_priors(
-        &self,
-        encoder: &OnnxEncoder,
-        top: &AdaptedTop,
-        data: &TrainingData,
-    ) -> Result<Vec<Option<Vec<f32>>>> {
-        let mut priors = vec![None; data.labels.len()];
-        if data.described.is_empty() {
-            return Ok(priors);
-        }
-        let texts: Vec<&str> = data.described.iter().map(|(_, text)| text.as_str()).collect();
-        let vectors = adapted_features(encoder, top, &texts)?;
-        for ((label, _), row) in data.described.iter().zip(vectors.chunks_exact(encoder.dim())) {
-            priors[*label] = Some(row.to_vec());
-        }
-        Ok(priors)
+fn adapted_priors(encoder: &dyn Encoder, top: &AdaptedTop, data: &TrainingData) -> Result<Vec<Option<Vec<f32>>>> {
+    let mut priors = vec![None; data.labels.len()];
+    if data.described.is_empty() {
+        return Ok(priors);
     }
+    let texts: Vec<&str> = data.described.iter().map(|(_, text)| text.as_str()).collect();
+    let vectors = adapted_features(encoder, top, &texts)?;
+    for ((label, _), row) in data.described.iter().zip(vectors.chunks_exact(encoder.dim())) {
+        priors[*label] = Some(row.to_vec());
+    }
+    Ok(priors)
 }
 
 /// Sentence vectors of texts the app asks about, through `top`: their
 /// trunk states are computed for the call and never stored.
-pub(super) fn adapted_features(encoder: &OnnxEncoder, top: &AdaptedTop, texts: &[&str]) -> Result<Vec<f32>> {
-    top.embed(&TrunkStates::from_states(top.layers(), trunk_states(encoder, texts, top.layers())?))
+pub(super) fn adapted_features(encoder: &dyn Encoder, top: &AdaptedTop, texts: &[&str]) -> Result<Vec<f32>> {
+    top.embed(&TrunkStates::from_states(top.layers(), trunk_states(encoder, texts, top.layers())?)?)
 }
 
 /// States as the cache keeps them (f16), so that a run on fresh states and
 /// one on cached states give the same result.
-fn trunk_states(encoder: &OnnxEncoder, texts: &[&str], layers: usize) -> Result<Vec<Array2<f32>>> {
+fn trunk_states(encoder: &dyn Encoder, texts: &[&str], layers: usize) -> Result<Vec<TokenStates>> {
     let mut states = encoder.trunk_states(texts, layers, &SILENT)?;
-    for state in &mut states {
-        state.mapv_inplace(|v| f16::from_f32(v).to_f32());
+    for value in states.iter_mut().flat_map(|state| state.values.iter_mut()) {
+        *value = f16::from_f32(*value).to_f32();
     }
     Ok(states)
 }
 
-fn to_array(rows: TrunkStateRows) -> Array2<f32> {
-    Array2::from_shape_vec((rows.tokens, rows.width), rows.values).expect("the store checks the shape")
+fn from_rows(rows: TrunkStateRows) -> TokenStates {
+    TokenStates { tokens: rows.tokens, width: rows.width, values: rows.values }
 }
 
-fn to_rows(state: &Array2<f32>) -> TrunkStateRows {
-    TrunkStateRows { tokens: state.nrows(), width: state.ncols(), values: state.iter().copied().collect() }
+fn to_rows(state: &TokenStates) -> TrunkStateRows {
+    TrunkStateRows { tokens: state.tokens, width: state.width, values: state.values.clone() }
 }
 
 /// Why adaptation is not for this task at all.
@@ -272,7 +260,7 @@ impl Judged {
     /// The adapted features validate better: a lower log loss on the
     /// held-out rows. A few hundred rows decide accuracy by a handful of
     /// examples, and the log loss, which weighs every row's probability,
-    /// told CLINC150 k = 10's seeds apart where accuracy did not (README,
+    /// told CLINC150 k = 10's seeds apart where accuracy did not (docs/training.md,
     /// "Adapting the top layers").
     fn favours_adapted(&self) -> bool {
         self.adapted.log_loss < self.frozen.log_loss

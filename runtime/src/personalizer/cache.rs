@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::ActiveHead;
-use super::ranker::Preference;
-use super::search::Index;
+use super::lifecycle::ActiveHead;
 use crate::error::Result;
+use crate::search::{Index, Preference};
 
 /// One value per task name, built on first use.
 struct TaskMap<T>(Mutex<HashMap<String, Arc<T>>>);

@@ -77,15 +77,35 @@ pub struct HeadInfo {
     pub privacy: Option<(f64, f64)>,
     /// Adopted from federated rounds rather than trained on the device.
     pub shared: bool,
+    /// Size of its stored weights.
+    pub weight_bytes: u64,
+}
+
+/// Whether a saved head answers predictions from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveAs {
+    /// The task's active head, in the same transaction.
+    Active,
+    /// Kept as a candidate (or for a later switch); the active head stays.
+    Inactive,
 }
 
 const COLUMNS: &str = "h.version, h.kind, h.fingerprint, h.metrics, h.stale, h.id = t.active_head, h.created_at,
      h.trained_through_example, h.private_epsilon, h.private_delta, h.origin = 'shared',
-     h.format_version, h.label_map, h.weights, h.report";
+     h.format_version, h.label_map, h.weights, h.report, length(h.weights)";
 
-fn stored_head(row: &Row<'_>) -> rusqlite::Result<(HeadInfo, u32, String, Vec<u8>, String)> {
-    Ok((
-        HeadInfo {
+/// A head row as read, before its label map is parsed.
+struct HeadRow {
+    info: HeadInfo,
+    format_version: u32,
+    label_map: String,
+    weights: Vec<u8>,
+    report: String,
+}
+
+fn stored_head(row: &Row<'_>) -> rusqlite::Result<HeadRow> {
+    Ok(HeadRow {
+        info: HeadInfo {
             version: row.get(0)?,
             kind: row.get(1)?,
             fingerprint: row.get(2)?,
@@ -99,19 +119,20 @@ fn stored_head(row: &Row<'_>) -> rusqlite::Result<(HeadInfo, u32, String, Vec<u8
                 _ => None,
             },
             shared: row.get(10)?,
+            weight_bytes: row.get::<_, Option<i64>>(15)?.unwrap_or(0) as u64,
         },
-        row.get(11)?,
-        row.get(12)?,
-        row.get(13)?,
-        row.get(14)?,
-    ))
+        format_version: row.get(11)?,
+        label_map: row.get(12)?,
+        weights: row.get(13)?,
+        report: row.get(14)?,
+    })
 }
 
 impl Store {
-    /// Stores a new head version; when `activate`, it becomes the active head
-    /// in the same transaction, which also deletes the versions no longer
-    /// kept (see the module's note). Returns its version.
-    pub fn save_head(&self, task: TaskId, head: &NewHead, activate: bool) -> Result<u32> {
+    /// Stores a new head version, active or not as `save_as` says, in one
+    /// transaction that also deletes the versions no longer kept (see the
+    /// module's note). Returns its version.
+    pub fn save_head(&self, task: TaskId, head: &NewHead, save_as: SaveAs) -> Result<u32> {
         if head.labels.is_empty() || head.weights.is_empty() {
             return Err(Error::InvalidInput("a head needs labels and weights".into()));
         }
@@ -151,7 +172,7 @@ impl Store {
                 insert_ledger_entry(tx, task, privacy.run)?;
                 tx.execute("UPDATE tasks SET privacy = ?1 WHERE id = ?2", (&privacy.policy, task.0))?;
             }
-            if activate {
+            if save_as == SaveAs::Active {
                 make_active(tx, task, version)?;
             }
             delete_old_versions(tx, task, version)?;
@@ -206,15 +227,14 @@ impl Store {
             );
             let mut statement = tx.prepare(&sql)?;
             let rows = statement.query_map([task.0], stored_head)?;
-            Ok(rows.map(|row| row.map(|r| r.0)).collect::<Result<_, _>>()?)
+            Ok(rows.map(|row| row.map(|r| r.info)).collect::<Result<_, _>>()?)
         })
     }
 }
 
-fn into_stored(
-    (info, format_version, labels, weights, report): (HeadInfo, u32, String, Vec<u8>, String),
-) -> Result<StoredHead> {
-    let labels = serde_json::from_str(&labels)
+fn into_stored(row: HeadRow) -> Result<StoredHead> {
+    let HeadRow { info, format_version, label_map, weights, report } = row;
+    let labels = serde_json::from_str(&label_map)
         .map_err(|e| Error::DatabaseUnreadable(format!("head {} has a malformed label map: {e}", info.version)))?;
     Ok(StoredHead { info, format_version, labels, weights, report })
 }

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 pub use examples::{AddOutcome, Example, LabelCount, NewExample};
 pub use features::VectorEncoding;
-pub use heads::{HeadInfo, HeadPrivacy, KEPT_HEAD_VERSIONS, LedgerEntry, NewHead, StoredHead};
+pub use heads::{HeadInfo, HeadPrivacy, KEPT_HEAD_VERSIONS, LedgerEntry, NewHead, SaveAs, StoredHead};
 pub use items::{Document, FeedbackEvent, NewDocument, NewFeedback, Signal};
 pub use rights::{Forget, ForgetOutcome, Retention};
 pub use trunk_states::{TrunkKey, TrunkStateRows};
@@ -325,7 +325,7 @@ fn apply_key(connection: &Connection, key: Option<&EncryptionKey>) -> Result<()>
         // SQLite frees its parsed copy of the key statement like any other
         // memory; with this, SQLCipher wipes all freed memory, so no key
         // outlives the store (tests/keys.rs). It costs about half of the
-        // write speed of an encrypted store (`attune bench store`).
+        // write speed of an encrypted store (`attune-bench store`).
         connection.execute_batch("PRAGMA cipher_memory_security = ON;")?;
         // The key is already quoted: a PRAGMA takes no bound parameters.
         let mut statement = Zeroizing::new(String::with_capacity(key.0.len() + 16));

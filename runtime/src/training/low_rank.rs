@@ -82,6 +82,7 @@ impl LowRank {
     }
 
     /// How many values the factors hold.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.factors.iter().flatten().map(|(a, b)| a.len() + b.len()).sum()
     }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::ArrayView2;
 
-pub use dp::{PrivacyOptions, PrivacySpent, PrivateRun, noise_for_budget, privacy_spent};
+pub use dp::{PrivacyOptions, PrivacySpent, PrivateRun, privacy_spent};
 pub use federated::{FederatedOptions, UpdatePrivacy};
 pub(crate) use federated::{clip_update, fit_from_shared, privatize};
 pub use optimizer::OptimizerKind;

@@ -280,7 +280,68 @@ fn sign_test(wins: u64, losses: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::sign_test;
+    use super::*;
+    use crate::heads::HeadKind;
+    use crate::training::{HeadChoice, QuietTraining, TrainOptions, train};
+
+    const DIM: usize = 16;
+
+    /// Three labels with a direction each; row `i` a small deterministic
+    /// deviation from its label's.
+    fn separable_rows() -> (Vec<f32>, Vec<usize>) {
+        let mut features = Vec::new();
+        let mut labels = Vec::new();
+        for label in 0..3 {
+            for i in 0..30 {
+                let mut v: Vec<f32> = (0..DIM).map(|d| if d == label * 3 { 1.0 } else { 0.0 }).collect();
+                for (d, x) in v.iter_mut().enumerate() {
+                    *x += 0.15 * (((i * 31 + d * 17 + label * 7) % 11) as f32 / 11.0 - 0.5);
+                }
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                features.extend(v.into_iter().map(|x| x / norm));
+                labels.push(label);
+            }
+        }
+        (features, labels)
+    }
+
+    #[test]
+    fn a_run_on_mislabelled_rows_with_nothing_new_is_not_promoted_over_the_active_head() {
+        let (features, labels) = separable_rows();
+        let names: Vec<String> = ["bills", "family", "travel"].map(String::from).to_vec();
+        let set = TrainingSet {
+            features: &features,
+            dim: DIM,
+            labels: &labels,
+            weights: None,
+            label_names: &names,
+            priors: &[],
+            fingerprint: "synthetic",
+        };
+        let linear = TrainOptions { head: HeadChoice::Only(HeadKind::Linear), ..TrainOptions::default() };
+        let (active, report) = train(&set, None, &linear, &QuietTraining).unwrap();
+        assert!(decide_promotion(&report, None, &set).unwrap().promote);
+
+        // Every other row mislabelled and no new rows: both heads saw the
+        // same rows, so their own out-of-sample accuracies are compared, and
+        // the noisy run's (scored against the wrong labels) is worse.
+        let noisy: Vec<usize> =
+            labels.iter().enumerate().map(|(i, &l)| if i % 2 == 1 { (l + 1) % 3 } else { l }).collect();
+        let mlp = TrainOptions { head: HeadChoice::Only(HeadKind::Mlp), ..TrainOptions::default() };
+        let (_, worse) = train(&TrainingSet { labels: &noisy, ..set }, None, &mlp, &QuietTraining).unwrap();
+        let nothing_new = vec![false; labels.len()];
+        let evidence = ActiveHeadEvidence {
+            head: &active,
+            unseen: &nothing_new,
+            validation_accuracy: report.validation.as_ref().map(|m| m.accuracy),
+            shared: false,
+            features: None,
+        };
+        let decision = decide_promotion(&worse, Some(evidence), &set).unwrap();
+        assert!(!decision.promote, "{decision:?}");
+        assert_eq!(decision.basis, PromotionBasis::OwnValidation);
+        assert!(decision.active_accuracy.unwrap() > decision.candidate_accuracy.unwrap() + 0.2, "{decision:?}");
+    }
 
     #[test]
     fn sign_test_tails() {

@@ -9,7 +9,7 @@ use ndarray::Array2;
 
 pub use super::adapt::AdaptOptions;
 use super::adapt::{self, Top};
-use crate::encoder::{EncodeListener, Encoder};
+use crate::encoder::{Encoder, TokenStates};
 use crate::error::{Error, Result};
 use crate::heads::TopChanges;
 use crate::transformer::{InferenceLayer, Layer};
@@ -22,27 +22,16 @@ pub struct TrunkStates {
 }
 
 impl TrunkStates {
-    /// Runs `texts` through `encoder`'s trunk below its top `layers` layers.
-    pub fn compute(
-        encoder: &dyn Encoder,
-        layers: usize,
-        texts: &[&str],
-        listener: &dyn EncodeListener,
-    ) -> Result<Self> {
-        Ok(Self { layers, states: encoder.trunk_states(texts, layers, listener)? })
-    }
-
-    /// States already computed (and perhaps cached), one `[tokens, width]` per text.
-    pub(crate) fn from_states(layers: usize, states: Vec<Array2<f32>>) -> Self {
-        Self { layers, states }
-    }
-
-    pub fn len(&self) -> usize {
-        self.states.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
+    /// States already computed (and perhaps cached), one per text.
+    /// A text whose values are not `tokens × width` is a `ModelMismatch`.
+    pub(crate) fn from_states(layers: usize, states: Vec<TokenStates>) -> Result<Self> {
+        let as_array = |s: TokenStates| {
+            let (tokens, width, values) = (s.tokens, s.width, s.values.len());
+            Array2::from_shape_vec((tokens, width), s.values).map_err(|_| {
+                Error::ModelMismatch(format!("trunk states of {tokens} tokens × {width} hold {values} values"))
+            })
+        };
+        Ok(Self { layers, states: states.into_iter().map(as_array).collect::<Result<_>>()? })
     }
 
     /// The states of `rows`, in that order.
@@ -58,9 +47,6 @@ pub struct AdaptedTop {
     /// `top`'s layers packed for the matrix kernels on first use (a top
     /// never changes once made; clones share them).
     packed: Arc<OnceLock<Vec<InferenceLayer>>>,
-    /// Values a head must store for this top beyond the backbone's own
-    /// weights: every weight, or low-rank factors with biases and norms.
-    pub trained_values: usize,
     /// Steps taken and the first and last batch's loss (none when unmodified).
     pub steps: usize,
     pub first_loss: f32,
@@ -68,15 +54,15 @@ pub struct AdaptedTop {
 }
 
 impl AdaptedTop {
-    fn made(top: Top, trained_values: usize, steps: usize, first_loss: f32, last_loss: f32) -> Self {
-        Self { top, packed: Arc::default(), trained_values, steps, first_loss, last_loss }
+    fn made(top: Top, steps: usize, first_loss: f32, last_loss: f32) -> Self {
+        Self { top, packed: Arc::default(), steps, first_loss, last_loss }
     }
 
     /// `encoder`'s top `layers` layers, unmodified.
     pub fn of(encoder: &dyn Encoder, layers: usize) -> Result<Self> {
         let top = encoder.top_layers(layers)?;
         let top = Top { layers: top.layers, pooling: top.pooling, normalize: top.normalize };
-        Ok(Self::made(top, 0, 0, f32::NAN, f32::NAN))
+        Ok(Self::made(top, 0, f32::NAN, f32::NAN))
     }
 
     /// This top adapted to `labels` (one per row of `states`).
@@ -88,23 +74,8 @@ impl AdaptedTop {
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Self> {
         self.check(states)?;
-        let mut done = adapt::adapt(&self.top, &states.states, labels, options, should_stop)?;
-        let all: usize = done.top.layers.iter_mut().flat_map(|l| l.parameters_mut()).map(|(p, _)| p.len()).sum();
-        let trained_values = match &done.low_rank {
-            Some(factors) => {
-                let matrices: usize = done
-                    .top
-                    .layers
-                    .iter_mut()
-                    .flat_map(|l| l.parameters_mut())
-                    .filter(|p| p.1)
-                    .map(|(p, _)| p.len())
-                    .sum();
-                factors.len() + all - matrices
-            }
-            None => all,
-        };
-        Ok(Self::made(done.top, trained_values, done.steps, done.first_loss, done.last_loss))
+        let done = adapt::adapt(&self.top, &states.states, labels, options, should_stop)?;
+        Ok(Self::made(done.top, done.steps, done.first_loss, done.last_loss))
     }
 
     /// How many layers this top has.
@@ -147,8 +118,7 @@ impl AdaptedTop {
             slot.iter_mut().zip(change).for_each(|(w, d)| *w += d);
         }
         drop(slots);
-        let trained_values = changes.values();
-        Ok(Self::made(top, trained_values, 0, f32::NAN, f32::NAN))
+        Ok(Self::made(top, 0, f32::NAN, f32::NAN))
     }
 
     /// The sentence vectors of `states`' texts, row after row.

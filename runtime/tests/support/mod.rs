@@ -119,3 +119,40 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A `Personalizer` whose file the test also reads through a second
+/// connection of its own, as an app would not need to: what forgetting,
+/// caching and crashes leave in the store is checked there.
+pub struct Opened {
+    personalizer: attune::Personalizer,
+    database: PathBuf,
+    key: Option<attune::EncryptionKey>,
+}
+
+impl Opened {
+    pub fn open(config: &attune::PersonalizerConfig) -> Self {
+        Self {
+            personalizer: attune::Personalizer::open(config).unwrap(),
+            database: config.database.clone(),
+            key: config.encryption_key.clone(),
+        }
+    }
+
+    /// A new connection to the same file (closed when dropped).
+    pub fn store(&self) -> attune::Store {
+        let options = attune::StoreOptions { encryption_key: self.key.clone(), ..attune::StoreOptions::default() };
+        attune::Store::open(&self.database, &options).unwrap()
+    }
+
+    pub fn into_inner(self) -> attune::Personalizer {
+        self.personalizer
+    }
+}
+
+impl std::ops::Deref for Opened {
+    type Target = attune::Personalizer;
+
+    fn deref(&self) -> &attune::Personalizer {
+        &self.personalizer
+    }
+}

@@ -1,4 +1,4 @@
-//! `attune bench heads`: head training on CLINC150 (Larson et al. 2019),
+//! `attune-bench heads`: head training on CLINC150 (Larson et al. 2019),
 //! embedded once with the real encoder through the store's feature cache.
 //! Also writes the vectors for `tests/bench/train_peer.py`.
 
@@ -17,7 +17,7 @@ use crate::Cli;
 #[derive(Debug, clap::Args)]
 pub struct HeadsBenchArgs {
     /// CLINC150's data_full.json.
-    #[arg(long, default_value = "../shared/datasets/clinc150/data_full.json")]
+    #[arg(long)]
     data: PathBuf,
     /// Where the feature cache and the exported vectors go.
     #[arg(long, default_value = "target/bench-clinc")]
@@ -69,7 +69,7 @@ impl Clinc {
     /// Reads `data_full.json`; also returns the sorted intent names.
     pub fn load(path: &std::path::Path) -> Result<(Self, Vec<String>), Error> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::InvalidInput(format!("{}: {e} (CLINC150 lives in ../shared/datasets when present)", path.display()))
+            Error::InvalidInput(format!("{}: {e} (--data names CLINC150's data_full.json)", path.display()))
         })?;
         let clinc: Clinc = serde_json::from_str(&text).map_err(|e| Error::InvalidInput(e.to_string()))?;
         let mut intents: Vec<String> = clinc.train.iter().map(|(_, l)| l.clone()).collect();

@@ -1,4 +1,4 @@
-//! `attune bench ranking`: does feedback improve search for a user?
+//! `attune-bench ranking`: does feedback improve search for a user?
 //!
 //! Documents are CLINC150 utterances (the `val` split, 3,000 texts in 150
 //! intents); queries are `test` utterances. Each simulated user has a hidden
@@ -18,7 +18,7 @@ use crate::Cli;
 
 #[derive(Debug, clap::Args)]
 pub struct RankingBenchArgs {
-    #[arg(long, default_value = "../shared/datasets/clinc150/data_full.json")]
+    #[arg(long)]
     data: PathBuf,
     #[arg(long, default_value_t = 5)]
     users: u64,
@@ -46,7 +46,7 @@ const SHOWN: usize = 10;
 
 pub fn run(cli: &Cli, args: &RankingBenchArgs) -> Result<(), Error> {
     let text = std::fs::read_to_string(&args.data).map_err(|e| {
-        Error::InvalidInput(format!("{}: {e} (CLINC150 lives in ../shared/datasets when present)", args.data.display()))
+        Error::InvalidInput(format!("{}: {e} (--data names CLINC150's data_full.json)", args.data.display()))
     })?;
     let clinc: Clinc = serde_json::from_str(&text).map_err(|e| Error::InvalidInput(e.to_string()))?;
     let dir = std::env::temp_dir().join(format!("attune-ranking-{}", std::process::id()));
@@ -91,7 +91,7 @@ fn simulate(
     for user in 0..args.users {
         let p = Personalizer::open(&PersonalizerConfig {
             database: dir.join(format!("user-{user}.db")),
-            model_dir: crate::model_dir::resolve(cli.model.as_deref())?,
+            model_dir: cli.model_dir()?,
             encoder: cli.encoder_options(),
             encryption_key: None,
         })?;
@@ -99,7 +99,7 @@ fn simulate(
         let texts: Vec<&str> = clinc.val.iter().map(|(t, _)| t.as_str()).collect();
         let vectors = attune::Encoder::embed(&*p.encoder(), &texts)?;
         // A user's hidden taste: a reproducible random unit direction.
-        let taste = crate::bench_search::unit_rows(1, vectors.dim(), user + 1);
+        let taste = crate::search::unit_rows(1, vectors.dim(), user + 1);
         let affinity: Vec<f32> = vectors.rows().map(|d| d.iter().zip(&taste).map(|(a, b)| a * b).sum()).collect();
         let habits = args.scenario == "habits";
         let favourite = |intent: &str| -> Option<usize> {

@@ -1,4 +1,4 @@
-//! `attune bench store`: import speed, feature-cache lookups, size on disk.
+//! `attune-bench store`: import speed, feature-cache lookups, size on disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -133,7 +133,7 @@ fn measure(dir: &Path, args: &StoreBenchArgs) -> Result<serde_json::Value, Error
         "rows": args.rows, "import_s": import_s, "import_rows_per_s": args.rows as f64 / import_s,
         "cache_hits_per_s": hits_per_s, "cache_misses_per_s": misses_per_s, "cache_writes_per_s": writes_per_s,
         "mb_per_10k_f32": mb_f32, "mb_per_10k_f16": mb_f16, "f16_worst_cosine": f16_worst,
-        "peak_rss_mb": crate::bench::peak_rss_bytes().map(|b| b as f64 / 1e6),
+        "peak_rss_mb": crate::peak_rss_bytes().map(|b| b as f64 / 1e6),
     }))
 }
 

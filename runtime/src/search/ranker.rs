@@ -99,7 +99,7 @@ struct Pair {
 /// user wanted against every one shown but not wanted. `u` is kept only when,
 /// fitted on the older queries, it orders the user's choices on the newest
 /// ones better than plain search does; otherwise it stays zero.
-pub(crate) fn fit(
+pub(crate) fn fit_preference(
     events: &[FeedbackEvent],
     dim: usize,
     vector: &dyn Fn(&str) -> Option<Vec<f32>>,
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn no_feedback_means_no_preference() {
-        let preference = fit(&[], 3, &|_| None, &|_| None);
+        let preference = fit_preference(&[], 3, &|_| None, &|_| None);
         assert_eq!(preference.u, vec![0.0; 3]);
     }
 
@@ -258,7 +258,7 @@ mod tests {
                 ]
             })
             .collect();
-        let preference = fit(&events, 2, &vectors, &|_| None);
+        let preference = fit_preference(&events, 2, &vectors, &|_| None);
         assert!(preference.pairs > 0);
         assert!(preference.u[0] > 0.0 && preference.u[1] < 0.0, "{:?}", preference.u);
     }
@@ -269,11 +269,11 @@ mod tests {
             [event(None, &format!("{wanted}{i}"), Signal::Click), event(None, &format!("{unwanted}{i}"), Signal::Skip)]
         };
         let few: Vec<FeedbackEvent> = (0..3).flat_map(|i| round(i, "a", "b")).collect();
-        assert_eq!(fit(&few, 2, &vectors, &|_| None).u, vec![0.0; 2], "three choices are not enough");
+        assert_eq!(fit_preference(&few, 2, &vectors, &|_| None).u, vec![0.0; 2], "three choices are not enough");
         // Four rounds one way, then the newest the other way: not confirmed.
         let mut changed: Vec<FeedbackEvent> = (0..4).flat_map(|i| round(i, "a", "b")).collect();
         changed.extend(round(4, "b", "a"));
-        assert_eq!(fit(&changed, 2, &vectors, &|_| None).u, vec![0.0; 2]);
+        assert_eq!(fit_preference(&changed, 2, &vectors, &|_| None).u, vec![0.0; 2]);
     }
 
     #[test]
@@ -284,7 +284,7 @@ mod tests {
         };
         let events =
             [event(Some("where are you"), "late", Signal::Click), event(Some("where are you"), "home", Signal::Skip)];
-        let preference = fit(&events, 2, &|_| Some(vec![0.0, 1.0]), &query);
+        let preference = fit_preference(&events, 2, &|_| Some(vec![0.0, 1.0]), &query);
         assert!(preference.recall(&[1.0, 0.0], "late") > 0.2);
         assert!(preference.recall(&[1.0, 0.0], "home") < 0.0);
         let unrelated = [0.0, 1.0];

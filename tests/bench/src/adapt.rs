@@ -1,4 +1,4 @@
-//! `attune bench adapt --through-train`: adaptation as apps get it, through
+//! `attune-bench adapt`: adaptation as apps get it, through
 //! `Personalizer::train` on a fresh file per sample: one file trains with
 //! adaptation off, the other with the automatic choice (or forced), and
 //! both are scored with `evaluate` on CLINC150's test set — so the adapted
@@ -6,13 +6,82 @@
 //! predicting through its layers. Also measures prediction latency, the
 //! bytes of an adapted head and the trunk-state cache per example.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use attune::{AdaptChoice, Error, NewExample, OnnxEncoder, Personalizer, QuietTraining, TrainOptions, TrainOutcome};
+use attune::{
+    AdaptChoice, AdaptOptions, Encoder, Error, NewExample, Personalizer, QuietTraining, TrainOptions, TrainOutcome,
+};
 
-use crate::bench_heads::{Clinc, Split, mean, sample_k};
+use crate::Cli;
+use crate::heads::{Clinc, Split, mean, sample_k};
+
+#[derive(Debug, clap::Args)]
+pub struct AdaptBenchArgs {
+    /// CLINC150's data_full.json.
+    #[arg(long)]
+    data: PathBuf,
+    /// Examples per intent.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
+    shots: Vec<usize>,
+    /// Samples (and training seeds) per setting.
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    /// The adapted column's choice: the automatic one, or adaptation forced.
+    #[arg(long, value_enum, default_value = "auto")]
+    choice: Choice,
+    /// Top layers adapted.
+    #[arg(long, default_value_t = TrainOptions::default().adapt_layers)]
+    layers: usize,
+    #[arg(long, default_value_t = AdaptOptions::default().steps)]
+    steps: usize,
+    #[arg(long, default_value_t = AdaptOptions::default().learning_rate)]
+    learning_rate: f32,
+    #[arg(long, default_value_t = AdaptOptions::default().temperature)]
+    temperature: f32,
+    #[arg(long, default_value_t = AdaptOptions::default().labels_per_batch)]
+    labels_per_batch: usize,
+    #[arg(long, default_value_t = AdaptOptions::default().examples_per_label)]
+    examples_per_label: usize,
+    /// Low-rank adaptation of this rank instead of every weight.
+    #[arg(long)]
+    rank: Option<usize>,
+}
+
+/// Which `AdaptChoice` the adapted column trains with.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Choice {
+    Auto,
+    Always,
+}
+
+impl AdaptBenchArgs {
+    /// Training options of the adapted column (the frozen one turns adaptation off).
+    fn options(&self) -> TrainOptions {
+        let adapt = match self.choice {
+            Choice::Auto => AdaptChoice::Auto,
+            Choice::Always => AdaptChoice::Always,
+        };
+        let adaptation = AdaptOptions {
+            steps: self.steps,
+            learning_rate: self.learning_rate,
+            temperature: self.temperature,
+            labels_per_batch: self.labels_per_batch,
+            examples_per_label: self.examples_per_label,
+            rank: self.rank,
+            ..AdaptOptions::default()
+        };
+        TrainOptions { adapt, adapt_layers: self.layers, adaptation, ..TrainOptions::default() }
+    }
+}
+
+pub fn run(cli: &Cli, args: &AdaptBenchArgs) -> Result<(), Error> {
+    let encoder: Arc<dyn Encoder> = Arc::new(cli.load_encoder()?);
+    let document = compare(encoder, args)?;
+    println!("{}", serde_json::to_string_pretty(&document).map_err(|e| Error::Storage(e.to_string()))?);
+    Ok(())
+}
 
 /// One method's result on one sample.
 struct Scored {
@@ -29,14 +98,9 @@ struct Scored {
     cache_bytes_per_example: f64,
 }
 
-pub fn run(
-    encoder: Arc<OnnxEncoder>,
-    data: &Path,
-    shots: &[usize],
-    seeds: u64,
-    choice: AdaptChoice,
-) -> Result<serde_json::Value, Error> {
-    let (clinc, intents) = Clinc::load(data)?;
+/// Frozen against adapted, sample by sample.
+fn compare(encoder: Arc<dyn Encoder>, args: &AdaptBenchArgs) -> Result<serde_json::Value, Error> {
+    let (clinc, intents) = Clinc::load(&args.data)?;
     let label_of = |l: &str| intents.binary_search_by(|i| i.as_str().cmp(l)).expect("a training intent");
     let train_split = Split {
         rows: (0..clinc.train.len()).collect(),
@@ -44,23 +108,24 @@ pub fn run(
     };
     let scratch = std::env::temp_dir().join(format!("attune-bench-adapt-{}", std::process::id()));
     let mut results = Vec::new();
-    for &k in shots {
+    let adapting = args.options();
+    for &k in &args.shots {
         let (mut frozen, mut adapted) = (Vec::new(), Vec::new());
-        for seed in 0..seeds {
+        for seed in 0..args.seeds {
             let sample: Vec<&(String, String)> =
                 sample_k(&train_split, intents.len(), k, seed).into_iter().map(|i| &clinc.train[i]).collect();
-            let score = |choice: AdaptChoice, tag: &str| -> Result<Scored, Error> {
+            let score = |options: &TrainOptions, tag: &str| -> Result<Scored, Error> {
                 let dir = scratch.join(format!("{tag}-{k}-{seed}"));
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir).map_err(|e| Error::Storage(e.to_string()))?;
-                let p = Personalizer::open_with_encoder(&dir.join("user.db"), None, Arc::clone(&encoder))?;
-                let scored = train_and_score(&p, &sample, &intents, &clinc.test, choice, seed);
+                let p = Personalizer::open_with_encoder(&dir.join("user.db"), None, encoder.clone())?;
+                let scored = train_and_score(&p, &sample, &intents, &clinc.test, options, seed);
                 drop(p);
                 let _ = std::fs::remove_dir_all(&dir);
                 scored
             };
-            let f = score(AdaptChoice::Never, "frozen")?;
-            let a = score(choice, "adapted")?;
+            let f = score(&TrainOptions { adapt: AdaptChoice::Never, ..adapting.clone() }, "frozen")?;
+            let a = score(&adapting, "adapted")?;
             let judged = a.held_out.map_or(String::new(), |((frozen, frozen_loss), (adapted, adapted_loss))| {
                 format!(
                     ", held out: frozen {frozen:.4} (log loss {frozen_loss:.4}), adapted {adapted:.4} \
@@ -84,7 +149,7 @@ pub fn run(
             "adapted": summary(&adapted),
         }));
     }
-    Ok(serde_json::json!({ "through_train": true, "choice": format!("{choice:?}"), "results": results }))
+    Ok(serde_json::json!({ "through_train": true, "choice": format!("{:?}", adapting.adapt), "results": results }))
 }
 
 fn train_and_score(
@@ -92,7 +157,7 @@ fn train_and_score(
     sample: &[&(String, String)],
     intents: &[String],
     test: &[(String, String)],
-    choice: AdaptChoice,
+    options: &TrainOptions,
     seed: u64,
 ) -> Result<Scored, Error> {
     const TASK: &str = "clinc";
@@ -102,8 +167,7 @@ fn train_and_score(
     let examples: Vec<NewExample> = sample.iter().map(|(text, label)| NewExample::new(text.clone(), label)).collect();
     p.add_examples(TASK, &examples)?;
     let started = Instant::now();
-    let outcome: TrainOutcome =
-        p.train(TASK, &TrainOptions { seed, adapt: choice, ..TrainOptions::default() }, &QuietTraining)?;
+    let outcome: TrainOutcome = p.train(TASK, &TrainOptions { seed, ..options.clone() }, &QuietTraining)?;
     let train_s = started.elapsed().as_secs_f64();
     // A first head has nothing to be compared with: it is active.
     let metrics = p.evaluate(TASK, test)?;
@@ -116,8 +180,8 @@ fn train_and_score(
     let started = Instant::now();
     p.predict(TASK, &texts, 1)?;
     let batched_ms = started.elapsed().as_secs_f64() * 1e3 / texts.len() as f64;
-    let id = p.store().task_id(TASK)?;
-    let head_bytes = p.store().head(id, outcome.version)?.map_or(0, |h| h.weights.len());
+    let head_bytes =
+        p.heads(TASK)?.iter().find(|h| h.version == outcome.version).map_or(0, |h| h.weight_bytes as usize);
     let stats = p.stats(TASK)?;
     Ok(Scored {
         accuracy: metrics.accuracy,

@@ -1,4 +1,4 @@
-//! `attune bench search`: exact top-k latency over many 384-wide documents.
+//! `attune-bench search`: exact top-k latency over many 384-wide documents.
 
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ pub struct SearchBenchArgs {
 pub fn run(json: bool, args: &SearchBenchArgs) -> Result<(), Error> {
     let mut rows = Vec::new();
     for &n in &args.docs {
-        let index = attune::internal::VectorIndex::new(unit_rows(n, args.dim, 1), args.dim);
+        let index = attune::VectorIndex::new(unit_rows(n, args.dim, 1), args.dim);
         let queries = unit_rows(args.queries, args.dim, 2);
         let mut latencies = Vec::with_capacity(args.queries);
         let mut checksum = 0usize;
