@@ -65,9 +65,12 @@ pub enum Error {
     /// A head was trained on another backbone's features.
     #[error("the head was trained for model {found}, this model is {expected}")]
     HeadModelMismatch { expected: String, found: String },
-    /// A time or epoch budget ran out before training produced a head.
-    #[error("budget exceeded: {0}")]
-    BudgetExceeded(String),
+    /// The time budget ran out before training produced a head.
+    #[error("time budget exceeded: {0}")]
+    TimeBudgetExceeded(String),
+    /// A private run or update would spend more than the task's (ε, δ) budget.
+    #[error("privacy budget exceeded: {0}")]
+    PrivacyBudgetExceeded(String),
     /// The task has neither a head, nor examples, nor label descriptions.
     #[error("task {0:?} cannot predict yet: add examples or describe its labels")]
     NotTrained(String),

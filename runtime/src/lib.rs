@@ -15,6 +15,8 @@ mod numeric;
 mod personalizer;
 mod search;
 mod store;
+#[cfg(test)]
+mod test_rng;
 mod training;
 // BERT layers in our own code: the native forward of the tract engine, and
 // the top layers that on-device adaptation trains.
@@ -28,7 +30,7 @@ pub use encoder::{COMPILED_FILE, CompileReport, compile_model};
 pub use error::{Error, Result};
 pub use evaluation::{ClassMetrics, Metrics, evaluate};
 pub use federated::SharedModel;
-pub use heads::{Head, HeadKind, Prediction, TopChanges};
+pub use heads::{Head, HeadKind, Prediction, ScoredLabel, TopChanges};
 pub use import::{Columns, ImportFormat, read_labelled, read_labelled_file};
 pub use model::{CatalogEntry, CompiledFile, InputNames, ModelCatalog, ModelManifest, Pooling, Precision};
 pub use personalizer::{

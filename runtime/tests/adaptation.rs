@@ -49,7 +49,7 @@ fn adapting(choice: AdaptChoice) -> TrainOptions {
 
 const QUERIES: [&str; 3] = ["a flight to rome", "a recipe with leeks", "pay the rent"];
 
-fn probabilities(p: &attune::Personalizer) -> Vec<Vec<(String, f32)>> {
+fn probabilities(p: &attune::Personalizer) -> Vec<Vec<attune::ScoredLabel>> {
     p.predict("inbox", &QUERIES, 3).unwrap().0.into_iter().map(|prediction| prediction.top).collect()
 }
 

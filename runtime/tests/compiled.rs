@@ -208,13 +208,8 @@ mod with_onnx {
         // Random damage to the header (a seeded xorshift, 300 files): every
         // load ends in a model or a typed error, never a panic.
         let header_end = 24 + u64::from_le_bytes(good[16..24].try_into().unwrap()) as usize;
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = support::XorShift::from_state(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || rng.next_u64();
         for _ in 0..300 {
             let mut bytes = good.clone();
             for _ in 0..1 + next() % 4 {

@@ -55,7 +55,8 @@ fn batch_of(label: &str) -> usize {
 #[test]
 #[ignore = "started by crashes_lose_no_acknowledged_write"]
 fn crash_child() {
-    let Some(path) = std::env::var_os(CHILD_ENV) else { return };
+    let path = std::env::var_os(CHILD_ENV)
+        .unwrap_or_else(|| panic!("crashes_lose_no_acknowledged_write starts this test, with {CHILD_ENV} set"));
     let p = open(Path::new(&path));
     let documents: Vec<NewDocument> = (0..5)
         .map(|i| NewDocument { key: format!("d{i}"), text: format!("document {i} of the crash test"), metadata: None })
@@ -72,7 +73,7 @@ fn crash_child() {
     // A budget no run exhausts: the point is that head and ledger entry
     // are written together. Each run spends a share of what is left, so the
     // share is small: at the default ½, some ten runs over all the child's
-    // lives left too little for another (BudgetExceeded, and the child died
+    // lives left too little for another (PrivacyBudgetExceeded, and the child died
     // before its next write); at 1/1000 each run still gets ε ≈ 10 after
     // hundreds of runs.
     let private = TrainOptions {

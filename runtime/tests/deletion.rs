@@ -145,7 +145,7 @@ fn forget_and_check(p: &support::Opened, secret_head: u32) {
     let (predictions, source) = p.predict("notes", &[SECRET_EXAMPLE, "doctor visit 1 next week"], 3).unwrap();
     assert_eq!(source, PredictionSource::TrainedHead);
     for prediction in predictions {
-        assert!(prediction.top.iter().all(|(label, _)| label != "health"), "{prediction:?}");
+        assert!(prediction.top.iter().all(|s| s.label != "health"), "{prediction:?}");
     }
     let stats = p.stats("notes").unwrap();
     assert_eq!((stats.examples, stats.documents, stats.feedback), (600, 1, 0));

@@ -211,13 +211,16 @@ fn a_private_update_is_clipped_noised_and_charged_to_the_ledger() {
     ));
     let costly = attune::UpdatePrivacy { noise_multiplier: 0.3, ..privacy };
     let refused = FederatedOptions { privacy: Some(costly), ..FederatedOptions::default() };
-    assert!(matches!(p.federated_fit("intents", &shared, &refused, &QuietTraining), Err(Error::BudgetExceeded(_))));
+    assert!(matches!(
+        p.federated_fit("intents", &shared, &refused, &QuietTraining),
+        Err(Error::PrivacyBudgetExceeded(_))
+    ));
     assert_eq!(p.store().private_runs(p.store().task_id("intents").unwrap()).unwrap().len(), 2);
     // Local training of the task is private from now on, under the same ledger.
     let trained = p.train("intents", &TrainOptions::default(), &QuietTraining);
     assert!(
         matches!(&trained, Ok(outcome) if outcome.report.private_run.is_some())
-            || matches!(trained, Err(Error::BudgetExceeded(_)))
+            || matches!(trained, Err(Error::PrivacyBudgetExceeded(_)))
     );
 }
 

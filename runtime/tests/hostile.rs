@@ -29,7 +29,7 @@ fn head_checkpoints() {
         match Head::from_bytes(&bytes, &fingerprint) {
             Ok(head) => {
                 let prediction = head.predict(&vec![0.5; head.dim()], 3).unwrap();
-                assert!(prediction.top.iter().all(|(_, p)| p.is_finite()), "{}", path.display());
+                assert!(prediction.top.iter().all(|s| s.probability.is_finite()), "{}", path.display());
                 assert_eq!(Head::from_bytes(&head.to_bytes(), &fingerprint).unwrap(), head, "{}", path.display());
             }
             Err(Error::InvalidHead(_) | Error::HeadModelMismatch { .. }) => {}

@@ -75,7 +75,7 @@ fn a_trained_head_is_promoted_and_a_forgotten_label_is_never_predicted_again() {
     assert!(first.promotion.promote, "{:?}", first.promotion);
     let (predictions, source) = p.predict("inbox", &["travel message 99", "bills message 99"], 1).unwrap();
     assert_eq!(source, PredictionSource::TrainedHead);
-    assert_eq!([predictions[0].top[0].0.as_str(), predictions[1].top[0].0.as_str()], ["travel", "bills"]);
+    assert_eq!([predictions[0].top[0].label.as_str(), predictions[1].top[0].label.as_str()], ["travel", "bills"]);
 
     // Forgetting a label erases the head trained on it and retrains from what remains.
     let report = p.forget(Some("inbox"), &Forget::Label("travel".into())).unwrap();
@@ -91,7 +91,7 @@ fn a_trained_head_is_promoted_and_a_forgotten_label_is_never_predicted_again() {
     let travel: Vec<String> = (0..30).map(|i| format!("travel message {i}")).collect();
     let travel: Vec<&str> = travel.iter().map(String::as_str).collect();
     let (predictions, _) = p.predict("inbox", &travel, 2).unwrap();
-    assert!(predictions.iter().all(|p| p.top.iter().all(|(label, _)| label != "travel")));
-    assert_eq!(p.predict("inbox", &["bills message 99"], 1).unwrap().0[0].top[0].0, "bills");
+    assert!(predictions.iter().all(|p| p.top.iter().all(|s| s.label != "travel")));
+    assert_eq!(p.predict("inbox", &["bills message 99"], 1).unwrap().0[0].top[0].label, "bills");
     let _ = std::fs::remove_dir_all(&dir);
 }

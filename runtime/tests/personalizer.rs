@@ -63,7 +63,7 @@ fn the_whole_lifecycle_persists_across_reopen() {
         assert_eq!(source, PredictionSource::TrainedHead);
         assert_eq!(predictions.len(), 2);
         assert_eq!(predictions[0].top.len(), 3);
-        let total: f32 = predictions[0].top.iter().map(|(_, p)| p).sum();
+        let total: f32 = predictions[0].top.iter().map(|s| s.probability).sum();
         assert!((total - 1.0).abs() < 1e-4, "three labels' probabilities sum to one");
 
         p.add_documents(
@@ -101,7 +101,7 @@ fn the_whole_lifecycle_persists_across_reopen() {
     assert!(matches!(outcome.retrain, Retrain::Retrained { private: false, .. }), "{:?}", outcome.retrain);
     let (predictions, source) = p.predict("inbox", &["call my mother", "dinner with my father"], 5).unwrap();
     assert_eq!(source, PredictionSource::TrainedHead, "retrained at once");
-    assert!(predictions.iter().all(|p| p.top.iter().all(|(label, _)| label != "family")));
+    assert!(predictions.iter().all(|p| p.top.iter().all(|s| s.label != "family")));
     let versions = p.heads("inbox").unwrap();
     assert!(versions.iter().any(|h| h.stale) && versions.iter().any(|h| h.active && !h.stale));
 }
@@ -235,7 +235,7 @@ fn a_stored_prototype_head_counts_examples_added_after_it() {
     p.add_examples("inbox", &added).unwrap();
     let (predictions, source) = p.predict("inbox", &["rain and cold weather today"], 4).unwrap();
     assert_eq!(source, PredictionSource::TrainedHead);
-    assert_eq!(predictions[0].top[0].0, "weather", "{predictions:?}");
+    assert_eq!(predictions[0].top[0].label, "weather", "{predictions:?}");
     assert_eq!(predictions[0].top.len(), 4, "all four labels, the new one included");
 }
 

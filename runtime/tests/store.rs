@@ -167,6 +167,22 @@ fn heads_are_versioned_promoted_and_rolled_back() {
 }
 
 #[test]
+fn heads_of_several_tasks_are_switched_together_or_not_at_all() {
+    let store = open(&scratch("switch").join("user.db"));
+    let (first, second) = (store.ensure_task("first").unwrap(), store.ensure_task("second").unwrap());
+    for task in [first, second] {
+        store.save_head(task, &head(&["a", "b"], 10), SaveAs::Active).unwrap();
+        store.save_head(task, &head(&["a", "b"], 20), SaveAs::Inactive).unwrap();
+    }
+    let active = |task| store.active_head(task).unwrap().unwrap().info.version;
+    // The second task has no version 9: neither task switches.
+    assert!(matches!(store.activate_heads(&[(first, 2), (second, 9)]), Err(Error::InvalidInput(_))));
+    assert_eq!((active(first), active(second)), (1, 1));
+    store.activate_heads(&[(first, 2), (second, 2)]).unwrap();
+    assert_eq!((active(first), active(second)), (2, 2));
+}
+
+#[test]
 fn old_head_versions_are_deleted_but_the_active_and_the_shared_one_stay() {
     let store = open(&scratch("head-versions").join("user.db"));
     let task = store.ensure_task("intents").unwrap();

@@ -1,6 +1,8 @@
 //! Head training on features with a known structure: clusters around class
 //! directions, so the right answer is known.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use attune::{
@@ -12,15 +14,9 @@ const DIM: usize = 24;
 
 /// A stream of standard normal draws.
 fn gaussians(seed: u64) -> impl FnMut() -> f32 {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rng = support::XorShift::seeded(seed);
     move || {
-        let mut uniform = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64).max(1e-12) as f32
-        };
-        let (u, v) = (uniform(), uniform());
+        let (u, v) = (rng.open_unit(), rng.open_unit());
         (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
     }
 }
@@ -251,9 +247,9 @@ fn predictions_are_calibrated_and_abstain_on_strangers() {
     let ece = report.validation.unwrap().ece;
     assert!(ece < 0.1, "expected calibration error {ece}");
     let prediction = head.predict(&centres[2], 3).unwrap();
-    assert_eq!(prediction.top[0].0, "label-2");
+    assert_eq!(prediction.top[0].label, "label-2");
     assert!(!prediction.abstain && prediction.top.len() == 3);
-    assert!(prediction.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    assert!(prediction.top.windows(2).all(|w| w[0].probability >= w[1].probability));
     // In scope, about the chosen 5% abstain; inputs from clusters the head
     // never saw abstain more often. (Only about 2-3 times: top-probability
     // thresholds are a weak out-of-scope detector, see the closing note.)
@@ -332,7 +328,7 @@ fn differentially_private_training_learns_within_its_budget() {
         privacy: Some(PrivacyOptions { previous: vec![run], ..all.clone() }),
         ..TrainOptions::default()
     };
-    assert!(matches!(train(&set, None, &again, &QuietTraining), Err(Error::BudgetExceeded(_))));
+    assert!(matches!(train(&set, None, &again, &QuietTraining), Err(Error::PrivacyBudgetExceeded(_))));
     // A larger total budget leaves room for it, and reports the composed ε.
     let larger = TrainOptions {
         privacy: Some(PrivacyOptions { previous: vec![run], epsilon: 8.0, ..all }),

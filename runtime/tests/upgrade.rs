@@ -153,7 +153,7 @@ fn upgrade_while_predicting(new_model: &std::path::Path, tag: &str) {
     let (predictions, source) =
         p.predict("intents", &["play the song number 1234", "set an alarm for hour 9"], 1).unwrap();
     assert_eq!(source, PredictionSource::TrainedHead);
-    let top: Vec<&str> = predictions.iter().map(|p| p.top[0].0.as_str()).collect();
+    let top: Vec<&str> = predictions.iter().map(|p| p.top[0].label.as_str()).collect();
     assert_eq!(top, ["music", "alarm"]);
     assert_eq!(p.search("docs", "umbrella", 1).unwrap()[0].key, "d1");
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();

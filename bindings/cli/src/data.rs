@@ -301,13 +301,17 @@ pub fn predict(cli: &Cli, top_k: usize, texts: &[String]) -> Result<(), Error> {
     let (predictions, source) = p.predict(&cli.task, &refs, top_k)?;
     for (text, prediction) in texts.iter().zip(&predictions) {
         if cli.json {
-            let top: Vec<_> =
-                prediction.top.iter().map(|(l, p)| serde_json::json!({"label": l, "probability": p})).collect();
+            let top: Vec<_> = prediction
+                .top
+                .iter()
+                .map(|s| serde_json::json!({"label": s.label, "probability": s.probability}))
+                .collect();
             print_json(
                 &serde_json::json!({"text": text, "top": top, "abstain": prediction.abstain, "source": format!("{source:?}")}),
             );
         } else {
-            let shown: Vec<String> = prediction.top.iter().map(|(l, p)| format!("{l} {p:.2}")).collect();
+            let shown: Vec<String> =
+                prediction.top.iter().map(|s| format!("{} {:.2}", s.label, s.probability)).collect();
             let abstain = if prediction.abstain { "  (none of these?)" } else { "" };
             println!("{text}\t{}{abstain}", shown.join(", "));
         }

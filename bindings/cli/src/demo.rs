@@ -183,7 +183,7 @@ fn walk(cli: &Cli, dir: &std::path::Path) -> Result<(), Error> {
     for (text, prediction) in
         ["Flight to Rome boards at gate 22", "Quarterly invoice for the cleaning service"].iter().zip(&predictions)
     {
-        let top: Vec<String> = prediction.top.iter().map(|(l, pr)| format!("{l} {pr:.2}")).collect();
+        let top: Vec<String> = prediction.top.iter().map(|s| format!("{} {:.2}", s.label, s.probability)).collect();
         println!("   {text:?} → {}", top.join(", "));
     }
 
@@ -235,7 +235,7 @@ fn walk(cli: &Cli, dir: &std::path::Path) -> Result<(), Error> {
     let labels: Vec<String> = p.labels(task)?.into_iter().map(|l| l.label).collect();
     println!("   folders now: {}", labels.join(", "));
     let (after, _) = p.predict(task, &["Your dentist appointment is on Monday"], 1)?;
-    println!("   \"Your dentist appointment is on Monday\" → {} (health is gone)", after[0].top[0].0);
+    println!("   \"Your dentist appointment is on Monday\" → {} (health is gone)", after[0].top[0].label);
     Ok(())
 }
 

@@ -42,9 +42,12 @@ pub enum AttuneError {
     /// No task of that name exists.
     #[error("unknown task: {reason}")]
     UnknownTask { reason: String },
-    /// A time, epoch or privacy budget would be exceeded.
-    #[error("budget exceeded: {reason}")]
-    BudgetExceeded { reason: String },
+    /// The training's time budget ran out before it produced a head.
+    #[error("time budget exceeded: {reason}")]
+    TimeBudgetExceeded { reason: String },
+    /// A private run or update would spend more than the task's privacy budget.
+    #[error("privacy budget exceeded: {reason}")]
+    PrivacyBudgetExceeded { reason: String },
     /// The personalizer was closed (`close()`; `shutdown()` in Kotlin) before
     /// or during the call.
     #[error("closed: {reason}")]
@@ -81,7 +84,8 @@ impl From<attune::Error> for AttuneError {
             E::EncryptionKey(_) => Self::EncryptionKey { reason },
             E::NotTrained(_) => Self::NotTrained { reason },
             E::UnknownTask(_) => Self::UnknownTask { reason },
-            E::BudgetExceeded(_) => Self::BudgetExceeded { reason },
+            E::TimeBudgetExceeded(_) => Self::TimeBudgetExceeded { reason },
+            E::PrivacyBudgetExceeded(_) => Self::PrivacyBudgetExceeded { reason },
             E::Cancelled => Self::Cancelled { reason },
             E::DatabaseUnreadable(_) | E::InvalidHead(_) => Self::Corrupt { reason },
             E::ImportInterrupted { committed, .. } => Self::ImportInterrupted { committed, reason },

@@ -456,7 +456,7 @@ pub struct Prediction {
 impl Prediction {
     pub(crate) fn new(p: attune::Prediction, source: attune::PredictionSource) -> Self {
         Self {
-            labels: p.top.into_iter().map(|(label, probability)| ScoredLabel { label, probability }).collect(),
+            labels: p.top.into_iter().map(|s| ScoredLabel { label: s.label, probability: s.probability }).collect(),
             abstain: p.abstain,
             source: match source {
                 attune::PredictionSource::TrainedHead => PredictionSource::TrainedHead,

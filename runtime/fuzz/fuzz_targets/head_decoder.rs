@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(head) = attune::Head::from_bytes(data, fingerprint()) {
         let feature = vec![0.5f32; head.dim()];
         let prediction = head.predict(&feature, 3).expect("a decoded head predicts");
-        assert!(prediction.top.iter().all(|(_, p)| p.is_finite()), "non-finite probability");
+        assert!(prediction.top.iter().all(|s| s.probability.is_finite()), "non-finite probability");
         let again = attune::Head::from_bytes(&head.to_bytes(), fingerprint()).expect("a decoded head re-encodes");
         assert_eq!(again, head);
     }

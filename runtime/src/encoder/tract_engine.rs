@@ -232,7 +232,7 @@ impl Engine for TractEngine {
 
     fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
         // Splitting a matmul over threads costs more than it saves on a short
-        // single text (batch 1 ran 20% slower on two threads).
+        // single text.
         let executor = if batch.rows * batch.seq >= MULTITHREAD_MIN_TOKENS {
             self.executor.clone()
         } else {

@@ -100,11 +100,18 @@ pub struct Head {
     pub(crate) top: Option<TopChanges>,
 }
 
+/// A label and its calibrated probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredLabel {
+    pub label: String,
+    pub probability: f32,
+}
+
 /// A ranked answer of a head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     /// Labels with calibrated probabilities, most likely first.
-    pub top: Vec<(String, f32)>,
+    pub top: Vec<ScoredLabel>,
     /// True when the best probability is below the head's threshold: the
     /// input is probably none of the known labels.
     pub abstain: bool,
@@ -200,7 +207,11 @@ impl Head {
         let (_, best) = argmax(&probabilities);
         let novel = self.nearest_prototype(feature).is_some_and(|cosine| cosine < self.novelty_below);
         Ok(Prediction {
-            top: ranked.into_iter().take(top_k.max(1)).map(|(i, p)| (self.labels[i].clone(), p)).collect(),
+            top: ranked
+                .into_iter()
+                .take(top_k.max(1))
+                .map(|(i, probability)| ScoredLabel { label: self.labels[i].clone(), probability })
+                .collect(),
             abstain: best < self.abstain_below || novel,
         })
     }

@@ -66,7 +66,7 @@ fn retrain_after_forget(features: Features<'_>, task: &str) -> Result<Retrain> {
     }
     let outcome = match train_and_store(features, id, &TrainOptions::default(), &QuietTraining, Activation::IfPromoted)
     {
-        Err(Error::BudgetExceeded(reason)) => return Ok(Retrain::PublicStart { reason }),
+        Err(Error::PrivacyBudgetExceeded(reason)) => return Ok(Retrain::PublicStart { reason }),
         other => other?,
     };
     Ok(Retrain::Retrained { version: outcome.version, private: outcome.report.private_run.is_some() })

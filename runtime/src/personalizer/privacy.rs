@@ -48,7 +48,7 @@ pub(super) struct UpdateCharge {
 
 /// The charge of a federated update, or `None` for a public update of a
 /// public task. A private task's updates are private too, within its own
-/// budget; a release the budget cannot afford is `BudgetExceeded`.
+/// budget; a release the budget cannot afford is `PrivacyBudgetExceeded`.
 pub(super) fn update_charge(
     store: &Store,
     task: TaskId,
@@ -78,7 +78,7 @@ pub(super) fn update_charge(
     runs.push(PrivateRun { sampling_rate: 1.0, noise_multiplier: asked.noise_multiplier, steps: 1 });
     let spent = privacy_spent(&runs, delta);
     if spent.epsilon > budget {
-        return Err(Error::BudgetExceeded(format!(
+        return Err(Error::PrivacyBudgetExceeded(format!(
             "this update would bring the task to ε = {:.2} (budget {budget:.2}): send none, or more noise",
             spent.epsilon
         )));

@@ -94,7 +94,7 @@ pub(super) fn upgrade(
                     activate.push((id, outcome.version));
                     (Some(outcome), None)
                 }
-                Err(Error::BudgetExceeded(reason)) => (
+                Err(Error::PrivacyBudgetExceeded(reason)) => (
                     None,
                     Some(format!(
                         "trained with differential privacy and {reason}: it predicts from its label descriptions"
@@ -107,9 +107,7 @@ pub(super) fn upgrade(
     }
     {
         let mut encoder = slot.write().unwrap_or_else(PoisonError::into_inner);
-        for (id, version) in activate {
-            store.activate_head(id, version)?;
-        }
+        store.activate_heads(&activate)?;
         *encoder = Arc::clone(&target);
         caches.clear();
     }

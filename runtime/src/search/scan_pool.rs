@@ -1,7 +1,6 @@
 //! Threads that stay parked between searches. Starting a thread costs about
-//! as much as scanning a few thousand rows (measured: a 10,000-row search on
-//! two freshly spawned threads took as long as on one), so large scans hand
-//! ranges of rows to these instead. A parked thread blocks on a channel and
+//! as much as scanning a few thousand rows, so large scans hand ranges of
+//! rows to these instead. A parked thread blocks on a channel and
 //! uses no CPU; they are started on the first large scan, once per process.
 
 use std::sync::mpsc::{Receiver, Sender, channel};

@@ -185,6 +185,12 @@ impl Store {
         self.write(|tx| make_active(tx, task, version))
     }
 
+    /// Makes each task's given version active, all in one transaction: a
+    /// model upgrade switches every task at once or none.
+    pub fn activate_heads(&self, heads: &[(TaskId, u32)]) -> Result<()> {
+        self.write(|tx| heads.iter().try_for_each(|&(task, version)| make_active(tx, task, version)))
+    }
+
     /// The active head, if the task has one that is not stale.
     pub fn active_head(&self, task: TaskId) -> Result<Option<StoredHead>> {
         self.read(|tx| {

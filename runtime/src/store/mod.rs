@@ -298,8 +298,8 @@ fn connect(path: &Path, options: &StoreOptions, create: bool) -> Result<Connecti
     // last commits but never consistency.
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     // Indexes keyed by text hashes are written in random order: with
-    // SQLite's default 2 MB cache a 100,000-row import made 1.2 million
-    // page reads and writes.
+    // SQLite's default 2 MB cache a large import rereads and rewrites the
+    // same pages over and over.
     connection.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
     Ok(connection)
 }
@@ -324,8 +324,8 @@ fn apply_key(connection: &Connection, key: Option<&EncryptionKey>) -> Result<()>
         connection.execute_batch("PRAGMA cipher_log_level = NONE;")?;
         // SQLite frees its parsed copy of the key statement like any other
         // memory; with this, SQLCipher wipes all freed memory, so no key
-        // outlives the store (tests/keys.rs). It costs about half of the
-        // write speed of an encrypted store (`attune-bench store`).
+        // outlives the store (tests/keys.rs), at a cost in write speed
+        // (`attune-bench store` measures it).
         connection.execute_batch("PRAGMA cipher_memory_security = ON;")?;
         // The key is already quoted: a PRAGMA takes no bound parameters.
         let mut statement = Zeroizing::new(String::with_capacity(key.0.len() + 16));

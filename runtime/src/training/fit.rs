@@ -126,7 +126,7 @@ pub(crate) fn fit(
         }
     }
     if best.2 == 0 {
-        return Err(Error::BudgetExceeded("the time budget ended before the first epoch".into()));
+        return Err(Error::TimeBudgetExceeded("the time budget ended before the first epoch".into()));
     }
     Ok(Fitted { params: with_input_shift(&params_of(initial, best.1), &mean, -1.0), epochs: best.2 })
 }

@@ -6,15 +6,8 @@ use super::{Dense, Layer, Norm};
 
 /// Reproducible values in [-0.5, 0.5).
 pub fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..count)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    let mut rng = crate::test_rng::XorShift::seeded(seed);
+    (0..count).map(|_| rng.centred()).collect()
 }
 
 pub fn matrix(rows: usize, columns: usize, seed: u64) -> Array2<f32> {

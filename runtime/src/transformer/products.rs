@@ -202,9 +202,8 @@ mod kernels {
                 return None;
             }
             // The token count is left open, as tract's own plans leave it:
-            // on the default model that picks `avx512_mmm_f32_64x3` here,
-            // and six layers ran a sentence in 6.8 ms, against 8.8 ms on
-            // the kernel picked for 16 tokens and 9.5 ms on the one for 12.
+            // a kernel picked for one token count runs the others slower
+            // (docs/benchmarks/encoder.md).
             let query = Query::plain(accumulator, Some(m), Some(k), None);
             let (kernel, packing, extractor) = MmmDispatch::native().pick(&query)?;
             if extractor.is_some() {

@@ -156,3 +156,10 @@ impl std::ops::Deref for Opened {
         &self.personalizer
     }
 }
+
+/// The crate's test generator, shared as a file so that every test and
+/// benchmark draws from the same one.
+#[path = "../../src/test_rng.rs"]
+mod test_rng;
+#[allow(unused_imports)]
+pub use test_rng::XorShift;

@@ -208,7 +208,7 @@ fn out_of_scope(
     let mut answered_right = 0usize;
     for (row, &y) in test_x.chunks_exact(dim).zip(truth) {
         let prediction = head.predict(row, 1)?;
-        answered_right += usize::from(!prediction.abstain && prediction.top[0].0 == head.labels()[y]);
+        answered_right += usize::from(!prediction.abstain && prediction.top[0].label == head.labels()[y]);
     }
     let mut rejected = 0usize;
     for row in oos_x.chunks_exact(dim) {
@@ -231,14 +231,11 @@ pub(crate) fn sample_k(split: &Split, classes: usize, k: usize, seed: u64) -> Ve
     for (i, &label) in split.labels.iter().enumerate() {
         by_class[label].push(i);
     }
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rng = crate::test_rng::XorShift::seeded(seed);
     let mut picked = Vec::new();
     for mut members in by_class {
         for i in (1..members.len()).rev() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            members.swap(i, (state % (i as u64 + 1)) as usize);
+            members.swap(i, rng.below(i + 1));
         }
         picked.extend(members.into_iter().take(k));
     }

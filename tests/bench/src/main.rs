@@ -9,6 +9,8 @@ mod heads;
 mod ranking;
 mod search;
 mod store;
+#[path = "../../../runtime/src/test_rng.rs"]
+mod test_rng;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

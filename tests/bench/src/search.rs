@@ -58,15 +58,8 @@ fn percentiles(values: &mut [f64]) -> (f64, f64) {
 
 /// `n` reproducible random unit vectors, row-major.
 pub fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut values: Vec<f32> = (0..n * dim)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
+    let mut rng = crate::test_rng::XorShift::seeded(seed);
+    let mut values: Vec<f32> = (0..n * dim).map(|_| rng.centred()).collect();
     for row in values.chunks_exact_mut(dim) {
         let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
         row.iter_mut().for_each(|x| *x /= norm);

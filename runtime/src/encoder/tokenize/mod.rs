@@ -178,13 +178,8 @@ mod tests {
         .flat_map(|&(low, high)| (low..=high).filter_map(char::from_u32))
         .collect();
         let words = ["[CLS]", "[SEP]", "[MASK]", "[UNK]", "[PAD]", "##", "##ing", "İstanbul", "ΣΊΣΥΦΟΣ", "straße"];
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut rng = crate::test_rng::XorShift::from_state(0x2545_f491_4f6c_dd1d);
+        let mut next = |bound: usize| rng.below(bound);
         for _ in 0..3000 {
             let mut text = String::new();
             for _ in 0..next(40) {

@@ -97,7 +97,7 @@ pub(super) fn train_private(
         .flatten()
         .filter(|&sigma| sigma <= MAX_USEFUL_NOISE)
         .ok_or_else(|| {
-            Error::BudgetExceeded(format!(
+            Error::PrivacyBudgetExceeded(format!(
                 "the task's privacy budget ε = {} cannot afford another run (ε = {spent:.2} used; \
                  this run would need noise over {MAX_USEFUL_NOISE})",
                 privacy.epsilon
