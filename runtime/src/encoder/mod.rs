@@ -1,28 +1,18 @@
 //! The frozen backbone: texts in, one normalised vector per text out.
+//!
+//! What runs on a phone: tokenizers, batching, the engines (`engine/`) and
+//! pooling, with the compiled-graph format they read (`compiled_graph/`).
+//! What runs once, offline: `compile/`, which turns an ONNX model into
+//! that format (f32 or int8).
 
 mod batching;
 #[cfg(feature = "onnx")]
 mod compile;
 #[cfg(feature = "tract")]
 mod compiled_graph;
-#[cfg(feature = "onnx")]
-mod gelu_fusion;
-#[cfg(feature = "onnx")]
-mod int8;
-#[cfg(feature = "tract")]
-mod int8_ops;
-#[cfg(feature = "tract")]
-mod layers;
-#[cfg(feature = "tract")]
-mod native_engine;
-#[cfg(feature = "ort")]
-mod ort_engine;
+mod engine;
 mod pooling;
 mod tokenize;
-#[cfg(feature = "tract")]
-mod tract_engine;
-#[cfg(feature = "tract")]
-mod tract_passes;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -36,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use batching::{TokenBatch, plan_batches};
 #[cfg(feature = "onnx")]
 pub use compile::{COMPILED_FILE, CompileReport, compile_model};
+use engine::Engine;
 use tokenize::{TextTokenizer, Tokens};
 
 use crate::error::{Error, Result};
@@ -212,33 +203,6 @@ impl Default for EncoderOptions {
     }
 }
 
-/// Runs one padded batch and hands its `[rows, seq, width]` states to `pool`.
-pub(crate) trait Engine: Send + Sync {
-    fn run(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()>;
-
-    /// Rows of the model's word-embedding table, when the engine can tell.
-    fn vocabulary_size(&self) -> Option<usize> {
-        None
-    }
-
-    /// Like `run`, all on the calling thread (a thread among others each
-    /// running its own batch).
-    fn run_on_one_thread(&self, batch: &TokenBatch, pool: &mut dyn FnMut(&[f32], usize) -> Result<()>) -> Result<()> {
-        self.run(batch, pool)
-    }
-
-    /// Whether batches may run on several threads at once (each on one).
-    fn runs_batches_in_parallel(&self) -> bool {
-        false
-    }
-
-    /// The matrix-product kernels the engine chose, by name, with how many
-    /// products use each; empty when the engine does not say.
-    fn matrix_kernels(&self) -> Vec<(String, usize)> {
-        Vec::new()
-    }
-}
-
 /// A sentence encoder over an ONNX model directory (see `models/`).
 pub struct OnnxEncoder {
     manifest: ModelManifest,
@@ -254,7 +218,7 @@ pub struct OnnxEncoder {
 #[cfg(feature = "tract")]
 struct Trunk {
     count: usize,
-    engine: native_engine::NativeEngine,
+    engine: engine::native::NativeEngine,
     top: Vec<Layer>,
 }
 
@@ -262,7 +226,7 @@ struct Trunk {
 fn engine_for(manifest: &ModelManifest, options: &EncoderOptions) -> Result<Box<dyn Engine>> {
     Ok(match options.backend {
         #[cfg(feature = "tract")]
-        Backend::Tract => native_engine::load(manifest, options.threads)?,
+        Backend::Tract => engine::native::load(manifest, options.threads)?,
         #[cfg(not(feature = "tract"))]
         Backend::Tract => {
             return Err(Error::BackendUnavailable {
@@ -272,7 +236,7 @@ fn engine_for(manifest: &ModelManifest, options: &EncoderOptions) -> Result<Box<
         }
         #[cfg(feature = "ort")]
         Backend::Ort => {
-            Box::new(ort_engine::OrtEngine::load(manifest, options.threads, options.ort_library.as_deref())?)
+            Box::new(engine::ort::OrtEngine::load(manifest, options.threads, options.ort_library.as_deref())?)
         }
         #[cfg(not(feature = "ort"))]
         Backend::Ort => {
@@ -500,7 +464,7 @@ impl OnnxEncoder {
         if self.manifest.precision() == crate::model::Precision::Int8 {
             return Err(Error::CannotAdapt("an int8-compiled model has no f32 weights to adapt".into()));
         }
-        let (engine, top) = native_engine::NativeEngine::load_trunk(&self.manifest, self.options.threads, count)?;
+        let (engine, top) = engine::native::NativeEngine::load_trunk(&self.manifest, self.options.threads, count)?;
         let trunk = Arc::new(Trunk { count, engine, top });
         *slot = Some(Arc::clone(&trunk));
         Ok(trunk)

@@ -17,6 +17,14 @@ def test_the_package_docstring_example(tmp_path, model_dir):
     assert tried > 0 and failures == 0
 
 
+def test_the_sync_module_docstring_example(tmp_path, model_dir):
+    import attune.sync
+
+    globs = {"DATABASE_PATH": str(tmp_path / "sync-doc.db"), "MODEL_DIR": model_dir}
+    failures, tried = doctest.testmod(attune.sync, extraglobs=globs, report=True)
+    assert tried > 0 and failures == 0
+
+
 def test_the_readme_python_sample(tmp_path, model_dir, monkeypatch):
     samples = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
     assert samples, "the README has no Python sample"

@@ -1,6 +1,6 @@
 """The device's half of a round, as a Flower ``ClientApp``."""
 
-import asyncio
+import typing
 
 import numpy as np
 
@@ -9,13 +9,18 @@ from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 import attune
+import attune.sync
 
 from .shared import UNIFORM_WEIGHT, UPDATE_DTYPE, arrays_of, model_of
 
 
-def make_client_app(open_personalizer, task_of) -> ClientApp:
-    """A ClientApp whose device is ``await open_personalizer(context)`` and
-    whose examples are those of task ``task_of(context)``."""
+def make_client_app(
+    open_personalizer: typing.Callable[[Context], attune.sync.Personalizer],
+    task_of: typing.Callable[[Context], str],
+) -> ClientApp:
+    """A ClientApp whose device is ``open_personalizer(context)`` (closed
+    after each message) and whose examples are those of task
+    ``task_of(context)``."""
     app = ClientApp()
 
     @app.train()
@@ -31,12 +36,9 @@ def make_client_app(open_personalizer, task_of) -> ClientApp:
             # Flower's DP wrapper adds the noise at the server; the device bounds its change.
             settings.clip_norm = float(config[KEY_CLIPPING_NORM])
 
-        async def fit():
-            with await open_personalizer(context) as p:
-                return await p.federated_fit(task_of(context), shared, settings)
-
         try:
-            update = asyncio.run(fit())
+            with open_personalizer(context) as p:
+                update = p.federated_fit(task_of(context), shared, settings)
         except (attune.AttuneError.NotTrained, attune.AttuneError.UnknownTask):
             # Nothing to learn from: the model back unchanged, weighing nothing in
             # FedAvg (and a zero change in a private round, which counts every device).
@@ -51,12 +53,9 @@ def make_client_app(open_personalizer, task_of) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         shared = model_of(msg.content["arrays"], msg.content["config"])
 
-        async def score():
-            with await open_personalizer(context) as p:
-                return await p.federated_evaluate(task_of(context), shared)
-
         try:
-            metrics = asyncio.run(score())
+            with open_personalizer(context) as p:
+                metrics = p.federated_evaluate(task_of(context), shared)
         except (attune.AttuneError.NotTrained, attune.AttuneError.UnknownTask):
             return reply(msg, None, {"num-examples": 0, UNIFORM_WEIGHT: 1, "accuracy": 0.0})
         scores = {"num-examples": int(metrics.examples), UNIFORM_WEIGHT: 1, "accuracy": float(metrics.accuracy)}
@@ -72,12 +71,12 @@ def reply(msg: Message, arrays, metrics: dict) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-async def _node_database(context: Context):
+def _node_database(context: Context) -> attune.sync.Personalizer:
     """A SuperNode's device: node config ``database`` and ``model-dir``."""
     config = attune.Config(
         database_path=str(context.node_config["database"]), model_dir=str(context.node_config["model-dir"])
     )
-    return await attune.Personalizer.open(config)
+    return attune.sync.Personalizer.open(config)
 
 
 def _run_task(context: Context) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import attune
+import attune.sync
 
 from .client import make_client_app
 from .privacy import Privacy
@@ -131,10 +132,10 @@ class SimulatedDevices:
         self.database = database
         self.model_dir = model_dir
 
-    async def open(self, context):
+    def open(self, context) -> attune.sync.Personalizer:
         if self.model_dir not in _LOADED:
-            _LOADED[self.model_dir] = await attune.Model.load(self.model_dir, threads=1)
-        return await attune.Personalizer.open_with_model(self.database, _LOADED[self.model_dir])
+            _LOADED[self.model_dir] = attune.sync.Model.load(self.model_dir, threads=1)
+        return attune.sync.Personalizer.open_with_model(self.database, _LOADED[self.model_dir])
 
     @staticmethod
     def task(context):

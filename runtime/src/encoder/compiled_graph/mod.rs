@@ -182,7 +182,7 @@ fn datum_type(name: &str) -> TractResult<DatumType> {
 #[cfg(all(test, feature = "onnx"))]
 mod tests {
     use super::*;
-    use crate::encoder::tract_engine::import_onnx;
+    use crate::encoder::engine::tract::import_onnx;
     use crate::model::ModelManifest;
     use tract_core::ops::konst::Const;
 

@@ -13,7 +13,7 @@ use tract_core::ops::logic::Iff;
 use tract_core::ops::nn::{Reduce, RmsNorm, Softmax, SoftmaxKind};
 
 use super::*;
-use crate::encoder::int8_ops::{QuantizeRows, ScaleProduct};
+use crate::encoder::engine::int8_ops::{QuantizeRows, ScaleProduct};
 
 /// Reads a compiled graph, refusing one compiled from another ONNX file than
 /// `model_sha256`. Every offset, index and shape is checked: a damaged file

@@ -15,7 +15,7 @@ use tract_core::ops::nn::{Reduce, RmsNorm, Softmax, SoftmaxKind};
 use tract_core::ops::source::TypedSource;
 
 use super::*;
-use crate::encoder::int8_ops::{QuantizeRows, ScaleProduct};
+use crate::encoder::engine::int8_ops::{QuantizeRows, ScaleProduct};
 
 /// Smaller f32 tensors are stored as they are.
 const INT8_MIN_VALUES: usize = 4096;

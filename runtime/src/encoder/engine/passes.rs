@@ -14,7 +14,7 @@ use tract_core::optim::Optimizer;
 #[cfg(feature = "onnx")]
 pub(crate) fn simplify(model: &mut TypedModel) -> TractResult<()> {
     declutter(model)?;
-    super::gelu_fusion::fuse_exact_gelu(model)
+    crate::encoder::compile::gelu_fusion::fuse_exact_gelu(model)
 }
 
 /// Folds constants, declutters again around the folded weights and
@@ -159,7 +159,7 @@ mod tests {
         fold_constants(&mut model).unwrap();
         declutter(&mut model).unwrap();
         assert_eq!(count(&model, "Erf"), 1, "the tiny model has one GELU in torch's order");
-        super::super::gelu_fusion::fuse_exact_gelu(&mut model).unwrap();
+        crate::encoder::compile::gelu_fusion::fuse_exact_gelu(&mut model).unwrap();
         assert_eq!(count(&model, "Erf"), 0);
         assert_eq!(count(&model, "GeluExact"), 1);
     }

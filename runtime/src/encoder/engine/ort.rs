@@ -11,7 +11,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
 use super::Engine;
-use super::batching::TokenBatch;
+use crate::encoder::batching::TokenBatch;
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
 

@@ -26,7 +26,7 @@
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
-use super::int8_ops::{QuantizeRows, ScaleProduct};
+use crate::encoder::engine::int8_ops::{QuantizeRows, ScaleProduct};
 /// The share of an activation channel's range moved into the weights
 /// (SmoothQuant's α): m_k = max|x_k|^α / max|W_k|^(1−α); chosen on the
 /// default model (docs/encoder.md, "Int8 graphs").

@@ -401,7 +401,8 @@ mod tests {
     use ndarray::{ArrayView2, Axis};
 
     use super::*;
-    use crate::encoder::{Encoder, tract_engine, tract_passes};
+    use crate::encoder::Encoder;
+    use crate::encoder::engine::{passes as tract_passes, tract as tract_engine};
     use crate::model::ModelManifest;
     use crate::model::tests::default_model;
     use crate::transformer::InferenceLayer;
@@ -462,7 +463,7 @@ mod tests {
             Ok(Box::new(tract_engine::TractEngine::load(manifest, options.threads)?))
         };
         let whole_graph = crate::OnnxEncoder::load_with(dir, &options, tract_plan).unwrap();
-        let sentences: Vec<&str> = include_str!("../../../tests/data/sentences.txt").lines().collect();
+        let sentences: Vec<&str> = include_str!("../../../../tests/data/sentences.txt").lines().collect();
         assert_eq!(sentences.len(), 265);
         let expected = whole_graph.embed(&sentences).unwrap();
         let layers = encoder.top_layers(top).unwrap().layers;

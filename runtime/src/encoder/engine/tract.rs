@@ -9,9 +9,10 @@ use tract_core::internal::*;
 use tract_core::ops::matmul::optimized::OptMatMul;
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
 
-use super::batching::TokenBatch;
 use super::layers::find_layers;
-use super::{Engine, compiled_graph, tract_passes};
+use super::{Engine, passes};
+use crate::encoder::batching::TokenBatch;
+use crate::encoder::compiled_graph;
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
 use crate::transformer::LayerWeights;
@@ -42,7 +43,7 @@ impl TractEngine {
         let input_order = match_inputs(&input_names(&typed)?, manifest)?;
         let specialised = catch_unwind(AssertUnwindSafe(move || {
             let mut typed = typed;
-            let vocabulary_size = tract_passes::specialise(&mut typed)?;
+            let vocabulary_size = passes::specialise(&mut typed)?;
             Ok((typed.into_runnable()?, vocabulary_size))
         }));
         let (plan, vocabulary_size) =
@@ -59,7 +60,7 @@ impl TractEngine {
         let input_order = match_inputs(&input_names(&typed)?, manifest)?;
         let split = catch_unwind(AssertUnwindSafe(move || -> TractResult<_> {
             let mut typed = typed;
-            let vocabulary_size = tract_passes::prepare(&mut typed)?;
+            let vocabulary_size = passes::prepare(&mut typed)?;
             let found = match find_layers(&typed) {
                 Ok(found) => found,
                 Err(reason) => return Ok(Err(format!("{reason:#}"))),
@@ -125,7 +126,7 @@ pub(crate) fn import_onnx(manifest: &ModelManifest) -> Result<TypedModel> {
     }
     select_output(&mut model, &manifest.output)?;
     let mut typed = model.into_typed().map_err(&error)?;
-    tract_passes::simplify(&mut typed).map_err(&error)?;
+    passes::simplify(&mut typed).map_err(&error)?;
     Ok(typed)
 }
 
@@ -157,9 +158,11 @@ pub(crate) fn compile(
     let int8_products = match precision {
         crate::Precision::F32 => 0,
         crate::Precision::Int8 => {
-            let (products, kept) = super::int8::weight_products(&typed).map_err(&error)?;
+            let (products, kept) = crate::encoder::compile::int8::weight_products(&typed).map_err(&error)?;
             let ranges = activation_ranges(&typed, &products, manifest, calibration)?;
-            super::int8::quantise_weight_products(&mut typed, &products, &ranges, kept).map_err(&error)?.rewritten
+            crate::encoder::compile::int8::quantise_weight_products(&mut typed, &products, &ranges, kept)
+                .map_err(&error)?
+                .rewritten
         }
     };
     compiled_graph::write(&typed, &manifest.model_sha256, out).map_err(error)?;
@@ -171,7 +174,7 @@ pub(crate) fn compile(
 #[cfg(feature = "onnx")]
 fn activation_ranges(
     model: &TypedModel,
-    products: &[super::int8::Product],
+    products: &[crate::encoder::compile::int8::Product],
     manifest: &ModelManifest,
     batches: &[TokenBatch],
 ) -> Result<Vec<Vec<f32>>> {
@@ -183,7 +186,7 @@ fn activation_ranges(
     let mut probe = model.clone();
     probe.select_output_outlets(&outlets).map_err(&error)?;
     let order = match_inputs(&input_names(&probe)?, manifest)?;
-    tract_passes::specialise(&mut probe).map_err(&error)?;
+    passes::specialise(&mut probe).map_err(&error)?;
     let plan = probe.into_runnable().map_err(&error)?;
     let mut ranges: Vec<Vec<f32>> = products.iter().map(|p| vec![0.0; p.k()]).collect();
     for batch in batches {

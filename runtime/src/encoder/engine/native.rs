@@ -14,8 +14,8 @@
 //! tract's plan.
 
 use super::Engine;
-use super::batching::TokenBatch;
-use super::tract_engine::TractEngine;
+use super::tract::TractEngine;
+use crate::encoder::batching::TokenBatch;
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
 use crate::transformer::{InferenceLayer, Layer, LayerWeights, forward_layers};
@@ -181,7 +181,7 @@ mod tests {
     use crate::{Embeddings, Encoder, EncoderOptions, OnnxEncoder, Precision};
 
     fn sentences() -> Vec<&'static str> {
-        include_str!("../../../tests/data/sentences.txt").lines().collect()
+        include_str!("../../../../tests/data/sentences.txt").lines().collect()
     }
 
     fn lowest_cosine(ours: &Embeddings, theirs: &Embeddings) -> f32 {

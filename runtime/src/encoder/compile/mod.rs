@@ -1,5 +1,11 @@
 //! `compile_model`: an ONNX model directory becomes a directory that tract
-//! runs without the ONNX parser — what a small mobile build ships.
+//! runs without the ONNX parser — what a small mobile build ships. The
+//! graph passes it applies: exact GELU fused into one operator
+//! (`gelu_fusion`) and, for `Precision::Int8`, weight products quantised
+//! (`int8`).
+
+pub(in crate::encoder) mod gelu_fusion;
+pub(in crate::encoder) mod int8;
 
 use std::path::Path;
 
@@ -8,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::batching::TokenBatch;
 use super::tokenize::TextTokenizer;
-use super::{Backend, Encoder, EncoderOptions, OnnxEncoder, tract_engine};
+use super::{Backend, Encoder, EncoderOptions, OnnxEncoder};
 use crate::error::{Error, Result};
 use crate::model::{MANIFEST_FILE, ModelManifest, Precision, expected_fingerprint, hex};
 
@@ -78,7 +84,7 @@ fn write_compiled(source: &Path, manifest: &ModelManifest, out: &Path, precision
         Precision::F32 => Vec::new(),
         Precision::Int8 => calibration_batches(manifest)?,
     };
-    let int8_products = tract_engine::compile(manifest, &graph, precision, &calibration)?;
+    let int8_products = super::engine::tract::compile(manifest, &graph, precision, &calibration)?;
     let bytes = std::fs::read(&graph).map_err(|e| Error::io(&graph, e))?;
     let tokenizer = out.join(&manifest.tokenizer_file);
     std::fs::copy(manifest.tokenizer_path(), &tokenizer).map_err(|e| Error::io(&tokenizer, e))?;
