@@ -9,7 +9,7 @@ use attune::{Backend, Encoder, EncoderOptions, Error, OnnxEncoder, Precision};
 use support::{Golden, cosine, repo};
 
 fn tract() -> EncoderOptions {
-    EncoderOptions { backend: Backend::Tract, ..EncoderOptions::default() }
+    EncoderOptions { backend: Backend::Native, ..EncoderOptions::default() }
 }
 
 /// tract on `dir` against Python onnxruntime on the ONNX file, text by text:

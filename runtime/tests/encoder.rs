@@ -17,7 +17,7 @@ fn load(dir: &Path, backend: Backend) -> OnnxEncoder {
 fn backends() -> Vec<Backend> {
     let mut compiled = Vec::new();
     if cfg!(feature = "tract") {
-        compiled.push(Backend::Tract);
+        compiled.push(Backend::Native);
     }
     if cfg!(feature = "ort") {
         compiled.push(Backend::Ort);
@@ -67,7 +67,7 @@ fn backends_agree_on_varied_sentences() {
     let texts = sentences();
     assert!(texts.len() >= 200);
     for dir in dirs {
-        let tract = load(&dir, Backend::Tract).embed(&texts).unwrap();
+        let tract = load(&dir, Backend::Native).embed(&texts).unwrap();
         let ort = load(&dir, Backend::Ort).embed(&texts).unwrap();
         let worst = tract.rows().zip(ort.rows()).map(|(a, b)| cosine(a, b)).fold(1.0f32, f32::min);
         assert!(worst >= 0.9999, "{}: worst cosine tract vs ort {worst}", dir.display());
@@ -82,7 +82,7 @@ fn batching_does_not_change_results_or_order() {
         .unwrap()
         .embed(texts)
         .unwrap();
-    let one_by_one = load(&tiny_dir(), Backend::Tract);
+    let one_by_one = load(&tiny_dir(), Backend::Native);
     for (i, text) in texts.iter().enumerate() {
         let alone = one_by_one.embed(&[text]).unwrap();
         let similarity = cosine(alone.row(0), batched.row(i));
@@ -128,7 +128,7 @@ fn cancellation_stops_batches_on_several_threads() {
 
 #[test]
 fn empty_and_huge_texts_are_embedded() {
-    let encoder = load(&tiny_dir(), Backend::Tract);
+    let encoder = load(&tiny_dir(), Backend::Native);
     let huge = "word ".repeat(2_000_000);
     let embeddings = encoder.embed(&["", &huge, "\u{0}\u{7}\u{1b}[31m control"]).unwrap();
     assert!(embeddings.as_slice().iter().all(|x| x.is_finite()));
@@ -138,13 +138,13 @@ fn empty_and_huge_texts_are_embedded() {
 
 #[test]
 fn empty_batch_is_invalid_input() {
-    let encoder = load(&tiny_dir(), Backend::Tract);
+    let encoder = load(&tiny_dir(), Backend::Native);
     assert!(matches!(encoder.embed(&[]), Err(Error::InvalidInput(_))));
 }
 
 #[test]
 fn concurrent_callers_get_their_own_results() {
-    let encoder = load(&tiny_dir(), Backend::Tract);
+    let encoder = load(&tiny_dir(), Backend::Native);
     let texts = sentences();
     let expected = encoder.embed(&texts[..16]).unwrap();
     std::thread::scope(|scope| {
@@ -211,7 +211,7 @@ fn tokenizer_larger_than_the_model_vocabulary_is_a_mismatch() {
     for backend in backends() {
         let error = OnnxEncoder::load(&dir, &EncoderOptions { backend, ..Default::default() }).unwrap_err();
         assert!(matches!(error, Error::ModelMismatch(_)), "{backend}: {error}");
-        if backend == Backend::Tract {
+        if backend == Backend::Native {
             assert!(error.to_string().contains("rows"), "found statically, without running: {error}");
         }
     }

@@ -142,14 +142,14 @@ def main() -> None:
         results = {"python onnxruntime": peer}
         if ort_int8:
             results["python onnxruntime int8"] = python_onnxruntime(ort_int8, sentences, threads, args.rounds)
-        for backend in ("ort", "tract"):
+        for backend in ("ort", "native"):
             results[f"attune {backend}"] = attune(args.binary, backend, model_dir, threads,
                                                   args.rounds, ort_lib)
         if args.compiled:
-            results["attune tract compiled"] = attune(args.binary, "tract", args.compiled, threads,
+            results["attune native compiled"] = attune(args.binary, "native", args.compiled, threads,
                                                       args.rounds, ort_lib)
         if args.int8:
-            results["attune tract int8"] = attune(args.binary, "tract", args.int8, threads, args.rounds, ort_lib)
+            results["attune native int8"] = attune(args.binary, "native", args.int8, threads, args.rounds, ort_lib)
         for engine, result in results.items():
             cells = []
             for mode, peer_mode in zip(result["modes"], peer["modes"]):

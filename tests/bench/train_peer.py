@@ -13,7 +13,7 @@ lbfgs fit has no seed).
   python3 tests/bench/train_peer.py [--seeds 5] [--backend ort] [--model DIR]
 
 --model embeds with another model directory, e.g. an int8 compiled one
-(`attune compile-model --int8 DIR`, with `--backend tract`), to compare its
+(`attune compile-model --int8 DIR`, with `--backend native`), to compare its
 features' accuracy with the default model's.
 """
 

@@ -26,7 +26,7 @@ struct Cli {
     #[arg(long, global = true, env = "ATTUNE_MODEL")]
     model: Option<PathBuf>,
     /// Inference engine.
-    #[arg(long, global = true, default_value = "tract", value_parser = parse_backend)]
+    #[arg(long, global = true, default_value = "native", value_parser = parse_backend)]
     backend: Backend,
     /// Threads one inference may use (default: up to 4 cores).
     #[arg(long, global = true)]

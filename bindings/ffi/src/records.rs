@@ -11,8 +11,9 @@ use crate::error::AttuneError;
 /// Which inference engine runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum Backend {
-    /// Pure Rust, always available.
-    Tract,
+    /// Pure Rust, always available: Attune's own BERT layers on
+    /// tract-linalg's kernels.
+    Native,
     /// ONNX Runtime, when the build has it and the app ships `libonnxruntime`.
     Ort,
 }
@@ -98,7 +99,7 @@ pub(crate) fn encoder_options(
     let mut encoder = attune::EncoderOptions::default();
     if let Some(backend) = backend {
         encoder.backend = match backend {
-            Backend::Tract => attune::Backend::Tract,
+            Backend::Native => attune::Backend::Native,
             Backend::Ort => attune::Backend::Ort,
         };
     }

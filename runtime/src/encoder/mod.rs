@@ -148,16 +148,19 @@ impl Embeddings {
 /// Which inference engine runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// tract: pure Rust (cargo feature `tract`, on by default).
-    Tract,
+    /// Pure Rust (cargo feature `tract`, on by default): Attune's own BERT
+    /// layers on tract-linalg's matrix kernels, with tract running the rest
+    /// of the graph (and whole graphs whose layers it does not recognise).
+    /// `"tract"`, its former name, is accepted too.
+    Native,
     /// ONNX Runtime, loaded at run time (cargo feature `ort`).
     Ort,
 }
 
 impl Default for Backend {
-    /// tract when compiled in, else ONNX Runtime.
+    /// The native engine when compiled in, else ONNX Runtime.
     fn default() -> Self {
-        if cfg!(feature = "tract") { Backend::Tract } else { Backend::Ort }
+        if cfg!(feature = "tract") { Backend::Native } else { Backend::Ort }
     }
 }
 
@@ -165,9 +168,9 @@ impl FromStr for Backend {
     type Err = Error;
     fn from_str(text: &str) -> Result<Self> {
         match text {
-            "tract" => Ok(Backend::Tract),
+            "native" | "tract" => Ok(Backend::Native),
             "ort" => Ok(Backend::Ort),
-            other => Err(Error::InvalidInput(format!("unknown backend {other:?} (tract or ort)"))),
+            other => Err(Error::InvalidInput(format!("unknown backend {other:?} (native or ort)"))),
         }
     }
 }
@@ -175,7 +178,7 @@ impl FromStr for Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Backend::Tract => "tract",
+            Backend::Native => "native",
             Backend::Ort => "ort",
         })
     }
@@ -226,9 +229,9 @@ struct Trunk {
 fn engine_for(manifest: &ModelManifest, options: &EncoderOptions) -> Result<Box<dyn Engine>> {
     Ok(match options.backend {
         #[cfg(feature = "tract")]
-        Backend::Tract => engine::native::load(manifest, options.threads)?,
+        Backend::Native => engine::native::load(manifest, options.threads)?,
         #[cfg(not(feature = "tract"))]
-        Backend::Tract => {
+        Backend::Native => {
             return Err(Error::BackendUnavailable {
                 backend: "tract".into(),
                 reason: "this build has no tract support (cargo feature `tract`)".into(),

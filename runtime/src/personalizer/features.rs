@@ -6,9 +6,12 @@
 
 use std::collections::HashMap;
 
-use crate::encoder::Encoder;
-use crate::error::Result;
+use crate::encoder::{EncodeListener, Encoder};
+use crate::error::{Error, Result};
 use crate::store::{Example, Store, VectorEncoding};
+
+/// Texts embedded between two progress reports (and cancellation checks).
+const PREPARE_CHUNK: usize = 1_024;
 
 /// One model's vectors, cached in one store.
 #[derive(Clone, Copy)]
@@ -34,6 +37,21 @@ impl<'a> Features<'a> {
     /// cache, or embedded now and cached.
     pub fn stored(&self, texts: &[&str]) -> Result<Vec<f32>> {
         self.lookup(texts, CacheNew::Yes)
+    }
+
+    /// Embeds and caches `texts` ahead of use, reporting `done` of
+    /// `texts.len()` and honouring cancellation between chunks.
+    pub fn prepare(&self, texts: &[&str], listener: &dyn EncodeListener) -> Result<()> {
+        let mut done = 0;
+        for chunk in texts.chunks(PREPARE_CHUNK) {
+            if listener.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            self.stored(chunk)?;
+            done += chunk.len();
+            listener.on_progress(done, texts.len());
+        }
+        Ok(())
     }
 
     /// Vectors of texts the app only asks about: never written to the cache.

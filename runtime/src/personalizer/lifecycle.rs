@@ -7,7 +7,8 @@ use super::adaptation;
 use super::features::Features;
 use super::training_data::TrainingData;
 use crate::error::{Error, Result};
-use crate::heads::{Head, HeadKind};
+use crate::evaluation::{Metrics, evaluate};
+use crate::heads::{Head, HeadKind, Prediction};
 use crate::store::{HeadInfo, StoredHead, TaskId};
 use crate::training::{AdaptedTop, HeadChoice, QuietTraining, TrainOptions, train, zero_shot_head};
 
@@ -31,9 +32,29 @@ pub(crate) struct ActiveHead {
 }
 
 impl ActiveHead {
+    /// The top `top_k` labels for each of `texts`.
+    pub fn predict(&self, features: Features<'_>, texts: &[&str], top_k: usize) -> Result<Vec<Prediction>> {
+        let vectors = self.features_of(features, texts)?;
+        vectors.chunks_exact(self.head.dim()).map(|row| self.head.predict(row, top_k)).collect()
+    }
+
+    /// This head's metrics on labelled texts; labels it does not know count
+    /// as errors.
+    pub fn evaluate(&self, features: Features<'_>, examples: &[(String, String)]) -> Result<Metrics> {
+        if examples.is_empty() {
+            return Err(Error::InvalidInput("nothing to evaluate".into()));
+        }
+        let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
+        let probabilities = self.head.probabilities(&self.features_of(features, &texts)?)?;
+        let labels = self.head.labels();
+        let truth: Vec<usize> =
+            examples.iter().map(|(_, label)| labels.iter().position(|l| l == label).unwrap_or(usize::MAX)).collect();
+        Ok(evaluate(&probabilities, &truth, labels))
+    }
+
     /// The features this head predicts from, for texts the app asks about
     /// (nothing of them is stored).
-    pub fn features_of(&self, features: Features<'_>, texts: &[&str]) -> Result<Vec<f32>> {
+    fn features_of(&self, features: Features<'_>, texts: &[&str]) -> Result<Vec<f32>> {
         match &self.top {
             Some(top) => adaptation::adapted_features(features.encoder, top, texts),
             None => features.transient(texts),

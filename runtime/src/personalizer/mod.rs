@@ -19,6 +19,7 @@ mod import;
 mod lifecycle;
 mod privacy;
 mod search;
+mod snapshot;
 mod training;
 mod training_data;
 mod upgrade;
@@ -36,7 +37,7 @@ pub use upgrade::{TaskUpgrade, UpgradeOutcome};
 
 use crate::encoder::{Embeddings, EncodeListener, Encoder, EncoderOptions, OnnxEncoder, SILENT};
 use crate::error::{Error, Result};
-use crate::evaluation::{Metrics, evaluate};
+use crate::evaluation::Metrics;
 use crate::federated::SharedModel;
 use crate::heads::Prediction;
 use crate::import::{Columns, ImportFormat};
@@ -46,8 +47,6 @@ use crate::store::{
     TaskInfo,
 };
 use crate::training::{FederatedOptions, TrainListener, TrainOptions};
-use features::Features;
-use lifecycle::ActiveHead;
 use training::Activation;
 
 /// Where the user's data and the model are, and how to run the model.
@@ -146,17 +145,7 @@ impl Personalizer {
 
     /// [`Self::prepare_features`] with progress (`done` of `texts.len()`) and cancellation.
     pub fn prepare_features_with(&self, texts: &[&str], listener: &dyn EncodeListener) -> Result<()> {
-        let encoder = self.encoder();
-        let mut done = 0;
-        for chunk in texts.chunks(1_024) {
-            if listener.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            self.features(&*encoder).stored(chunk)?;
-            done += chunk.len();
-            listener.on_progress(done, texts.len());
-        }
-        Ok(())
+        self.features(&*self.encoder()).prepare(texts, listener)
     }
 
     /// Sentence vectors for `texts`, for a model of the app's own (feature
@@ -209,29 +198,14 @@ impl Personalizer {
         }
         let encoder = self.encoder();
         let active = self.current_head(task, &*encoder)?;
-        let features = active.features_of(self.features(&*encoder), texts)?;
-        let dim = active.head.dim();
-        let predictions =
-            features.chunks_exact(dim).map(|row| active.head.predict(row, top_k)).collect::<Result<_>>()?;
-        Ok((predictions, active.source))
+        Ok((active.predict(self.features(&*encoder), texts, top_k)?, active.source))
     }
 
     /// Scores the task's current head on labelled texts; labels it does not
     /// know count as errors.
     pub fn evaluate(&self, task: &str, examples: &[(String, String)]) -> Result<Metrics> {
-        if examples.is_empty() {
-            return Err(Error::InvalidInput("nothing to evaluate".into()));
-        }
         let encoder = self.encoder();
-        let active = self.current_head(task, &*encoder)?;
-        let head = &active.head;
-        let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
-        let probabilities = head.probabilities(&active.features_of(self.features(&*encoder), &texts)?)?;
-        let truth: Vec<usize> = examples
-            .iter()
-            .map(|(_, label)| head.labels().iter().position(|l| l == label).unwrap_or(usize::MAX))
-            .collect();
-        Ok(evaluate(&probabilities, &truth, head.labels()))
+        self.current_head(task, &*encoder)?.evaluate(self.features(&*encoder), examples)
     }
 
     /// Forgets data (see [`Forget`]) and compacts the file. A task whose
@@ -348,16 +322,11 @@ impl Personalizer {
         outcome
     }
 
-    /// Moves everything to the model in `model_dir`: embeds every stored
-    /// text (examples, documents, label descriptions, feedback queries) with
-    /// it, trains each task's head on the new vectors, then switches the
-    /// model and activates the new heads in one step. Until that step the
-    /// current model and heads keep answering `predict` and `search` from
-    /// other threads. Progress is reported over the texts to embed;
-    /// cancelling (or a crash) keeps what was embedded, and the next call
-    /// resumes. Also finishes the job after the app opened the Personalizer
-    /// directly with a new model (`model_dir` is then the current one).
-    /// Blocking, for minutes on large stores: run it in the background.
+    /// Moves everything to the model in `model_dir`: every stored text
+    /// embedded with it and each task's head retrained, while the current
+    /// model keeps answering; then one switch (see [`upgrade::upgrade`]).
+    /// Progress is over the texts to embed; a cancelled or crashed upgrade
+    /// resumes. Blocking, for minutes on large stores.
     pub fn upgrade_model(
         &self,
         model_dir: &Path,
@@ -370,32 +339,5 @@ impl Personalizer {
     /// [`Self::upgrade_model`] to an encoder already loaded.
     pub fn upgrade_encoder(&self, target: Arc<dyn Encoder>, listener: &dyn EncodeListener) -> Result<UpgradeOutcome> {
         upgrade::upgrade(&self.store, &self.encoder, &self.caches, target, listener)
-    }
-}
-
-/// Private helpers of the public calls above.
-impl Personalizer {
-    fn features<'a>(&'a self, encoder: &'a dyn Encoder) -> Features<'a> {
-        Features::new(&self.store, encoder)
-    }
-
-    /// The head a task predicts with now, decoded once and kept per task.
-    fn current_head(&self, task: &str, encoder: &dyn Encoder) -> Result<Arc<ActiveHead>> {
-        if let Some(active) = self.caches.head(task, encoder.fingerprint()) {
-            return Ok(active);
-        }
-        let active = lifecycle::current_head(self.features(encoder), task)?;
-        Ok(self.caches.keep_head(task, active))
-    }
-
-    /// Search (with a query) or recommendation (without) over the task's
-    /// documents, with the index and preference kept per task.
-    fn rank(&self, task: &str, query: Option<&str>, k: usize) -> Result<Vec<SearchHit>> {
-        let encoder = self.encoder();
-        let features = self.features(&*encoder);
-        let index = self.caches.index(task, || search::build_index(features, task))?;
-        let query = query.map(|q| features.transient(&[q])).transpose()?;
-        let preference = self.caches.preference(task, || search::preference(features, task, &index))?;
-        Ok(index.top_k(query.as_deref(), &preference, k))
     }
 }

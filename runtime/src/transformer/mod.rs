@@ -1,36 +1,31 @@
-//! A BERT transformer layer in Attune's own code (ndarray), so that the top
-//! layers of a backbone can run, and be trained, outside the inference
-//! engine: the forward pass here, its gradients in `backward`. A batch is
+//! A BERT transformer layer in Attune's own code: its weights and the
+//! attention and numerics both sides share here; `inference/` runs layers
+//! forward on packed weights (the native engine, adapted heads at
+//! prediction); `training/` keeps a forward pass's trace and computes its
+//! gradients (adapting the top layers). A batch is
 //! its texts' real tokens one after another (`[tokens, width]`, with each
 //! text's token count): padding never influences a real token's state, so
 //! leaving it out changes nothing, and the per-token products run on the
 //! whole batch at once while attention stays within each text.
 
-mod backward;
 #[cfg(test)]
 mod fixtures;
 // Layers read from a graph (f32 or int8 weights) exist for the tract
 // engine; builds without tract run only adapted heads' f32 layers.
 #[cfg_attr(not(feature = "tract"), allow(dead_code))]
 mod inference;
-#[cfg_attr(not(feature = "tract"), allow(dead_code))]
-mod products;
-#[cfg(feature = "tract")]
-mod quantise;
-mod split;
+mod training;
 
 use std::ops::Range;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
 
-pub use inference::InferenceLayer;
+pub use inference::{InferenceLayer, forward_layers};
 #[cfg(feature = "tract")]
-pub use inference::LayerWeights;
+pub use inference::{Int8Weight, LayerWeights, Weight};
 #[cfg(feature = "tract")]
-pub use products::{Int8Weight, Weight};
-#[cfg(feature = "tract")]
-pub(crate) use quantise::{quantise_rows, scale_sums};
-pub use split::forward_layers;
+pub(crate) use inference::{quantise_rows, scale_sums};
+pub use training::Trace;
 
 /// `x · weight + bias`, `weight` of shape `[in, out]`.
 #[derive(Debug, Clone)]
@@ -102,69 +97,7 @@ pub struct Layer {
     pub output_norm: Norm,
 }
 
-/// Everything a forward pass computed that its backward pass needs.
-#[derive(Debug, Clone)]
-pub struct Trace {
-    lengths: Vec<usize>,
-    input: Array2<f32>,
-    query: Array2<f32>,
-    key: Array2<f32>,
-    value: Array2<f32>,
-    /// Per text and head (text-major), `[tokens, tokens]`.
-    probabilities: Vec<Array2<f32>>,
-    attended: Array2<f32>,
-    first: Normalised,
-    /// The first feed-forward product before GELU, Φ of it, and after GELU.
-    inner_before: Array2<f32>,
-    cdf: Array2<f32>,
-    inner: Array2<f32>,
-    second: Normalised,
-}
-
-impl Trace {
-    /// The layer's output, `[tokens, width]`.
-    pub fn output(&self) -> &Array2<f32> {
-        &self.second.output
-    }
-}
-
 impl Layer {
-    /// The layer's output for a batch's token states (`[tokens, width]`,
-    /// texts one after another, `lengths` tokens each).
-    pub fn forward(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Array2<f32> {
-        self.trace(states, lengths).second.output
-    }
-
-    /// The forward pass, keeping what `backward` needs.
-    pub fn trace(&self, states: ArrayView2<f32>, lengths: &[usize]) -> Trace {
-        assert_eq!(lengths.iter().sum::<usize>(), states.nrows(), "the texts' lengths cover the batch");
-        let dense = |which: usize, x: ArrayView2<f32>| {
-            let product = self.products()[which];
-            x.dot(&product.weight) + &product.bias
-        };
-        let (query, key, value) = (dense(0, states), dense(1, states), dense(2, states));
-        let (attended, probabilities) = self.attention_heads().attend(lengths, [&query, &key, &value], true);
-        let first = self.attention_norm.apply(&states + &dense(3, attended.view()));
-        let inner_before = dense(4, first.output.view());
-        let cdf = inner_before.mapv(normal_cdf);
-        let inner = &inner_before * &cdf;
-        let second = self.output_norm.apply(&first.output + &dense(5, inner.view()));
-        Trace {
-            lengths: lengths.to_vec(),
-            input: states.to_owned(),
-            query,
-            key,
-            value,
-            probabilities,
-            attended,
-            first,
-            inner_before,
-            cdf,
-            inner,
-            second,
-        }
-    }
-
     /// The six weight products: query, key, value, attention output,
     /// intermediate, output.
     pub fn products(&self) -> [&Dense; 6] {

@@ -106,7 +106,7 @@ fn write_compiled(source: &Path, manifest: &ModelManifest, out: &Path, precision
     let pretty = serde_json::to_string_pretty(&json).map_err(|e| Error::manifest(&written, e.to_string()))?;
     std::fs::write(&written, pretty + "\n").map_err(|e| Error::io(&written, e))?;
 
-    let options = EncoderOptions { backend: Backend::Tract, ..EncoderOptions::default() };
+    let options = EncoderOptions { backend: Backend::Native, ..EncoderOptions::default() };
     let from_onnx = OnnxEncoder::load(source, &options)?.embed(&CHECK_SENTENCES)?;
     let from_graph = OnnxEncoder::load(out, &options)?.embed(&CHECK_SENTENCES)?;
     let lowest_cosine = from_onnx

@@ -14,7 +14,7 @@
 //! tract's plan.
 
 use super::Engine;
-use super::tract::TractEngine;
+use super::tract::{Embeddings, TractEngine};
 use crate::encoder::batching::TokenBatch;
 use crate::error::{Error, Result};
 use crate::model::ModelManifest;
@@ -41,10 +41,9 @@ pub(crate) fn load(manifest: &ModelManifest, threads: usize) -> Result<Box<dyn E
 impl NativeEngine {
     /// `None` when the graph is not made of layers `find_layers` knows.
     pub fn load(manifest: &ModelManifest, threads: usize) -> Result<Option<Self>> {
-        let (embeddings, weights) = match TractEngine::load_embeddings(manifest, threads) {
-            Ok(split) => split,
-            Err(Error::CannotAdapt(_)) => return Ok(None),
-            Err(other) => return Err(other),
+        let (embeddings, weights) = match TractEngine::load_embeddings(manifest, threads)? {
+            Embeddings::Split(embeddings, weights) => (embeddings, weights),
+            Embeddings::LayersNotRecognised(_) => return Ok(None),
         };
         check_shapes(&weights)?;
         let width = weights[0].width();
@@ -56,7 +55,12 @@ impl NativeEngine {
     /// them on the device. An int8-compiled graph is refused: adaptation
     /// starts from f32 weights.
     pub fn load_trunk(manifest: &ModelManifest, threads: usize, count: usize) -> Result<(Self, Vec<Layer>)> {
-        let (embeddings, mut weights) = TractEngine::load_embeddings(manifest, threads)?;
+        let (embeddings, mut weights) = match TractEngine::load_embeddings(manifest, threads)? {
+            Embeddings::Split(embeddings, weights) => (embeddings, weights),
+            Embeddings::LayersNotRecognised(reason) => {
+                return Err(Error::CannotAdapt(format!("the model's transformer layers are not recognised: {reason}")));
+            }
+        };
         check_shapes(&weights)?;
         let width = weights[0].width();
         if count == 0 || count > weights.len() {

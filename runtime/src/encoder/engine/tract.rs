@@ -53,9 +53,9 @@ impl TractEngine {
 
     /// The graph cut at its first transformer layer's input (it returns
     /// the embeddings' token states), and the weights of every layer as
-    /// the graph holds them (f32 or int8). `Error::CannotAdapt` when the
-    /// graph's layers are not recognised.
-    pub fn load_embeddings(manifest: &ModelManifest, threads: usize) -> Result<(Self, Vec<LayerWeights>)> {
+    /// the graph holds them (f32 or int8); or why its layers are not
+    /// recognised.
+    pub fn load_embeddings(manifest: &ModelManifest, threads: usize) -> Result<Embeddings> {
         let (typed, path) = read_graph(manifest)?;
         let input_order = match_inputs(&input_names(&typed)?, manifest)?;
         let split = catch_unwind(AssertUnwindSafe(move || -> TractResult<_> {
@@ -71,12 +71,22 @@ impl TractEngine {
             let layers = found.into_iter().map(|f| f.weights).collect();
             Ok(Ok((typed.into_runnable()?, vocabulary_size, layers)))
         }));
-        let (plan, vocabulary_size, layers) = split
-            .unwrap_or_else(|_| Err(format_err!("tract panicked")))
-            .map_err(load_error(&path))?
-            .map_err(Error::CannotAdapt)?;
-        Ok((Self { plan, input_order, executor: executor(threads), vocabulary_size }, layers))
+        let split = split.unwrap_or_else(|_| Err(format_err!("tract panicked"))).map_err(load_error(&path))?;
+        Ok(match split {
+            Ok((plan, vocabulary_size, layers)) => {
+                Embeddings::Split(Self { plan, input_order, executor: executor(threads), vocabulary_size }, layers)
+            }
+            Err(reason) => Embeddings::LayersNotRecognised(reason),
+        })
     }
+}
+
+/// A graph cut below its transformer layers, when they are recognised.
+pub enum Embeddings {
+    /// The embeddings' plan, and every layer's weights.
+    Split(TractEngine, Vec<LayerWeights>),
+    /// Why the layers were not recognised: the graph runs whole on tract's plan.
+    LayersNotRecognised(String),
 }
 
 /// The compiled graph when the manifest names one, else the imported ONNX file.
@@ -133,7 +143,7 @@ pub(crate) fn import_onnx(manifest: &ModelManifest) -> Result<TypedModel> {
 #[cfg(not(feature = "onnx"))]
 fn import_onnx(manifest: &ModelManifest) -> Result<TypedModel> {
     Err(Error::BackendUnavailable {
-        backend: "tract".into(),
+        backend: "native".into(),
         reason: format!(
             "this build runs compiled models only and {} names none (run `attune compile-model`, \
              or build with cargo feature `onnx`)",

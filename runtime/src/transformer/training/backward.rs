@@ -4,7 +4,8 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-use super::{Dense, Layer, Norm, Normalised, Trace, normal_density};
+use super::Trace;
+use crate::transformer::{Dense, Layer, Norm, Normalised, normal_density};
 
 impl Layer {
     /// The same layer with every weight zero: where gradients add up.

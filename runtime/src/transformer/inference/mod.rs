@@ -1,13 +1,27 @@
 //! A transformer layer that only runs forward, on weights packed once for
 //! the CPU's matrix kernels (f32 or int8 products): the encoder's own
 //! forward and an adapted head's top layers at prediction. Element-wise
-//! work is done in place and nothing is kept for a backward pass.
+//! work is done in place and nothing is kept for a backward pass. Its
+//! products (`products`), row quantisation for int8 (`quantise`), and one
+//! text's layers split by tokens over two threads (`split`).
+
+mod products;
+#[cfg(feature = "tract")]
+mod quantise;
+mod split;
 
 use std::ops::Range;
 
 use ndarray::{Array1, Array2, ArrayView2};
 
-use super::products::{Projection, Weight};
+#[cfg(feature = "tract")]
+pub use products::Int8Weight;
+use products::Projection;
+pub use products::Weight;
+#[cfg(feature = "tract")]
+pub(crate) use quantise::{quantise_rows, scale_sums};
+pub use split::forward_layers;
+
 use super::{Heads, Layer, Norm, gelu_in_place};
 
 /// A layer's weights as a model stores them: each of its six products
