@@ -199,6 +199,14 @@ pub struct EncoderOptions {
     pub ort_library: Option<PathBuf>,
 }
 
+impl EncoderOptions {
+    /// The defaults, on `backend`, with `threads` when given.
+    pub fn on(backend: Backend, threads: Option<usize>) -> Self {
+        let defaults = Self::default();
+        Self { backend, threads: threads.unwrap_or(defaults.threads), ..defaults }
+    }
+}
+
 impl Default for EncoderOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);

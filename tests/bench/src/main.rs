@@ -25,7 +25,7 @@ struct Cli {
     #[arg(long, global = true)]
     model: Option<PathBuf>,
     /// Inference engine.
-    #[arg(long, global = true, default_value = "native", value_parser = parse_backend)]
+    #[arg(long, global = true, default_value = "native")]
     backend: Backend,
     /// Threads one inference may use (default: up to 4 cores).
     #[arg(long, global = true)]
@@ -51,17 +51,9 @@ enum Command {
     Ranking(ranking::RankingBenchArgs),
 }
 
-fn parse_backend(text: &str) -> Result<Backend, String> {
-    text.parse().map_err(|e: attune::Error| e.to_string())
-}
-
 impl Cli {
     fn encoder_options(&self) -> EncoderOptions {
-        let mut options = EncoderOptions { backend: self.backend, ..EncoderOptions::default() };
-        if let Some(threads) = self.threads {
-            options.threads = threads;
-        }
-        options
+        EncoderOptions::on(self.backend, self.threads)
     }
 
     fn model_dir(&self) -> Result<PathBuf, attune::Error> {
