@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -76,39 +77,19 @@ async def accuracy_of(model, path, model_dir):
         return (await p.evaluate("intents", held_out)).accuracy
 
 
-def app_dir(root, labels, fingerprint, dimension, output):
+def app_dir(root):
+    """The repository's Flower app (bindings/python/flower-app), as a user runs it."""
     app = root / "app"
-    app.mkdir()
-    (app / "pyproject.toml").write_text(f"""
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "attune-federated-test"
-version = "1.0.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "attune"
-
-[tool.flwr.app.components]
-serverapp = "attune.flower.server:app"
-clientapp = "attune.flower.client:app"
-
-[tool.flwr.app.config]
-task = "intents"
-labels = "{','.join(labels)}"
-fingerprint = "{fingerprint}"
-dimension = {dimension}
-num-server-rounds = {ROUNDS}
-min-nodes = 4
-output = "{output}"
-""")
+    shutil.copytree(REPO / "bindings/python/flower-app", app)
     return app
+
+
+def run_config(labels, fingerprint, dimension, output):
+    """The settings this run overrides, as `flwr run --run-config` takes them."""
+    return (
+        f"labels='{','.join(labels)}' fingerprint='{fingerprint}' dimension={dimension} "
+        f"num-server-rounds={ROUNDS} min-nodes=4 output='{output}'"
+    )
 
 
 def test_four_supernodes_two_rounds(tmp_path, tiny_model_dir):
@@ -128,7 +109,7 @@ def test_four_supernodes_two_rounds(tmp_path, tiny_model_dir):
         f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{superlink}"\ninsecure = true\n'
     )
     output = tmp_path / "output"
-    app = app_dir(tmp_path, labels, fingerprint, dimension, output)
+    app = app_dir(tmp_path)
     log = open(tmp_path / "flower.log", "wb")
     processes = [flower("flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(superlink),
                         "--disable-runtime-dependency-installation", env=env, log=log)]
@@ -139,7 +120,8 @@ def test_four_supernodes_two_rounds(tmp_path, tiny_model_dir):
             processes.append(flower("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink}",
                                     "--host", "127.0.0.1", "--port", str(free_port()),
                                     "--node-config", node_config, env=env, log=log))
-        run = flower("flwr", "run", str(app), "test", "--stream", env=env, log=log)
+        overrides = run_config(labels, fingerprint, dimension, output)
+        run = flower("flwr", "run", str(app), "test", "--stream", "--run-config", overrides, env=env, log=log)
         deadline = time.time() + 300
         while not (output / "summary.json").exists() and time.time() < deadline and run.poll() in (None, 0):
             time.sleep(1)

@@ -68,13 +68,21 @@ def device_privacy_config(privacy: Privacy) -> dict:
 
 def privacy_of(run) -> Optional[Privacy]:
     """Run config ``dp-at`` (server or device), ``dp-noise``, ``dp-clip``,
-    ``dp-budget``, ``dp-delta``; none without ``dp-noise``."""
-    if "dp-noise" not in run:
+    ``dp-budget``, ``dp-delta``; none without ``dp-noise`` (absent or 0, as
+    in the app's ``pyproject.toml``)."""
+    noise = set_number(run, "dp-noise")
+    if noise is None:
         return None
     return Privacy(
         at=str(run.get("dp-at", "server")),
-        noise=float(run["dp-noise"]),
+        noise=noise,
         clip=float(run.get("dp-clip", 1.0)),
-        budget=float(run["dp-budget"]) if "dp-budget" in run else None,
-        delta=float(run["dp-delta"]) if "dp-delta" in run else None,
+        budget=set_number(run, "dp-budget"),
+        delta=set_number(run, "dp-delta"),
     )
+
+
+def set_number(run, key: str) -> Optional[float]:
+    """A run-config number that is off when absent or 0."""
+    value = float(run.get(key, 0) or 0)
+    return value if value != 0 else None

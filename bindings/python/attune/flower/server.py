@@ -13,7 +13,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 import attune
 
 from .precision import WidenedReplies
-from .privacy import Privacy, device_privacy_config, population_accountant, privacy_of
+from .privacy import Privacy, device_privacy_config, population_accountant, privacy_of, set_number
 from .shared import UNIFORM_WEIGHT, UPDATE_DTYPE, arrays_of, model_of, round_config
 
 
@@ -177,11 +177,11 @@ def main(grid: Grid, context: Context) -> None:
         dimension=int(run["dimension"]),
         rounds=int(run["num-server-rounds"]),
         fraction=float(run.get("fraction-train", 1.0)),
-        fraction_evaluate=float(run["fraction-evaluate"]) if "fraction-evaluate" in run else None,
+        fraction_evaluate=set_number(run, "fraction-evaluate"),
         min_nodes=int(run.get("min-nodes", 2)),
-        output=str(run["output"]) if "output" in run else None,
+        output=str(run["output"]) if run.get("output") else None,
         privacy=privacy_of(run),
-        population=int(run["population"]) if "population" in run else None,
+        population=int(set_number(run, "population") or 0) or None,
         f16_updates=str(run.get("update-dtype", "float32")) == "float16",
         strategy=str(run.get("strategy", "fedavg")),
     )
