@@ -250,14 +250,7 @@ impl Personalizer {
     /// `KEPT_HEAD_VERSIONS`). A private task only goes back to a private head.
     pub fn rollback(&self, task: &str, version: u32) -> Result<()> {
         let id = self.store.task_id(task)?;
-        if self.store.privacy_policy(id)?.is_some()
-            && let Some(head) = self.store.heads(id)?.into_iter().find(|h| h.version == version)
-            && head.privacy.is_none()
-        {
-            return Err(Error::InvalidInput(format!(
-                "the task is trained with differential privacy: head version {version} is not private"
-            )));
-        }
+        privacy::check_rollback(&self.store, id, version)?;
         self.store.activate_head(id, version)?;
         self.caches.examples_changed(task);
         Ok(())

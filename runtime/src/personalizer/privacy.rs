@@ -35,6 +35,18 @@ pub(super) fn with_task_privacy(store: &Store, task: TaskId, options: &TrainOpti
     Ok(options)
 }
 
+/// A private task only goes back to a private head.
+pub(super) fn check_rollback(store: &Store, task: TaskId, version: u32) -> Result<()> {
+    let private_task = store.privacy_policy(task)?.is_some();
+    let public_head = store.heads(task)?.into_iter().any(|h| h.version == version && h.privacy.is_none());
+    if private_task && public_head {
+        return Err(Error::InvalidInput(format!(
+            "the task is trained with differential privacy: head version {version} is not private"
+        )));
+    }
+    Ok(())
+}
+
 /// What a private federated update costs, checked against the budget
 /// before anything is trained.
 pub(super) struct UpdateCharge {
