@@ -48,7 +48,7 @@ def _readable_repr(module) -> None:
         nested = [v for v in vars(cls).values() if isinstance(v, type) and v.__qualname__.startswith(f"{name}.")]
         for variant in [cls, *nested]:
             if "__str__" in vars(variant):
-                variant.__repr__ = variant.__str__
+                setattr(variant, "__repr__", variant.__str__)
 
 
 _readable_repr(_ffi)
@@ -124,13 +124,21 @@ async def _aenter(self: Personalizer) -> Personalizer:
 def _personalizer_repr(self: Personalizer) -> str:
     try:
         return f"Personalizer(model={self.model_fingerprint()[:12]}…, dimension={self.dimension()})"
-    except _ffi.AttuneError.Closed:
+    except _CLOSED:
         return "Personalizer(closed)"
 
 
-Personalizer.embed = _embed
-Personalizer.__enter__ = _enter
-Personalizer.__exit__ = _exit
-Personalizer.__aenter__ = _aenter
-Personalizer.__aexit__ = _aexit
-Personalizer.__repr__ = _personalizer_repr
+# uniffi defines the error's cases at import, where a type checker cannot see them.
+_CLOSED = _ffi.AttuneError.Closed  # type: ignore[attr-defined]
+
+# The generated class, completed in place (setattr: a type checker would
+# take these for reassigned methods).
+for _name, _method in {
+    "embed": _embed,
+    "__enter__": _enter,
+    "__exit__": _exit,
+    "__aenter__": _aenter,
+    "__aexit__": _aexit,
+    "__repr__": _personalizer_repr,
+}.items():
+    setattr(Personalizer, _name, _method)

@@ -4,7 +4,7 @@ wrapped in Flower's differential-privacy strategy for central noise."""
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Union
 
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -49,7 +49,7 @@ def count_devices(records, _weighted_by_key: str) -> MetricRecord:
     """Train metrics of a round: how many devices replied, with how many
     examples, and the largest ε a device has spent (private updates)."""
     examples = sum(int(r["metrics"]["num-examples"]) for r in records)
-    metrics = {"devices": len(records), "num-examples": examples}
+    metrics: Dict[str, Union[int, float, List[int], List[float]]] = {"devices": len(records), "num-examples": examples}
     spent = [float(r["metrics"]["epsilon"]) for r in records if "epsilon" in r["metrics"]]
     if spent:
         metrics["max-epsilon"] = max(spent)
@@ -95,12 +95,15 @@ def central_privacy(settings: Rounds):
         raise ValueError("central privacy needs the population (the number of devices)")
     if settings.strategy != "fedavg":
         raise ValueError("Flower accounts central privacy for FedAvg only")
+    privacy = settings.privacy
+    if privacy is None:
+        raise ValueError("central privacy needs its noise settings (dp-noise)")
     sampled = max(int(population * settings.fraction), settings.min_nodes)
-    accountant = population_accountant(settings.privacy, population, sampled, settings.rounds)
+    accountant = population_accountant(privacy, population, sampled, settings.rounds)
     strategy = DifferentialPrivacyClientSideFixedClipping(
         averaging(settings, UNIFORM_WEIGHT, population),
-        noise_multiplier=settings.privacy.noise,
-        clipping_norm=settings.privacy.clip,
+        noise_multiplier=privacy.noise,
+        clipping_norm=privacy.clip,
         num_sampled_clients=sampled,
         accountant=accountant,
     )

@@ -1,5 +1,7 @@
 """The shared model between Attune's records and Flower's records."""
 
+import typing
+
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 
@@ -28,7 +30,7 @@ def model_of(arrays: ArrayRecord, config: ConfigRecord) -> attune.SharedModel:
     weights, bias = arrays.to_numpy_ndarrays()
     return attune.SharedModel(
         fingerprint=str(config["fingerprint"]),
-        labels=[str(label) for label in config["labels"]],
+        labels=[str(label) for label in typing.cast(typing.List[str], config["labels"])],
         weights=np.asarray(weights, dtype=np.float32).ravel().tolist(),
         bias=np.asarray(bias, dtype=np.float32).ravel().tolist(),
     )

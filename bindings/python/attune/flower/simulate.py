@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -54,11 +55,11 @@ def dirichlet_users(labels, users: int, alpha: float, rng):
     """Row indices per user: each label's rows split over users by a
     Dirichlet(alpha) draw (small alpha: each user sees few labels), drawn
     again until every user has `MIN_ROWS_PER_USER` rows."""
-    by_label = {}
+    by_label: Dict[str, List[int]] = {}
     for i, label in enumerate(labels):
         by_label.setdefault(label, []).append(i)
     for _ in range(1000):
-        parts = [[] for _ in range(users)]
+        parts: List[List[int]] = [[] for _ in range(users)]
         for rows in by_label.values():
             rows = list(rng.permutation(rows))
             shares = rng.dirichlet([alpha] * users)
@@ -73,10 +74,11 @@ def dirichlet_users(labels, users: int, alpha: float, rng):
 def halves(rows, labels, rng):
     """A user's train and held-out halves, stratified by label where a
     label has two rows or more (a single row goes to train)."""
-    by_label = {}
+    by_label: Dict[str, List[int]] = {}
     for i in rows:
         by_label.setdefault(labels[i], []).append(i)
-    train, held_out = [], []
+    train: List[int] = []
+    held_out: List[int] = []
     for members in by_label.values():
         members = list(rng.permutation(members))
         cut = (len(members) + 1) // 2
@@ -120,7 +122,7 @@ def personal_task(user: int) -> str:
 
 # Models loaded in this process (a Ray worker), by directory: Flower hands
 # each message a fresh copy of the ClientApp, so the model lives here.
-_LOADED = {}
+_LOADED: Dict[str, "attune.sync.Model"] = {}
 
 
 class SimulatedDevices:
@@ -168,7 +170,7 @@ async def evaluate_all(p, rows, users_held, scored, shared):
         local.append(await accuracy(p, user_task(u), held))
         shared_acc.append((await p.federated_evaluate(held_out_task(u), shared)).accuracy)
         central.append(await accuracy(p, "central", held))
-    reasons = Counter()
+    reasons: "Counter[Tuple[bool, str]]" = Counter()
     for u in scored:
         held = labelled(rows, users_held[u])
         await p.adopt_shared(personal_task(u), shared)
@@ -177,8 +179,8 @@ async def evaluate_all(p, rows, users_held, scored, shared):
         personal.append(await accuracy(p, personal_task(u), held))
     for (promoted, reason), count in reasons.most_common(5):
         say(f"personal head {'promoted' if promoted else 'kept back'} for {count} users: {reason}")
-    promoted = sum(count for (was, _), count in reasons.items() if was)
-    return local, shared_acc, personal, central, promoted
+    promoted_users = sum(count for (was, _), count in reasons.items() if was)
+    return local, shared_acc, personal, central, promoted_users
 
 
 def privacy_from_args(args):
