@@ -89,7 +89,7 @@ pub(super) fn stored_active_head(features: Features<'_>, task: TaskId) -> Result
 }
 
 /// The adapted top layers `head` carries, applied to the model's own.
-pub(super) fn adapted_top(features: Features<'_>, head: &Head) -> Result<Option<AdaptedTop>> {
+fn adapted_top(features: Features<'_>, head: &Head) -> Result<Option<AdaptedTop>> {
     let Some(changes) = head.top_changes() else { return Ok(None) };
     let misfit =
         |reason: String| Error::InvalidHead(format!("the head's adapted layers do not fit the model: {reason}"));
@@ -111,7 +111,7 @@ pub(super) fn features_of_head(features: Features<'_>, head: &Head, texts: &[Str
 }
 
 /// Prototypes of all of the task's examples (and label descriptions).
-pub(super) fn prototype_head(data: &TrainingData, fingerprint: &str) -> Result<Head> {
+fn prototype_head(data: &TrainingData, fingerprint: &str) -> Result<Head> {
     let options = TrainOptions { head: HeadChoice::Only(HeadKind::Prototype), ..TrainOptions::default() };
     Ok(train(&data.set(fingerprint), None, &options, &QuietTraining)?.0)
 }

@@ -122,7 +122,7 @@ impl Personalizer {
     }
 
     /// Reads a CSV or JSON Lines file of labelled texts into `task` with
-    /// their vectors, resumably (see [`import::import_file`]). Blocking.
+    /// their vectors, resumably: a cancelled or failed import can be run again. Blocking.
     pub fn import_file(
         &self,
         task: &str,
@@ -179,7 +179,7 @@ impl Personalizer {
 
     /// Trains a head on the task's examples; it becomes active only if it is
     /// not worse than the active one, judged on examples neither was trained
-    /// on (see [`crate::training::decide_promotion`]). A task trained
+    /// on (docs/training.md, "Promotion"). A task trained
     /// privately before is trained privately again, within what is left of
     /// its budget. Blocks for up to seconds: call it off the main thread.
     pub fn train(&self, task: &str, options: &TrainOptions, listener: &dyn TrainListener) -> Result<TrainOutcome> {
@@ -317,7 +317,7 @@ impl Personalizer {
 
     /// Moves everything to the model in `model_dir`: every stored text
     /// embedded with it and each task's head retrained, while the current
-    /// model keeps answering; then one switch (see [`upgrade::upgrade`]).
+    /// model keeps answering; then one switch of model and heads together.
     /// Progress is over the texts to embed; a cancelled or crashed upgrade
     /// resumes. Blocking, for minutes on large stores.
     pub fn upgrade_model(
